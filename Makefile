@@ -1,0 +1,41 @@
+# Two commands set up a fresh machine: `make run` (the whole job on the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU torch wheel lies here on this kind of machine; elsewhere uv falls back to the package index.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+export S2VEC_WAREHOUSE ?= $(CURDIR)/warehouse
+
+.PHONY: venv run test test-fast bench dev taxonomy-doc clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade uv
+	$(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS) -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/python -m s2vec_assets.run
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+dev: venv
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+taxonomy-doc: venv
+	$(BIN)/python -m s2vec_core.taxonomy > TAXONOMY.md
+
+clean:
+	rm -rf warehouse dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
