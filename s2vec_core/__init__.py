@@ -1,0 +1,1 @@
+"""s2vec_core: S2Vec geospatial embeddings from OpenStreetMap, as a plain library (no Dagster)."""
