@@ -1,0 +1,568 @@
+"""OSM PBF -> per-cell channel values (see DESIGN.md "Taxonomy" for the geometry rules).
+
+pyosmium streams the file; its C++ KeyFilter drops every object without a taxonomy key, and libosmium
+assembles areas (closed ways, multipolygon relations). Python only matches tags and appends each
+object's geometry as WKB (made in C++) or a point to chunk buffers. Every chunk is turned into
+`(cell, channel, value)` rows with numpy and folded into a polars aggregate, so memory stays bounded by
+the number of non-empty cells, not by the number of features.
+
+- points: count at the cell of the location;
+- ways: length (haversine) split over the cells they cross: each segment is cut into pieces shorter
+  than half the smallest cell edge and each piece's length goes to the cell of its midpoint;
+- areas: counts and building footprints at the cell of the area centroid; land-use-like channels
+  (`spread`) spread the area over the cells of a scanline sample grid inside the polygon, finer than
+  the cell (areas too small to hold a sample fall back to the centroid).
+Ways with missing node locations (clipped extracts) keep their located runs; the rest is counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import osmium
+import polars as pl
+
+from s2vec_core.s2 import latlng_to_cell_id
+from s2vec_core.taxonomy import (
+    AREA_KEYS,
+    AREA_LOOKUP,
+    CHANNEL_NAMES,
+    CHANNELS,
+    FILTER_KEYS,
+    NEGATIVE_VALUES,
+    NODE_LOOKUP,
+    WAY_LOOKUP,
+    WILDCARD,
+)
+
+log = logging.getLogger(__name__)
+
+EARTH_RADIUS_M = 6_371_008.8
+_M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
+# Smallest S2 cell edge at level L is S2_MIN_EDGE / 2**L radians (quadratic projection).
+S2_MIN_EDGE = 2.0 * math.sqrt(2.0) / 3.0
+# Pieces / samples per smallest cell edge: finer than the cell so the split follows cell boundaries.
+SAMPLES_PER_EDGE = 2
+# One polygon never yields more samples than this (a huge polygon gets a coarser grid instead).
+MAX_SAMPLES_PER_AREA = 2_000_000
+# Chunk sizes: how many buffered objects trigger a flush into the aggregate.
+FLUSH_POINTS = 200_000
+FLUSH_LINES = 50_000
+FLUSH_AREAS = 20_000
+# Aggregate rows held before they are re-aggregated.
+REAGGREGATE_ROWS = 4_000_000
+
+_SPREAD = np.array([c.kind == "area_m2" and c.spread for c in CHANNELS])
+_CENTROID_AREA = np.array([c.kind == "area_m2" and not c.spread for c in CHANNELS])
+_COUNT = np.array([c.kind == "count" for c in CHANNELS])
+
+
+class OSMFileError(ValueError):
+    """A missing, truncated or corrupt OSM file; the message names the file."""
+
+
+def piece_length_m(level: int) -> float:
+    """Length of line pieces and spacing of area samples at `level`: half the smallest cell edge."""
+    return S2_MIN_EDGE / (1 << level) * EARTH_RADIUS_M / SAMPLES_PER_EDGE
+
+
+def _check_path(pbf_path: str | Path) -> Path:
+    path = Path(pbf_path)
+    if not path.is_file():
+        raise OSMFileError(f"{path}: no such OSM file")
+    if path.stat().st_size == 0:
+        raise OSMFileError(f"{path}: empty OSM file")
+    return path
+
+
+def pbf_info(pbf_path: str | Path) -> dict:
+    """sha256, size, bbox (header, else computed from nodes), object counts and replication timestamp."""
+    path = _check_path(pbf_path)
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+
+    class _Count(osmium.SimpleHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = self.w = self.r = 0
+            self.box = [math.inf, math.inf, -math.inf, -math.inf]
+
+        def node(self, n) -> None:
+            self.n += 1
+            if need_box and n.location.valid():
+                b, lon, lat = self.box, n.location.lon, n.location.lat
+                b[0], b[1], b[2], b[3] = min(b[0], lon), min(b[1], lat), max(b[2], lon), max(b[3], lat)
+
+        def way(self, w) -> None:
+            self.w += 1
+
+        def relation(self, r) -> None:
+            self.r += 1
+
+    try:
+        reader = osmium.io.Reader(str(path), osmium.osm.NOTHING)
+        header = reader.header()
+        reader.close()
+        box = header.box()
+        need_box = not box.valid()
+        counter = _Count()
+        counter.apply_file(str(path))
+    except RuntimeError as e:
+        raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
+    if need_box:
+        bbox = tuple(counter.box) if counter.n else None
+    else:
+        bbox = (box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
+    return {
+        "path": str(path),
+        "sha256": sha.hexdigest(),
+        "size_bytes": path.stat().st_size,
+        "bbox": bbox,  # (lon_min, lat_min, lon_max, lat_max)
+        "nodes": counter.n,
+        "ways": counter.w,
+        "relations": counter.r,
+        "replication_timestamp": header.get("osmosis_replication_timestamp") or None,
+    }
+
+
+# ---------------------------------------------------------------- geometry helpers (vectorised)
+
+
+def _haversine_m(lat0, lon0, lat1, lon1) -> np.ndarray:
+    p0, p1 = np.radians(lat0), np.radians(lat1)
+    dlat = p1 - p0
+    dlon = np.radians(lon1 - lon0)
+    h = np.sin(dlat / 2) ** 2 + np.cos(p0) * np.cos(p1) * np.sin(dlon / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
+
+
+def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts c_i: (owner index repeated c_i times, position 0..c_i-1 within the owner)."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(owner.size) - starts[owner]
+
+
+def _expand_channels(owner: np.ndarray, ch_start: np.ndarray, ch_count: np.ndarray, ch_flat: np.ndarray):
+    """Rows owned by objects -> one row per (row, channel of its object): (row index, channel)."""
+    rep, pos = _ranges(ch_count[owner])
+    return rep, ch_flat[ch_start[owner[rep]] + pos]
+
+
+def _flat_channels(chans: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    count = np.fromiter((len(c) for c in chans), np.int64, len(chans))
+    flat = np.fromiter((i for c in chans for i in c), np.int64, int(count.sum()))
+    return np.cumsum(count) - count, count, flat
+
+
+def _wkb_lines(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hex WKB linestrings -> (lon, lat, line index) of all points, in order."""
+    buf = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8)
+    nbytes = np.fromiter((len(h) for h in hexes), np.int64, len(hexes)) // 2
+    start = np.cumsum(nbytes) - nbytes
+    keep = np.ones(buf.size, bool)
+    keep[(start[:, None] + np.arange(9)).ravel()] = False
+    xy = buf[keep].view("<f8").reshape(-1, 2)
+    line = np.repeat(np.arange(len(hexes)), (nbytes - 9) // 16)
+    return xy[:, 0], xy[:, 1], line
+
+
+def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hex WKB multipolygons -> (lon, lat, ring index) of all points, plus per ring (area index, is_outer)."""
+    raw = bytes.fromhex("".join(hexes))
+    nbytes = np.fromiter((len(h) for h in hexes), np.int64, len(hexes)) // 2
+    start = np.cumsum(nbytes) - nbytes
+    buf = np.frombuffer(raw, np.uint8)
+    u32 = lambda off: buf[off[:, None] + np.arange(4)].copy().view("<u4").ravel()  # noqa: E731
+    # Fast path: one polygon with one ring (nearly every area) has a fixed 22-byte header.
+    simple = (u32(start + 5) == 1) & (u32(start + 14) == 1)
+    s_idx = np.flatnonzero(simple)
+    s_n = u32(start[s_idx] + 18)
+    parts = [(s_idx, start[s_idx] + 22, s_n, np.ones(s_idx.size, bool))]
+    c_area, c_off, c_n, c_outer = [], [], [], []
+    for a in np.flatnonzero(~simple).tolist():
+        off = int(start[a]) + 5
+        (npolys,) = struct.unpack_from("<I", raw, off)
+        off += 4
+        for _ in range(npolys):
+            (nrings,) = struct.unpack_from("<I", raw, off + 5)
+            off += 9
+            for r in range(nrings):
+                (n,) = struct.unpack_from("<I", raw, off)
+                c_area.append(a), c_off.append(off + 4), c_n.append(n), c_outer.append(r == 0)
+                off += 4 + 16 * n
+    if c_area:
+        parts.append((np.array(c_area), np.array(c_off), np.array(c_n, np.int64), np.array(c_outer)))
+    ring_area = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    ring_pt_start = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    ring_npts = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    ring_outer = np.concatenate([p[3] for p in parts])
+    # Group rings by area (the fast path put simple areas first).
+    order = np.argsort(ring_area, kind="stable")
+    ring_area, ring_pt_start, ring_npts, ring_outer = (
+        ring_area[order], ring_pt_start[order], ring_npts[order], ring_outer[order]
+    )
+    ring, pos = _ranges(ring_npts)
+    byte_idx = (ring_pt_start[ring] + 16 * pos)[:, None] + np.arange(16)
+    xy = buf[byte_idx.ravel()].view("<f8").reshape(-1, 2)
+    return xy[:, 0], xy[:, 1], ring, ring_area, ring_outer
+
+
+# ---------------------------------------------------------------- accumulation
+
+
+class _Aggregate:
+    """Running sum of values per (cell, channel), folded chunk by chunk in polars."""
+
+    def __init__(self) -> None:
+        self.parts: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def add(self, cells: np.ndarray, channels: np.ndarray, values: np.ndarray) -> None:
+        if cells.size == 0:
+            return
+        df = pl.DataFrame(
+            {"cell_id": cells.astype(np.uint64), "channel": channels.astype(np.uint16), "value": values},
+        )
+        df = df.group_by("cell_id", "channel").agg(pl.col("value").sum())
+        self.parts.append(df)
+        self.rows += df.height
+        if self.rows > REAGGREGATE_ROWS and len(self.parts) > 1:
+            self.parts = [self._fold()]
+            self.rows = self.parts[0].height
+
+    def _fold(self) -> pl.DataFrame:
+        return pl.concat(self.parts).group_by("cell_id", "channel").agg(pl.col("value").sum())
+
+    def long(self) -> pl.DataFrame:
+        """Columns cell_id (UInt64), channel (UInt16, index into CHANNEL_NAMES), value (Float64), sorted."""
+        if not self.parts:
+            return pl.DataFrame(schema={"cell_id": pl.UInt64, "channel": pl.UInt16, "value": pl.Float64})
+        long = self._fold().filter(pl.col("value") != 0).sort("cell_id", "channel")
+        self.parts = []
+        return long
+
+
+def _wide(long: pl.DataFrame) -> pl.DataFrame:
+    """Long (cell_id, channel, value) -> cell_id then one Float64 column per channel, built column by
+    column so peak memory is the output plus the long frame, not twice the output."""
+    cells, inv = np.unique(long["cell_id"].to_numpy(), return_inverse=True)
+    channel = long["channel"].to_numpy()
+    value = long["value"].to_numpy()
+    order = np.argsort(channel, kind="stable")
+    bounds = np.searchsorted(channel[order], np.arange(len(CHANNEL_NAMES) + 1))
+    cols = [pl.Series("cell_id", cells, pl.UInt64)]
+    for i, name in enumerate(CHANNEL_NAMES):
+        rows = order[bounds[i] : bounds[i + 1]]
+        col = np.zeros(cells.size)
+        col[inv[rows]] = value[rows]
+        cols.append(pl.Series(name, col, pl.Float64))
+    return pl.DataFrame(cols)
+
+
+class _Extractor:
+    """Buffers matched objects and turns full buffers into (cell, channel, value) rows."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.step = piece_length_m(level)
+        self.agg = _Aggregate()
+        self.stats = {
+            "tagged_nodes": 0,
+            "tagged_ways": 0,
+            "tagged_areas": 0,
+            "ways_missing_nodes": 0,
+            "missing_node_refs": 0,
+            "ways_skipped": 0,
+            "areas_invalid": 0,
+        }
+        self.p_lon: list[float] = []
+        self.p_lat: list[float] = []
+        self.p_ch: list[int] = []
+        self.l_wkb: list[str] = []
+        self.l_ch: list[tuple[int, ...]] = []
+        self.a_wkb: list[str] = []
+        self.a_ch: list[tuple[int, ...]] = []
+
+    def cells(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        return latlng_to_cell_id(lat, lon, self.level)
+
+    def flush_points(self) -> None:
+        if self.p_ch:
+            lon, lat = np.array(self.p_lon), np.array(self.p_lat)
+            self.agg.add(self.cells(lat, lon), np.array(self.p_ch), np.ones(lon.size))
+        self.p_lon, self.p_lat, self.p_ch = [], [], []
+
+    def flush_lines(self) -> None:
+        if self.l_wkb:
+            lon, lat, line = _wkb_lines(self.l_wkb)
+            same = line[1:] == line[:-1]
+            lon0, lat0, lon1, lat1 = lon[:-1][same], lat[:-1][same], lon[1:][same], lat[1:][same]
+            seg_line = line[:-1][same]
+            length = _haversine_m(lat0, lon0, lat1, lon1)
+            pieces = np.maximum(1, np.ceil(length / self.step)).astype(np.int64)
+            seg, pos = _ranges(pieces)
+            t = (pos + 0.5) / pieces[seg]
+            plat = lat0[seg] + t * (lat1 - lat0)[seg]
+            plon = lon0[seg] + t * (lon1 - lon0)[seg]
+            cells = self.cells(plat, plon)
+            value = (length / pieces)[seg]
+            ch_start, ch_count, ch_flat = _flat_channels(self.l_ch)
+            rep, ch = _expand_channels(seg_line[seg], ch_start, ch_count, ch_flat)
+            self.agg.add(cells[rep], ch, value[rep])
+        self.l_wkb, self.l_ch = [], []
+
+    def flush_areas(self) -> None:
+        if self.a_wkb:
+            self._areas(self.a_wkb, self.a_ch)
+        self.a_wkb, self.a_ch = [], []
+
+    def _areas(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
+        lon, lat, ring, ring_area, ring_outer = _wkb_polygons(hexes)
+        n_areas = len(hexes)
+        # Local equirectangular metres around each area's first point: equal-area enough at area scale.
+        first = np.searchsorted(ring_area[ring], np.arange(n_areas))
+        lon_ref, lat_ref = lon[first], lat[first]
+        kx = np.cos(np.radians(lat_ref)) * _M_PER_DEG
+        pa = ring_area[ring]
+        x = (lon - lon_ref[pa]) * kx[pa]
+        y = (lat - lat_ref[pa]) * _M_PER_DEG
+        same = ring[1:] == ring[:-1]
+        x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
+        e_ring = ring[:-1][same]
+        cross = x0 * y1 - x1 * y0
+        n_rings = ring_area.size
+        ring_a2 = np.bincount(e_ring, cross, n_rings)  # twice the signed ring area
+        ring_cx6 = np.bincount(e_ring, (x0 + x1) * cross, n_rings)
+        ring_cy6 = np.bincount(e_ring, (y0 + y1) * cross, n_rings)
+        # Outer rings add, holes subtract, whatever their orientation.
+        sign = np.where(ring_outer, 1.0, -1.0) * np.sign(ring_a2)
+        area2 = np.bincount(ring_area, sign * ring_a2, n_areas)
+        cx = np.bincount(ring_area, sign * ring_cx6, n_areas)
+        cy = np.bincount(ring_area, sign * ring_cy6, n_areas)
+        area_m2 = np.abs(area2) / 2
+        ok = area2 > 0
+        cx = np.where(ok, cx / np.where(ok, 3 * area2, 1), x[first])
+        cy = np.where(ok, cy / np.where(ok, 3 * area2, 1), y[first])
+        c_lon = lon_ref + cx / kx
+        c_lat = lat_ref + cy / _M_PER_DEG
+        c_cell = self.cells(c_lat, c_lon)
+
+        ch_start, ch_count, ch_flat = _flat_channels(chans)
+        owner, ch = _expand_channels(np.arange(n_areas), ch_start, ch_count, ch_flat)
+        spread = _SPREAD[ch]
+        n_samples = np.zeros(n_areas, np.int64)
+        spread_areas = np.unique(owner[spread])
+        if spread_areas.size:
+            s_cells, s_area, s_value, n_samples = self._spread(
+                x, y, ring, ring_area, spread_areas, area_m2, lon_ref, lat_ref, kx
+            )
+            sel = np.flatnonzero(spread)
+            # Only rows of areas that got samples are spread; the others stay at the centroid below.
+            sampled = n_samples[owner[sel]] > 0
+            rows = sel[sampled]
+            if rows.size:
+                # Join sample rows (per area) with the spread channels of that area.
+                s_order = np.argsort(s_area, kind="stable")
+                s_area_sorted = s_area[s_order]
+                lo = np.searchsorted(s_area_sorted, owner[rows], "left")
+                hi = np.searchsorted(s_area_sorted, owner[rows], "right")
+                rep, pos = _ranges(hi - lo)
+                k = s_order[lo[rep] + pos]
+                self.agg.add(s_cells[k], ch[rows][rep], s_value[k])
+        at_centroid = _CENTROID_AREA[ch] | (spread & (n_samples[owner] == 0))
+        value = np.where(_COUNT[ch], 1.0, area_m2[owner])
+        keep = _COUNT[ch] | at_centroid
+        self.agg.add(c_cell[owner[keep]], ch[keep], value[keep])
+
+    def _spread(self, x, y, ring, ring_area, areas, area_m2, lon_ref, lat_ref, kx):
+        """Scanline-fill sample grids inside the given areas -> per (area, cell) summed area."""
+        n_areas = area_m2.size
+        wanted = np.zeros(n_areas, bool)
+        wanted[areas] = True
+        pa = ring_area[ring]
+        same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
+        x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
+        e_area = pa[:-1][same]
+        xmin = np.full(n_areas, np.inf)
+        ymin = np.full(n_areas, np.inf)
+        np.minimum.at(xmin, e_area, np.minimum(x0, x1))
+        np.minimum.at(ymin, e_area, np.minimum(y0, y1))
+        spacing = np.maximum(self.step, np.sqrt(area_m2 / MAX_SAMPLES_PER_AREA))
+        s = spacing[e_area]
+        # Row r of an area lies at y = ymin + (r + 0.5) * s; an edge crosses rows with lo <= y < hi.
+        ey_lo, ey_hi = np.minimum(y0, y1), np.maximum(y0, y1)
+        r_lo = np.ceil((ey_lo - ymin[e_area]) / s - 0.5).astype(np.int64)
+        r_hi = np.ceil((ey_hi - ymin[e_area]) / s - 0.5).astype(np.int64)
+        edge, pos = _ranges(np.maximum(r_hi - r_lo, 0))
+        row = r_lo[edge] + pos
+        yr = ymin[e_area[edge]] + (row + 0.5) * s[edge]
+        xi = x0[edge] + (yr - y0[edge]) * (x1 - x0)[edge] / (y1 - y0)[edge]
+        xa = e_area[edge]
+        order = np.lexsort((xi, row, xa))
+        xi, row, xa = xi[order], row[order], xa[order]
+        # Even-odd rule: sorted crossings of one (area, row) pair up as enter / exit.
+        grp_start = np.flatnonzero(np.r_[True, (row[1:] != row[:-1]) | (xa[1:] != xa[:-1])])
+        grp_len = np.diff(np.r_[grp_start, row.size])
+        g, gpos = _ranges(grp_len)
+        enter = (gpos % 2 == 0) & (gpos + 1 < grp_len[g])
+        i_in = np.flatnonzero(enter)
+        span_area, span_row = xa[i_in], row[i_in]
+        sp = spacing[span_area]
+        c_lo = np.ceil((xi[i_in] - xmin[span_area]) / sp - 0.5).astype(np.int64)
+        c_hi = np.ceil((xi[i_in + 1] - xmin[span_area]) / sp - 0.5).astype(np.int64)
+        span, cpos = _ranges(np.maximum(c_hi - c_lo, 0))
+        s_area = span_area[span]
+        sx = xmin[s_area] + (c_lo[span] + cpos + 0.5) * spacing[s_area]
+        sy = ymin[s_area] + (span_row[span] + 0.5) * spacing[s_area]
+        s_lat = lat_ref[s_area] + sy / _M_PER_DEG
+        s_lon = lon_ref[s_area] + sx / kx[s_area]
+        n_samples = np.bincount(s_area, minlength=n_areas)
+        cells = self.cells(s_lat, s_lon)
+        # One row per (area, cell) with the area's share: samples in the cell / samples of the area.
+        per = (
+            pl.DataFrame({"a": s_area, "c": cells})
+            .group_by("a", "c")
+            .len()
+        )
+        a = per["a"].to_numpy()
+        value = per["len"].to_numpy() * (area_m2[a] / np.maximum(n_samples[a], 1))
+        return per["c"].to_numpy(), a, value, n_samples
+
+    def run(self, path: Path) -> None:
+        fab = osmium.geom.WKBFactory()
+        node_get, way_get, area_get = NODE_LOOKUP.get, WAY_LOOKUP.get, AREA_LOOKUP.get
+        negative = NEGATIVE_VALUES
+        p_lon, p_lat, p_ch = self.p_lon, self.p_lat, self.p_ch
+        stats = self.stats
+        fp = (
+            osmium.FileProcessor(str(path))
+            .with_locations()
+            .with_areas(osmium.filter.KeyFilter(*AREA_KEYS))
+            .with_filter(osmium.filter.KeyFilter(*FILTER_KEYS))
+        )
+        for o in fp:
+            # Nodes come first and are the most numerous: test for them first.
+            if o.is_node():
+                get = node_get
+            elif o.is_way():
+                get = way_get
+            else:
+                get = area_get
+            found: set[int] | tuple[int, ...] | None = None
+            for k, v in o.tags:
+                per_value = get(k)
+                if per_value is None:
+                    continue
+                hit = per_value.get(v)
+                if v not in negative:
+                    wild = per_value.get(WILDCARD)
+                    if wild:
+                        hit = hit + wild if hit else wild
+                if hit:
+                    if found is None:
+                        found = hit
+                    else:
+                        found = set(found)
+                        found.update(hit)
+            if not found:
+                continue
+            chans = tuple(sorted(set(found))) if len(found) > 1 else tuple(found)
+            if get is node_get:
+                loc = o.location
+                lon, lat = loc.lon, loc.lat
+                n = len(chans)
+                if n == 1:
+                    p_lon.append(lon), p_lat.append(lat), p_ch.append(chans[0])
+                else:
+                    p_lon.extend([lon] * n), p_lat.extend([lat] * n), p_ch.extend(chans)
+                stats["tagged_nodes"] += 1
+                if len(p_ch) >= FLUSH_POINTS:
+                    self.flush_points()
+                    p_lon, p_lat, p_ch = self.p_lon, self.p_lat, self.p_ch
+            elif get is way_get:
+                if o.is_closed() and o.tags.get("area") == "yes":
+                    stats["ways_skipped"] += 1
+                    continue
+                try:
+                    self.l_wkb.append(fab.create_linestring(o))
+                    self.l_ch.append(chans)
+                except (osmium.InvalidLocationError, RuntimeError):
+                    self._partial_way(o, chans)
+                stats["tagged_ways"] += 1
+                if len(self.l_wkb) >= FLUSH_LINES:
+                    self.flush_lines()
+            else:
+                try:
+                    self.a_wkb.append(fab.create_multipolygon(o))
+                    self.a_ch.append(chans)
+                    stats["tagged_areas"] += 1
+                except (osmium.InvalidLocationError, RuntimeError):
+                    stats["areas_invalid"] += 1
+                if len(self.a_wkb) >= FLUSH_AREAS:
+                    self.flush_areas()
+        self.flush_points()
+        self.flush_lines()
+        self.flush_areas()
+
+    def _partial_way(self, way, chans: tuple[int, ...]) -> None:
+        """A way with missing node locations keeps each run of >= 2 located nodes as its own line."""
+        runs: list[list[tuple[float, float]]] = [[]]
+        missing = 0
+        for n in way.nodes:
+            loc = n.location
+            if loc.valid():
+                runs[-1].append((loc.lon, loc.lat))
+            else:
+                missing += 1
+                if runs[-1]:
+                    runs.append([])
+        if missing:
+            self.stats["ways_missing_nodes"] += 1
+            self.stats["missing_node_refs"] += missing
+        for run in runs:
+            if len(run) >= 2:
+                wkb = struct.pack("<BII", 1, 2, len(run)) + np.array(run, "<f8").tobytes()
+                self.l_wkb.append(wkb.hex())
+                self.l_ch.append(chans)
+
+
+def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = None) -> pl.DataFrame:
+    """Non-zero channel values per S2 cell at `level`, long form: `cell_id` (UInt64), `channel` (UInt16,
+    index into CHANNEL_NAMES), `value` (Float64), sorted by cell then channel.
+
+    Sparse, so it stays small where the wide frame would not (most cells feed few channels). If `stats`
+    is given it receives counts of tagged objects and of skipped geometry.
+    """
+    if not 0 <= level <= 30:
+        raise ValueError(f"S2 level must be within 0..30, got {level}")
+    path = _check_path(pbf_path)
+    ex = _Extractor(level)
+    try:
+        ex.run(path)
+    except RuntimeError as e:
+        raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
+    if ex.stats["ways_missing_nodes"] or ex.stats["areas_invalid"]:
+        log.warning(
+            "%s: %d ways with %d missing node locations kept only their located parts; %d invalid areas skipped",
+            path, ex.stats["ways_missing_nodes"], ex.stats["missing_node_refs"], ex.stats["areas_invalid"],
+        )
+    if stats is not None:
+        stats.update(ex.stats)
+    return ex.agg.long()
+
+
+def extract_cells(pbf_path: str | Path, level: int, stats: dict | None = None) -> pl.DataFrame:
+    """Channel values per S2 cell at `level` for the PBF at `pbf_path` (see module docstring).
+
+    Returns `cell_id` (UInt64, unique, sorted) then one Float64 column per channel in CHANNEL_NAMES
+    order, only cells with some value. `stats` as in `extract_cells_long`.
+    """
+    return _wide(extract_cells_long(pbf_path, level, stats))

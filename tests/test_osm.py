@@ -1,0 +1,242 @@
+"""OSM extraction on the real Liechtenstein extract, checked against independent pyosmium handlers.
+
+The reference handlers below match tags with their own plain code straight from the CHANNELS table
+(not the compiled lookups) and measure geometry with their own formulas (haversine over node pairs,
+spherical ring area), so they share only pyosmium's reading and area assembly with s2vec_core.osm.
+"""
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import osmium
+import polars as pl
+import pytest
+
+from s2vec_core import s2
+from s2vec_core.osm import OSMFileError, extract_cells, extract_cells_long, pbf_info
+from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS
+
+PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
+LEVEL = 17
+R = 6_371_008.8
+# Largest S2 cell area at a level: kMaxArea.deriv / 4**level steradians (quadratic projection).
+S2_MAX_AREA_DERIV = 2.635799256963161
+
+
+def rule_matches(channel, tags: dict) -> bool:
+    for key, values in channel.rules:
+        v = tags.get(key)
+        if v is not None and (v in values if values is not None else v != "no"):
+            return True
+    return False
+
+
+def haversine(lat0, lon0, lat1, lon1):
+    p0, p1 = np.radians(lat0), np.radians(lat1)
+    h = np.sin((p1 - p0) / 2) ** 2 + np.cos(p0) * np.cos(p1) * np.sin(np.radians(lon1 - lon0) / 2) ** 2
+    return 2 * R * np.arcsin(np.sqrt(h))
+
+
+def ring_area_m2(lons, lats) -> float:
+    """Spherical ring area (the geojson-area formula), closed ring given."""
+    lo, la = np.radians(lons[:-1]), np.radians(lats[:-1])
+    n = len(lo)
+    s = sum((lo[(i + 2) % n] - lo[i]) * math.sin(la[(i + 1) % n]) for i in range(n))
+    return abs(s) * R * R / 2
+
+
+class Reference(osmium.SimpleHandler):
+    """Counts per count channel, length per length channel, area per area channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.value = {c.name: 0.0 for c in CHANNELS}
+        self.largest_spread = (0.0, 0)  # (m2, way id) of the largest spread-channel polygon from a way
+
+    def node(self, n):
+        tags = dict(n.tags)
+        for c in CHANNELS:
+            if c.kind == "count" and rule_matches(c, tags):
+                self.value[c.name] += 1
+
+    def way(self, w):
+        tags = dict(w.tags)
+        if w.is_closed() and tags.get("area") == "yes":
+            return
+        chans = [c for c in CHANNELS if c.kind == "length_m" and rule_matches(c, tags)]
+        if not chans:
+            return
+        pts = [(n.location.lat, n.location.lon) if n.location.valid() else (np.nan, np.nan) for n in w.nodes]
+        a = np.array(pts)
+        d = haversine(a[:-1, 0], a[:-1, 1], a[1:, 0], a[1:, 1])
+        length = float(np.nansum(d))  # pairs with a missing node are NaN: skipped
+        for c in chans:
+            self.value[c.name] += length
+
+    def area(self, a):
+        tags = dict(a.tags)
+        chans = [c for c in CHANNELS if c.kind in ("count", "area_m2") and rule_matches(c, tags)]
+        if not chans or a.num_rings()[0] == 0:
+            return
+        m2 = 0.0
+        for outer in a.outer_rings():
+            m2 += ring_area_m2(np.array([n.lon for n in outer]), np.array([n.lat for n in outer]))
+            for inner in a.inner_rings(outer):
+                m2 -= ring_area_m2(np.array([n.lon for n in inner]), np.array([n.lat for n in inner]))
+        for c in chans:
+            self.value[c.name] += 1 if c.kind == "count" else m2
+            if c.spread and a.from_way():
+                self.largest_spread = max(self.largest_spread, (m2, a.orig_id()))
+
+
+@pytest.fixture(scope="module")
+def extracted():
+    stats = {}
+    df = extract_cells(PBF, LEVEL, stats=stats)
+    return df, stats
+
+
+@pytest.fixture(scope="module")
+def reference():
+    ref = Reference()
+    ref.apply_file(str(PBF), locations=True)
+    return ref
+
+
+def test_schema_sorted_unique_nonempty_cells_at_level(extracted):
+    df, stats = extracted
+    assert df.columns == ["cell_id", *CHANNEL_NAMES]
+    assert df.schema["cell_id"] == pl.UInt64
+    assert all(df.schema[n] == pl.Float64 for n in CHANNEL_NAMES)
+    ids = df["cell_id"].to_numpy()
+    assert np.all(np.diff(ids.astype(np.float64)) >= 0) and np.unique(ids).size == ids.size
+    assert np.all(ids[1:] > ids[:-1])
+    assert set(s2.cell_level(ids).tolist()) == {LEVEL}
+    assert df.select(pl.sum_horizontal(pl.col(CHANNEL_NAMES).abs()) > 0).to_series().all()
+    assert stats["tagged_nodes"] > 500 and stats["tagged_ways"] > 2000 and stats["tagged_areas"] > 3000
+
+
+def test_count_channels_equal_an_independent_count(extracted, reference):
+    df, _ = extracted
+    counts = [c.name for c in CHANNELS if c.kind == "count"]
+    got = df.select(counts).sum().row(0, named=True)
+    assert sum(reference.value[n] for n in counts) > 5000
+    assert got == {n: reference.value[n] for n in counts}
+
+
+def test_line_lengths_within_1_percent_of_haversine_over_node_pairs(extracted, reference):
+    df, _ = extracted
+    lengths = [c.name for c in CHANNELS if c.kind == "length_m"]
+    got = df.select(lengths).sum().row(0, named=True)
+    roads = [n for n in lengths if n.startswith(("road_", "path_"))]
+    total_ref = sum(reference.value[n] for n in roads)
+    assert total_ref > 500_000  # Liechtenstein has > 500 km of highways in OSM
+    assert sum(got[n] for n in roads) == pytest.approx(total_ref, rel=0.01)
+    for n in lengths:
+        assert got[n] == pytest.approx(reference.value[n], rel=0.01, abs=1.0), n
+
+
+def test_area_channels_match_independent_spherical_areas(extracted, reference):
+    df, _ = extracted
+    for c in CHANNELS:
+        if c.kind == "area_m2":
+            assert df[c.name].sum() == pytest.approx(reference.value[c.name], rel=0.005, abs=1.0), c.name
+    assert reference.value["building_footprint_m2"] > 1e5
+
+
+def test_large_polygons_are_spread_over_many_cells_never_one_hot_pixel(extracted, reference, tmp_path):
+    df, _ = extracted
+    max_cell_m2 = S2_MAX_AREA_DERIV / 4**LEVEL * R * R
+    m2, way_id = reference.largest_spread
+    assert m2 > 100 * max_cell_m2
+    # That polygon alone, in its own file: its area must land on at least area / max-cell-area cells,
+    # no cell holding much more than its own area (the sample grid is finer than a cell).
+    single = tmp_path / "one_polygon.osm.pbf"
+    way = next(
+        osmium.osm.mutable.Way(id=o.id, nodes=[n.ref for n in o.nodes], tags=dict(o.tags))
+        for o in osmium.FileProcessor(str(PBF), osmium.osm.WAY)
+        if o.id == way_id
+    )
+    refs = set(way.nodes)
+    with osmium.SimpleWriter(str(single)) as w:
+        for o in osmium.FileProcessor(str(PBF), osmium.osm.NODE):
+            if o.id in refs:
+                w.add_node(o.replace(tags={}))
+        w.add_way(way)
+    one = extract_cells(single, LEVEL)
+    spread = [c.name for c in CHANNELS if c.spread]
+    values = one.select(spread).to_numpy()
+    fed = values.sum(axis=0) > 0
+    assert fed.any()
+    for col in values[:, fed].T:
+        assert col.sum() == pytest.approx(m2, rel=0.005)
+        assert (col > 0).sum() >= m2 / max_cell_m2
+        assert col.max() <= 1.5 * max_cell_m2
+    # Across the whole extract, too: every spread channel covers enough cells to hold its area.
+    for name in spread:
+        col = df[name].to_numpy()
+        assert (col > 0).sum() * max_cell_m2 >= col.sum(), name
+
+
+def test_line_length_is_split_over_the_cells_a_road_crosses(extracted):
+    df, _ = extracted
+    # A 70 m cell cannot hold a long straight road: many cells carry a little road length each.
+    roads = df.select(pl.sum_horizontal(pl.col("^road_.*_m$"))).to_series().to_numpy()
+    assert (roads > 0).sum() > 5000
+    assert np.median(roads[roads > 0]) < 500
+
+
+def test_long_form_agrees_with_wide(extracted):
+    df, _ = extracted
+    long = extract_cells_long(PBF, LEVEL)
+    assert long.columns == ["cell_id", "channel", "value"]
+    wide_sums = df.select(CHANNEL_NAMES).sum().row(0)
+    long_sums = long.group_by("channel").agg(pl.col("value").sum())
+    by_ch = dict(zip(long_sums["channel"].to_list(), long_sums["value"].to_list()))
+    assert [by_ch.get(i, 0.0) for i in range(len(CHANNEL_NAMES))] == pytest.approx(wide_sums, rel=1e-9)
+    assert long["cell_id"].n_unique() == df.height
+
+
+def test_clipped_extract_keeps_located_parts_and_counts_the_missing(tmp_path):
+    clipped = tmp_path / "clipped.osm.pbf"
+    with osmium.SimpleWriter(str(clipped)) as w:
+        for o in osmium.FileProcessor(str(PBF)):
+            # Drop a strip of nodes across the country: ways crossing it lose node locations.
+            if o.is_node() and 9.52 < o.location.lon < 9.53:
+                continue
+            w.add(o)
+    stats = {}
+    df = extract_cells(clipped, LEVEL, stats=stats)
+    assert stats["ways_missing_nodes"] > 10 and stats["missing_node_refs"] > stats["ways_missing_nodes"]
+    ref = Reference()
+    ref.apply_file(str(clipped), locations=True)
+    roads = [c.name for c in CHANNELS if c.kind == "length_m"]
+    assert df.select(roads).sum().row(0) == pytest.approx([ref.value[n] for n in roads], rel=0.01, abs=1.0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage"])
+def test_bad_files_raise_osm_file_error_naming_the_file(tmp_path, damage):
+    bad = tmp_path / f"{damage}.osm.pbf"
+    data = PBF.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) * 6 // 10])
+    elif damage == "garbage":
+        bad.write_bytes(bytes(range(256)) * 100)
+    for fn in (lambda p: extract_cells(p, LEVEL), pbf_info):
+        with pytest.raises(OSMFileError, match=str(bad)):
+            fn(bad)
+
+
+def test_pbf_info_matches_the_file(tmp_path):
+    info = pbf_info(PBF)
+    assert info["sha256"] == hashlib.sha256(PBF.read_bytes()).hexdigest()
+    assert info["size_bytes"] == PBF.stat().st_size
+    counts = {"n": 0, "w": 0, "r": 0}
+    for o in osmium.FileProcessor(str(PBF)):
+        counts[o.type_str()] += 1
+    assert (info["nodes"], info["ways"], info["relations"]) == (counts["n"], counts["w"], counts["r"])
+    lon_min, lat_min, lon_max, lat_max = info["bbox"]
+    assert 9.4 < lon_min < lon_max < 9.7 and 47.0 < lat_min < lat_max < 47.3
+    assert info["replication_timestamp"].startswith("2013-08-03")
