@@ -33,7 +33,6 @@ from s2vec_core.taxonomy import (
     AREA_LOOKUP,
     CHANNEL_NAMES,
     CHANNELS,
-    FILTER_KEYS,
     NEGATIVE_VALUES,
     NODE_LOOKUP,
     WAY_LOOKUP,
@@ -51,11 +50,11 @@ SAMPLES_PER_EDGE = 2
 # One polygon never yields more samples than this (a huge polygon gets a coarser grid instead).
 MAX_SAMPLES_PER_AREA = 2_000_000
 # Chunk sizes: how many buffered objects trigger a flush into the aggregate.
-FLUSH_POINTS = 200_000
-FLUSH_LINES = 50_000
-FLUSH_AREAS = 20_000
+FLUSH_POINTS = 100_000
+FLUSH_LINES = 10_000
+FLUSH_AREAS = 10_000
 # Aggregate rows held before they are re-aggregated.
-REAGGREGATE_ROWS = 4_000_000
+REAGGREGATE_ROWS = 2_000_000
 
 _SPREAD = np.array([c.kind == "area_m2" and c.spread for c in CHANNELS])
 _CENTROID_AREA = np.array([c.kind == "area_m2" and not c.spread for c in CHANNELS])
@@ -218,36 +217,55 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 # ---------------------------------------------------------------- accumulation
 
 
+def _reduce(cells: np.ndarray, channels: np.ndarray, values: np.ndarray):
+    """Sum values per (cell, channel); returns the unique pairs sorted by cell then channel."""
+    order = np.lexsort((channels, cells))
+    cells, channels, values = cells[order], channels[order], values[order]
+    new = np.empty(cells.size, bool)
+    new[:1] = True
+    new[1:] = (cells[1:] != cells[:-1]) | (channels[1:] != channels[:-1])
+    starts = np.flatnonzero(new)
+    return cells[starts], channels[starts], np.add.reduceat(values, starts)
+
+
 class _Aggregate:
-    """Running sum of values per (cell, channel), folded chunk by chunk in polars."""
+    """Running sum of values per (cell, channel), folded chunk by chunk with numpy (sort + reduceat):
+    a few compact arrays, no allocator-hungry hash tables."""
 
     def __init__(self) -> None:
-        self.parts: list[pl.DataFrame] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
 
     def add(self, cells: np.ndarray, channels: np.ndarray, values: np.ndarray) -> None:
         if cells.size == 0:
             return
-        df = pl.DataFrame(
-            {"cell_id": cells.astype(np.uint64), "channel": channels.astype(np.uint16), "value": values},
-        )
-        df = df.group_by("cell_id", "channel").agg(pl.col("value").sum())
-        self.parts.append(df)
-        self.rows += df.height
+        part = _reduce(cells.astype(np.uint64), channels.astype(np.uint16), values.astype(np.float64))
+        self.parts.append(part)
+        self.rows += part[0].size
         if self.rows > REAGGREGATE_ROWS and len(self.parts) > 1:
             self.parts = [self._fold()]
-            self.rows = self.parts[0].height
+            self.rows = self.parts[0][0].size
 
-    def _fold(self) -> pl.DataFrame:
-        return pl.concat(self.parts).group_by("cell_id", "channel").agg(pl.col("value").sum())
+    def _fold(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cols = [np.concatenate([p[i] for p in self.parts]) for i in range(3)]
+        self.parts = []
+        return _reduce(*cols)
 
     def long(self) -> pl.DataFrame:
         """Columns cell_id (UInt64), channel (UInt16, index into CHANNEL_NAMES), value (Float64), sorted."""
-        if not self.parts:
-            return pl.DataFrame(schema={"cell_id": pl.UInt64, "channel": pl.UInt16, "value": pl.Float64})
-        long = self._fold().filter(pl.col("value") != 0).sort("cell_id", "channel")
-        self.parts = []
-        return long
+        if self.parts:
+            cells, channels, values = self._fold()
+            nz = values != 0
+            cells, channels, values = cells[nz], channels[nz], values[nz]
+        else:
+            cells, channels, values = np.zeros(0, np.uint64), np.zeros(0, np.uint16), np.zeros(0)
+        return pl.DataFrame(
+            [
+                pl.Series("cell_id", cells, pl.UInt64),
+                pl.Series("channel", channels.astype(np.uint16), pl.UInt16),
+                pl.Series("value", values, pl.Float64),
+            ]
+        )
 
 
 def _wide(long: pl.DataFrame) -> pl.DataFrame:
@@ -265,6 +283,102 @@ def _wide(long: pl.DataFrame) -> pl.DataFrame:
         col[inv[rows]] = value[rows]
         cols.append(pl.Series(name, col, pl.Float64))
     return pl.DataFrame(cols)
+
+
+# Keys in the order tags are probed: the most frequent first, so the early exit in _channels (all of
+# an object's tags accounted for) comes soon. Keys not listed follow alphabetically.
+_KEY_ORDER = ("building", "highway", "landuse", "natural", "amenity", "barrier", "waterway", "leisure",
+              "power", "railway", "shop", "man_made", "tourism", "public_transport", "historic", "office")
+
+
+def _key_table(lookup) -> tuple[tuple[str, dict[str, tuple[int, ...]], tuple[int, ...]], ...]:
+    """(key, value -> channels, wildcard channels) per key, in probe order. Tags are read by key:
+    pyosmium answers TagList.get much faster than it iterates tags."""
+    rank = {k: i for i, k in enumerate(_KEY_ORDER)}
+    keys = sorted(lookup, key=lambda k: (rank.get(k, len(rank)), k))
+    return tuple((k, lookup[k], lookup[k].get(WILDCARD, ())) for k in keys)
+
+
+_NODE_TABLE, _WAY_TABLE, _AREA_TABLE = _key_table(NODE_LOOKUP), _key_table(WAY_LOOKUP), _key_table(AREA_LOOKUP)
+_NODE_KEYS = tuple(k for k, _, _ in _NODE_TABLE)
+_WAY_KEYS = tuple(k for k, _, _ in _WAY_TABLE)
+
+
+def _channels(tags, table) -> tuple[int, ...]:
+    """Channels (sorted, unique) that `tags` (a pyosmium TagList) feed under `table`."""
+    found: tuple[int, ...] = ()
+    left = len(tags)
+    get = tags.get
+    for key, per_value, wild in table:
+        v = get(key)
+        if v is None:
+            continue
+        hit = per_value.get(v, ())
+        if wild and v not in NEGATIVE_VALUES:
+            hit = hit + wild
+        if hit:
+            found = found + hit
+        left -= 1
+        if not left:  # every tag of the object is accounted for
+            break
+    if len(found) > 1:
+        found = tuple(sorted(set(found)))
+    return found
+
+
+class _Reader(osmium.SimpleHandler):
+    """pyosmium callbacks: match tags and append to the extractor's buffers (the only per-object Python)."""
+
+    def __init__(self, ex: "_Extractor") -> None:
+        super().__init__()
+        self.ex = ex
+        self.fab = osmium.geom.WKBFactory()
+
+    def node(self, n) -> None:
+        chans = _channels(n.tags, _NODE_TABLE)
+        if not chans:
+            return
+        ex = self.ex
+        loc = n.location
+        k = len(chans)
+        ex.p_lon.extend((loc.lon,) * k)
+        ex.p_lat.extend((loc.lat,) * k)
+        ex.p_ch.extend(chans)
+        ex.stats["tagged_nodes"] += 1
+        if len(ex.p_ch) >= FLUSH_POINTS:
+            ex.flush_points()
+
+    def way(self, w) -> None:
+        tags = w.tags
+        chans = _channels(tags, _WAY_TABLE)
+        if not chans:
+            return
+        ex = self.ex
+        if w.is_closed() and tags.get("area") == "yes":
+            ex.stats["ways_skipped"] += 1
+            return
+        try:
+            ex.l_wkb.append(self.fab.create_linestring(w))
+            ex.l_ch.append(chans)
+        except (osmium.InvalidLocationError, RuntimeError):
+            ex.partial_way(w, chans)
+        ex.stats["tagged_ways"] += 1
+        if len(ex.l_wkb) >= FLUSH_LINES:
+            ex.flush_lines()
+
+    def area(self, a) -> None:
+        chans = _channels(a.tags, _AREA_TABLE)
+        if not chans:
+            return
+        ex = self.ex
+        try:
+            ex.a_wkb.append(self.fab.create_multipolygon(a))
+            ex.a_ch.append(chans)
+            ex.stats["tagged_areas"] += 1
+        except (osmium.InvalidLocationError, RuntimeError):
+            ex.stats["areas_invalid"] += 1
+        if len(ex.a_wkb) >= FLUSH_AREAS:
+            ex.flush_areas()
 
 
 class _Extractor:
@@ -437,82 +551,22 @@ class _Extractor:
         return per["c"].to_numpy(), a, value, n_samples
 
     def run(self, path: Path) -> None:
-        fab = osmium.geom.WKBFactory()
-        node_get, way_get, area_get = NODE_LOOKUP.get, WAY_LOOKUP.get, AREA_LOOKUP.get
-        negative = NEGATIVE_VALUES
-        p_lon, p_lat, p_ch = self.p_lon, self.p_lat, self.p_ch
-        stats = self.stats
-        fp = (
-            osmium.FileProcessor(str(path))
-            .with_locations()
-            .with_areas(osmium.filter.KeyFilter(*AREA_KEYS))
-            .with_filter(osmium.filter.KeyFilter(*FILTER_KEYS))
+        _Reader(self).apply_file(
+            str(path),
+            locations=True,
+            # Per-type C++ filters: only objects with a key that can feed a channel of their geometry
+            # reach Python (relations only feed the area assembler, which sees them before these).
+            filters=[
+                osmium.filter.KeyFilter(*_NODE_KEYS).enable_for(osmium.osm.NODE),
+                osmium.filter.KeyFilter(*_WAY_KEYS).enable_for(osmium.osm.WAY),
+                osmium.filter.KeyFilter(*AREA_KEYS).enable_for(osmium.osm.AREA | osmium.osm.RELATION),
+            ],
         )
-        for o in fp:
-            # Nodes come first and are the most numerous: test for them first.
-            if o.is_node():
-                get = node_get
-            elif o.is_way():
-                get = way_get
-            else:
-                get = area_get
-            found: set[int] | tuple[int, ...] | None = None
-            for k, v in o.tags:
-                per_value = get(k)
-                if per_value is None:
-                    continue
-                hit = per_value.get(v)
-                if v not in negative:
-                    wild = per_value.get(WILDCARD)
-                    if wild:
-                        hit = hit + wild if hit else wild
-                if hit:
-                    if found is None:
-                        found = hit
-                    else:
-                        found = set(found)
-                        found.update(hit)
-            if not found:
-                continue
-            chans = tuple(sorted(set(found))) if len(found) > 1 else tuple(found)
-            if get is node_get:
-                loc = o.location
-                lon, lat = loc.lon, loc.lat
-                n = len(chans)
-                if n == 1:
-                    p_lon.append(lon), p_lat.append(lat), p_ch.append(chans[0])
-                else:
-                    p_lon.extend([lon] * n), p_lat.extend([lat] * n), p_ch.extend(chans)
-                stats["tagged_nodes"] += 1
-                if len(p_ch) >= FLUSH_POINTS:
-                    self.flush_points()
-                    p_lon, p_lat, p_ch = self.p_lon, self.p_lat, self.p_ch
-            elif get is way_get:
-                if o.is_closed() and o.tags.get("area") == "yes":
-                    stats["ways_skipped"] += 1
-                    continue
-                try:
-                    self.l_wkb.append(fab.create_linestring(o))
-                    self.l_ch.append(chans)
-                except (osmium.InvalidLocationError, RuntimeError):
-                    self._partial_way(o, chans)
-                stats["tagged_ways"] += 1
-                if len(self.l_wkb) >= FLUSH_LINES:
-                    self.flush_lines()
-            else:
-                try:
-                    self.a_wkb.append(fab.create_multipolygon(o))
-                    self.a_ch.append(chans)
-                    stats["tagged_areas"] += 1
-                except (osmium.InvalidLocationError, RuntimeError):
-                    stats["areas_invalid"] += 1
-                if len(self.a_wkb) >= FLUSH_AREAS:
-                    self.flush_areas()
         self.flush_points()
         self.flush_lines()
         self.flush_areas()
 
-    def _partial_way(self, way, chans: tuple[int, ...]) -> None:
+    def partial_way(self, way, chans: tuple[int, ...]) -> None:
         """A way with missing node locations keeps each run of >= 2 located nodes as its own line."""
         runs: list[list[tuple[float, float]]] = [[]]
         missing = 0

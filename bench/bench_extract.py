@@ -1,0 +1,151 @@
+"""OSM extraction throughput: s2vec `extract_cells` vs a plain pyosmium SimpleHandler, side by side.
+
+Each run is its own subprocess, so its peak RSS (from `os.wait4`) is its own. Throughput is counted in
+tagged objects: nodes, ways and relations carrying at least one taxonomy key (FILTER_KEYS), counted
+by the peer; every tool reads the same file, so the ratio of features/s is the ratio of walls.
+
+The peer (issue 6): `osmium.SimpleHandler.apply_file(locations=True)` with the same C++ KeyFilter,
+collecting node points and way centroids (mean of the node locations) in Python. It makes no cells,
+no line splitting, no areas: it is the floor of "touch every tagged object in Python".
+
+    python bench/tile_pbf.py data/osm/liechtenstein-2013-08-03.osm.pbf bench/data/liechtenstein-x256.osm.pbf --copies 256
+    python bench/bench_extract.py bench/data/liechtenstein-x256.osm.pbf --level 17 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(tool: str, pbf: str, level: int) -> dict:
+    """Runs inside the subprocess: one tool on one file; returns what it counted and its wall."""
+    import osmium
+
+    from s2vec_core.taxonomy import FILTER_KEYS
+
+    t0 = time.perf_counter()
+    if tool == "peer":
+
+        class Centroids(osmium.SimpleHandler):
+            def __init__(self) -> None:
+                super().__init__()
+                self.points: list[tuple[float, float]] = []
+                self.relations = 0
+
+            def node(self, n) -> None:
+                self.points.append((n.location.lon, n.location.lat))
+
+            def way(self, w) -> None:
+                xs = ys = 0.0
+                k = 0
+                for nd in w.nodes:
+                    loc = nd.location
+                    if loc.valid():
+                        xs += loc.lon
+                        ys += loc.lat
+                        k += 1
+                if k:
+                    self.points.append((xs / k, ys / k))
+
+            def relation(self, r) -> None:
+                self.relations += 1
+
+        h = Centroids()
+        h.apply_file(pbf, locations=True, filters=[osmium.filter.KeyFilter(*FILTER_KEYS)])
+        return {"wall_s": time.perf_counter() - t0, "tagged_objects": len(h.points) + h.relations}
+    from s2vec_core import osm
+
+    stats: dict = {}
+    if tool == "s2vec-long":
+        df = osm.extract_cells_long(pbf, level, stats=stats)
+    else:
+        df = osm.extract_cells(pbf, level, stats=stats)
+    return {"wall_s": time.perf_counter() - t0, "rows": df.height, "stats": stats}
+
+
+def run_one(tool: str, pbf: Path, level: int) -> dict:
+    cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"{tool} failed with status {status}")
+    res = json.loads(out)
+    res["process_wall_s"] = wall
+    res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    return res
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pbf", type=Path)
+    ap.add_argument("--level", type=int, default=17)
+    ap.add_argument("--runs", type=int, default=1, help="runs per tool; the median wall is reported")
+    ap.add_argument("--tools", default="peer,s2vec-long,s2vec-wide")
+    ap.add_argument("--wide-level", type=int, default=None, help="level for s2vec-wide (default --level)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        level = args.level
+        print(json.dumps(worker(args.worker, str(args.pbf), level)))
+        return 0
+    size_mb = args.pbf.stat().st_size / 1e6
+    # The peer always runs: it counts the tagged objects every throughput is measured in.
+    tools = ["peer", *[t for t in args.tools.split(",") if t != "peer"]]
+    results: dict[str, list[dict]] = {t: [] for t in tools}
+    for _ in range(args.runs):
+        for t in tools:  # interleaved, so load from other users of the machine hits all tools alike
+            level = args.wide_level if (t == "s2vec-wide" and args.wide_level is not None) else args.level
+            r = run_one(t, args.pbf, level)
+            r["level"] = level
+            results[t].append(r)
+            print(t, json.dumps({k: v for k, v in r.items() if k != "stats"}), file=sys.stderr)
+    tagged = results["peer"][0]["tagged_objects"]
+    print(f"machine: {machine()}")
+    print(f"file: {args.pbf} ({size_mb:.1f} MB), tagged objects (any taxonomy key): {tagged:,}\n")
+    print("| tool | level | wall s (median) | peak RSS MB (max) | tagged objects/s | MB/s | vs peer |")
+    print("|---|---|---|---|---|---|---|")
+    peer_wall = statistics.median(r["wall_s"] for r in results["peer"])
+    for t in tools:
+        walls = [r["wall_s"] for r in results[t]]
+        wall = statistics.median(walls)
+        rss = max(r["peak_rss_mb"] for r in results[t])
+        ratio = f"{peer_wall / wall:.2f}x"
+        lvl = results[t][0]["level"] if t != "peer" else "-"
+        print(
+            f"| {t} | {lvl} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) | {rss:.0f} | "
+            f"{tagged / wall:,.0f} | {size_mb / wall:.1f} | {ratio} |"
+        )
+    for t in tools:
+        if "stats" in results[t][0]:
+            print(f"\n{t} stats: {results[t][0]['stats']}, output rows: {results[t][0]['rows']:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
