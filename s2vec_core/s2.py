@@ -1,0 +1,380 @@
+"""Vectorised S2 cell ids on numpy arrays, bit-identical to s2sphere.
+
+Cell ids are ``uint64`` arrays; every function that takes ids also accepts ``int64`` (the bit pattern
+tables store, see :func:`as_int64`). Lat/lng are degrees. Levels are 0..30.
+
+The arithmetic follows s2sphere step by step (degrees -> radians -> xyz -> face/uv -> quadratic st ->
+ij -> Hilbert position through the 4-bit lookup table) in float64 with the same operation order, so
+``latlng_to_cell_id`` gives exactly s2sphere's ids. ``cell_center`` / ``cell_vertices`` match
+s2sphere to the last bit except where numpy's SIMD ``arctan2`` rounds differently from libm (1 ulp).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_LEVEL = 30
+MAX_SIZE = 1 << MAX_LEVEL
+_POS_BITS = 2 * MAX_LEVEL + 1
+_LOOKUP_BITS = 4
+_SWAP_MASK = 0x01
+_INVERT_MASK = 0x02
+_NUM_FACES = 6
+
+_U64 = np.uint64
+_ONE = _U64(1)
+_VALID_LSB_MASK = _U64(0x1555555555555555)
+# Largest 1-ulp expansion s2sphere applies to cell lat/lng bounds (Cell.get_rect_bound).
+_RECT_MAX_ERROR = 1.0 / (1 << 51)
+# s2sphere MIN_WIDTH metric (quadratic projection): min cell width at level L is this * 2**-L radians.
+_MIN_WIDTH_DERIV = 2.0 * np.sqrt(2.0) / 3.0
+
+
+def _build_lookup() -> tuple[np.ndarray, np.ndarray]:
+    """The (ij, orientation) <-> (Hilbert pos, orientation) tables of s2sphere, for 4-bit blocks."""
+    pos_to_ij = ((0, 1, 3, 2), (0, 2, 3, 1), (3, 2, 0, 1), (3, 1, 0, 2))
+    pos_to_orientation = (_SWAP_MASK, 0, 0, _INVERT_MASK | _SWAP_MASK)
+    size = 1 << (2 * _LOOKUP_BITS + 2)
+    lookup_pos = np.zeros(size, dtype=np.int64)
+    lookup_ij = np.zeros(size, dtype=np.int64)
+    # Built once at import on 4 x 256 entries; iterative form of s2sphere's _init_lookup_cell.
+    for orig in range(4):
+        stack = [(0, 0, 0, 0, orig)]
+        while stack:
+            level, i, j, pos, orientation = stack.pop()
+            if level == _LOOKUP_BITS:
+                ij = (i << _LOOKUP_BITS) + j
+                lookup_pos[(ij << 2) + orig] = (pos << 2) + orientation
+                lookup_ij[(pos << 2) + orig] = (ij << 2) + orientation
+                continue
+            r = pos_to_ij[orientation]
+            for index in range(4):
+                stack.append((level + 1, (i << 1) + (r[index] >> 1), (j << 1) + (r[index] & 1),
+                              (pos << 2) + index, orientation ^ pos_to_orientation[index]))
+    return lookup_pos, lookup_ij
+
+
+_LOOKUP_POS, _LOOKUP_IJ = _build_lookup()
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_level(level: object, name: str = "level") -> int:
+    if isinstance(level, bool) or not isinstance(level, Integral):
+        raise ValueError(f"{name} must be an integer in 0..{MAX_LEVEL}, got {level!r}")
+    level = int(level)
+    if not 0 <= level <= MAX_LEVEL:
+        raise ValueError(f"{name} must be in 0..{MAX_LEVEL}, got {level}")
+    return level
+
+
+def as_uint64(ids: npt.ArrayLike) -> np.ndarray:
+    """Cell ids as ``uint64`` (an ``int64`` array is reinterpreted bit for bit, not converted)."""
+    arr = np.asarray(ids)
+    if arr.size == 0 and arr.dtype.kind not in "iu":
+        return np.zeros(arr.shape, dtype=np.uint64)
+    if arr.dtype == np.uint64:
+        return arr
+    if arr.dtype == np.int64:
+        return arr.view(np.uint64)
+    if arr.dtype == object or arr.dtype.kind in "iu":
+        # Python ints (e.g. s2sphere's CellId.id()) may exceed int64, so go through uint64 checked.
+        try:
+            out = np.asarray(arr, dtype=np.int64) if arr.dtype.kind == "i" else np.array(arr, dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise ValueError(f"cell ids must be 64-bit integers: {exc}") from None
+        return out.view(np.uint64)
+    raise ValueError(f"cell ids must be uint64 or int64 arrays, got dtype {arr.dtype}")
+
+
+def as_int64(ids: npt.ArrayLike) -> np.ndarray:
+    """Cell ids as ``int64`` with the same bit pattern (how tables store them)."""
+    return as_uint64(ids).view(np.int64)
+
+
+def _valid_ids(ids: npt.ArrayLike) -> np.ndarray:
+    arr = as_uint64(ids)
+    ok = is_valid(arr)
+    if not ok.all():
+        bad = arr[~ok]
+        raise ValueError(f"{bad.size} invalid S2 cell id(s), e.g. {int(bad.flat[0]):#018x}")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# id bit arithmetic
+
+
+def _lsb(ids: np.ndarray) -> np.ndarray:
+    return ids & (~ids + _ONE)
+
+
+def _lsb_for_level(level: int) -> np.uint64:
+    return _U64(1 << (2 * (MAX_LEVEL - level)))
+
+
+def is_valid(ids: npt.ArrayLike) -> np.ndarray:
+    """True where the id is a valid S2 cell id (face < 6 and the trailing 1 bit at an even position)."""
+    arr = as_uint64(ids)
+    return ((arr >> _U64(_POS_BITS)) < _NUM_FACES) & ((_lsb(arr) & _VALID_LSB_MASK) != 0)
+
+
+def _levels(ids: np.ndarray) -> np.ndarray:
+    trailing_zeros = np.bitwise_count(_lsb(ids) - _ONE)
+    return (MAX_LEVEL - (trailing_zeros >> 1)).astype(np.int64)
+
+
+def cell_level(ids: npt.ArrayLike) -> np.ndarray:
+    """Level (0..30) of each cell id; ValueError on invalid ids."""
+    return _levels(_valid_ids(ids)).astype(np.int8)
+
+
+def _check_not_finer(ids: np.ndarray, level: int, what: str) -> None:
+    levels = _levels(ids)
+    if (levels < level).any():
+        raise ValueError(f"{what} at level {level} needs cells at level >= {level}; "
+                         f"got cells at level {int(levels.min())}")
+
+
+def parent(ids: npt.ArrayLike, level: int) -> np.ndarray:
+    """Ancestor of each cell at ``level`` (which must be <= every cell's level)."""
+    level = _check_level(level)
+    arr = _valid_ids(ids)
+    _check_not_finer(arr, level, "parent")
+    new_lsb = _lsb_for_level(level)
+    return (arr & ~(new_lsb - _ONE)) | new_lsb
+
+
+def children_range(ids: npt.ArrayLike, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last (inclusive) descendant ids at ``level`` (>= every cell's level)."""
+    level = _check_level(level)
+    arr = _valid_ids(ids)
+    levels = _levels(arr)
+    if (levels > level).any():
+        raise ValueError(f"children at level {level} need cells at level <= {level}; "
+                         f"got cells at level {int(levels.max())}")
+    lsb = _lsb(arr)
+    child_lsb = _lsb_for_level(level)
+    return arr - lsb + child_lsb, arr + lsb - child_lsb
+
+
+# ----------------------------------------------------------------------------------------------
+# projection (s2sphere's float order kept on purpose: bit identity depends on it)
+
+
+def _st_to_uv(s: np.ndarray) -> np.ndarray:
+    one_minus = 1 - s
+    return np.where(s >= 0.5, (1.0 / 3.0) * (4 * s * s - 1), (1.0 / 3.0) * (1 - 4 * one_minus * one_minus))
+
+
+def _uv_to_st(u: np.ndarray) -> np.ndarray:
+    # For u < 0, 1 - 3*u equals 1 + 3*|u| exactly, so one sqrt serves both branches.
+    root = 0.5 * np.sqrt(1 + 3 * np.abs(u))
+    return np.where(u >= 0, root, 1 - root)
+
+
+def _st_to_ij(s: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(MAX_SIZE * s), 0, MAX_SIZE - 1).astype(np.int64)
+
+
+def _xyz_to_face_uv(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
+    ax, ay, az = np.abs(x), np.abs(y), np.abs(z)
+    axis = np.where(ax > ay, np.where(ax > az, 0, 2), np.where(ay > az, 1, 2)).astype(np.int8)
+    den = np.where(axis == 0, x, np.where(axis == 1, y, z))
+    neg = den < 0
+    face = axis + 3 * neg.astype(np.int8)
+    # Numerators per face (s2sphere valid_face_xyz_to_uv); negative faces swap u and v.
+    a = np.where(axis == 0, y, -x)
+    b = np.where(axis == 2, -y, z)
+    u = np.where(neg, b, a) / den
+    v = np.where(neg, a, b) / den
+    return face, u, v
+
+
+def _face_uv_to_xyz(face: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
+    face = face.astype(np.intp)
+    one = np.ones_like(u)
+    x = np.choose(face, (one, -u, -u, -one, v, v))
+    y = np.choose(face, (u, one, -v, -v, -one, u))
+    z = np.choose(face, (v, v, one, -u, -u, -one))
+    return x, y, z
+
+
+def _xyz_to_latlng_deg(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lat = np.arctan2(z, np.sqrt(x * x + y * y))
+    lng = np.arctan2(y, x)
+    return np.degrees(lat), np.degrees(lng)
+
+
+def _face_ij_to_leaf(face: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Leaf cell ids from face and leaf (i, j): the Hilbert curve walked 4 bits at a time."""
+    face64 = face.astype(np.int64)
+    bits = face64 & _SWAP_MASK
+    n = face64.astype(np.uint64) << _U64(_POS_BITS - 1)
+    for k in range(7, -1, -1):
+        shift = k * _LOOKUP_BITS
+        bits = bits + (((i >> shift) & 15) << (_LOOKUP_BITS + 2)) + (((j >> shift) & 15) << 2)
+        bits = _LOOKUP_POS.take(bits)
+        n |= (bits >> 2).astype(np.uint64) << _U64(2 * shift)
+        bits = bits & (_SWAP_MASK | _INVERT_MASK)
+    return n * _U64(2) + _ONE
+
+
+def _to_face_ij(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face, leaf i, leaf j) of each id, as s2sphere's to_face_ij_orientation."""
+    face = (ids >> _U64(_POS_BITS)).astype(np.int64)
+    bits = face & _SWAP_MASK
+    i = np.zeros(ids.shape, dtype=np.int64)
+    j = np.zeros(ids.shape, dtype=np.int64)
+    for k in range(7, -1, -1):
+        nbits = MAX_LEVEL - 7 * _LOOKUP_BITS if k == 7 else _LOOKUP_BITS
+        chunk = ((ids >> _U64(k * 2 * _LOOKUP_BITS + 1)) & _U64((1 << (2 * nbits)) - 1)).astype(np.int64)
+        bits = _LOOKUP_IJ.take(bits + (chunk << 2))
+        i += (bits >> (_LOOKUP_BITS + 2)) << (k * _LOOKUP_BITS)
+        j += ((bits >> 2) & 15) << (k * _LOOKUP_BITS)
+        bits = bits & (_SWAP_MASK | _INVERT_MASK)
+    return face, i, j
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def _latlng_arrays(lat: npt.ArrayLike, lng: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    lat_a = np.asarray(lat, dtype=np.float64)
+    lng_a = np.asarray(lng, dtype=np.float64)
+    if lat_a.shape != lng_a.shape:
+        raise ValueError(f"lat and lng shapes differ: {lat_a.shape} vs {lng_a.shape}")
+    finite = np.isfinite(lat_a) & np.isfinite(lng_a)
+    if not finite.all():
+        raise ValueError(f"{int((~finite).sum())} non-finite lat/lng value(s)")
+    if (np.abs(lat_a) > 90).any():
+        raise ValueError(f"latitude outside [-90, 90]: e.g. {lat_a[np.abs(lat_a) > 90].flat[0]}")
+    if (np.abs(lng_a) > 180).any():
+        raise ValueError(f"longitude outside [-180, 180]: e.g. {lng_a[np.abs(lng_a) > 180].flat[0]}")
+    return lat_a, lng_a
+
+
+def _leaf_ids(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+    phi = np.radians(lat)
+    theta = np.radians(lng)
+    cosphi = np.cos(phi)
+    face, u, v = _xyz_to_face_uv(np.cos(theta) * cosphi, np.sin(theta) * cosphi, np.sin(phi))
+    return _face_ij_to_leaf(face, _st_to_ij(_uv_to_st(u)), _st_to_ij(_uv_to_st(v)))
+
+
+def latlng_to_cell_id(lat: npt.ArrayLike, lng: npt.ArrayLike, level: int = MAX_LEVEL) -> np.ndarray:
+    """Cell id at ``level`` containing each (lat, lng) in degrees; same as s2sphere
+    ``CellId.from_lat_lng(LatLng.from_degrees(lat, lng)).parent(level)``."""
+    level = _check_level(level)
+    lat_a, lng_a = _latlng_arrays(lat, lng)
+    leaf = _leaf_ids(lat_a, lng_a)
+    if level == MAX_LEVEL:
+        return leaf
+    new_lsb = _lsb_for_level(level)
+    return (leaf & ~(new_lsb - _ONE)) | new_lsb
+
+
+def face_ij(ids: npt.ArrayLike, level: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face int8, i int64, j int64) of each cell in the face's 2**level x 2**level grid.
+
+    ``level`` defaults to each cell's own level and must not exceed it."""
+    arr = _valid_ids(ids)
+    if level is None:
+        levels = _levels(arr)
+    else:
+        level = _check_level(level)
+        _check_not_finer(arr, level, "face_ij")
+        levels = level
+    face, i, j = _to_face_ij(arr)
+    shift = MAX_LEVEL - levels
+    return face.astype(np.int8), i >> shift, j >> shift
+
+
+def cell_center(ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lng) in degrees of each cell's centre, as s2sphere ``CellId.to_lat_lng()``."""
+    arr = _valid_ids(ids)
+    face, i, j = _to_face_ij(arr)
+    # s2sphere get_center_si_ti: the decoded leaf is a corner-adjacent leaf; delta moves to the centre.
+    leaf = (arr & _ONE) != 0
+    odd = ((i ^ (arr >> _U64(2)).astype(np.int64)) & 1) != 0
+    delta = np.where(leaf, 1, np.where(odd, 2, 0))
+    scale = 0.5 / MAX_SIZE
+    u = _st_to_uv(scale * (2 * i + delta))
+    v = _st_to_uv(scale * (2 * j + delta))
+    return _xyz_to_latlng_deg(*_face_uv_to_xyz(face, u, v))
+
+
+def _cell_uv_bounds(ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    face, i, j = _to_face_ij(ids)
+    size = np.left_shift(1, MAX_LEVEL - _levels(ids))
+    scale = 1.0 / MAX_SIZE
+    i_lo = i & -size
+    j_lo = j & -size
+    return (face, _st_to_uv(scale * i_lo), _st_to_uv(scale * (i_lo + size)),
+            _st_to_uv(scale * j_lo), _st_to_uv(scale * (j_lo + size)))
+
+
+def cell_vertices(ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(lat[n, 4], lng[n, 4]) in degrees of each cell's corners, in s2sphere
+    ``Cell.get_vertex(0..3)`` order (counter-clockwise)."""
+    arr = _valid_ids(ids)
+    face, u0, u1, v0, v1 = _cell_uv_bounds(arr)
+    us = np.stack([u0, u1, u1, u0], axis=-1)
+    vs = np.stack([v0, v0, v1, v1], axis=-1)
+    x, y, z = _face_uv_to_xyz(np.broadcast_to(face[..., None], us.shape), us, vs)
+    norm = np.sqrt(x * x + y * y + z * z)
+    inv = 1.0 / norm
+    return _xyz_to_latlng_deg(x * inv, y * inv, z * inv)
+
+
+# ----------------------------------------------------------------------------------------------
+# tokens
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+for _value, _char in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_char] = _value
+    _HEX_VALUE[bytes([_char]).upper()[0]] = _value
+del _value, _char
+_NIBBLE_SHIFTS = np.arange(60, -1, -4, dtype=np.uint64)
+
+
+def to_token(ids: npt.ArrayLike) -> np.ndarray:
+    """Token strings: 16-digit lowercase hex with trailing zeros stripped ('X' for id 0, as S2 C++).
+
+    A pure format conversion: any 64-bit value has a token, valid cell or not."""
+    arr = as_uint64(ids)
+    nibbles = ((arr[..., None] >> _NIBBLE_SHIFTS) & _U64(15)).astype(np.uint8)
+    raw = np.ascontiguousarray(_HEX_DIGITS[nibbles]).view("S16")[..., 0]
+    tokens = np.strings.rstrip(raw, b"0").astype(np.str_)
+    return np.where(tokens == "", "X", tokens)
+
+
+def from_token(tokens: npt.ArrayLike) -> np.ndarray:
+    """Cell ids from tokens (hex, 1-16 digits, right-padded with zeros; 'X' is id 0)."""
+    arr = np.asarray(tokens)
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint64)
+    if arr.dtype.kind not in "US" and arr.dtype != object:
+        raise ValueError(f"tokens must be strings, got dtype {arr.dtype}")
+    try:
+        raw = arr.astype("S17")
+    except (UnicodeEncodeError, ValueError, TypeError):
+        raise ValueError("tokens must be ASCII hex strings") from None
+    lengths = np.strings.str_len(raw)
+    too_long = (lengths > 16) | (np.strings.str_len(arr.astype(np.str_)) > 16)
+    if (lengths == 0).any() or too_long.any():
+        raise ValueError("tokens must have 1 to 16 hex digits")
+    is_zero = (raw == b"X") | (raw == b"x")
+    padded = np.strings.ljust(np.where(is_zero, b"0", raw), 16, b"0").astype("S16")
+    values = _HEX_VALUE[np.ascontiguousarray(padded).view(np.uint8).reshape(*arr.shape, 16)]
+    if (values == 255).any():
+        bad = arr[(values == 255).any(axis=-1)]
+        raise ValueError(f"{bad.size} token(s) are not hex, e.g. {bad.flat[0]!r}")
+    return (values.astype(np.uint64) << _NIBBLE_SHIFTS).sum(axis=-1, dtype=np.uint64)
