@@ -11,6 +11,7 @@ s2sphere to the last bit except where numpy's SIMD ``arctan2`` rounds differentl
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -378,3 +379,154 @@ def from_token(tokens: npt.ArrayLike) -> np.ndarray:
         bad = arr[(values == 255).any(axis=-1)]
         raise ValueError(f"{bad.size} token(s) are not hex, e.g. {bad.flat[0]!r}")
     return (values.astype(np.uint64) << _NIBBLE_SHIFTS).sum(axis=-1, dtype=np.uint64)
+
+
+# ----------------------------------------------------------------------------------------------
+# bbox cover
+
+# Rows of samples handled per step, so a large bbox never holds more than a few million samples.
+_COVER_CHUNK_SAMPLES = 2_000_000
+
+
+def _face_ij_wrap_leaf(face: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Leaf ids for leaf (i, j) that may lie one step beyond the face (s2sphere from_face_ij_wrap)."""
+    inside = (i >= 0) & (i < MAX_SIZE) & (j >= 0) & (j < MAX_SIZE)
+    ic = np.clip(i, -1, MAX_SIZE)
+    jc = np.clip(j, -1, MAX_SIZE)
+    scale = 1.0 / MAX_SIZE
+    # Linear st<->uv as s2sphere: only needs to land in the right leaf next to the edge.
+    x, y, z = _face_uv_to_xyz(face, scale * ((ic << 1) + 1 - MAX_SIZE), scale * ((jc << 1) + 1 - MAX_SIZE))
+    wface, u, v = _xyz_to_face_uv(x, y, z)
+    return _face_ij_to_leaf(np.where(inside, face, wface),
+                            np.where(inside, i, _st_to_ij(0.5 * (u + 1))),
+                            np.where(inside, j, _st_to_ij(0.5 * (v + 1))))
+
+
+def _with_neighbours(ids: np.ndarray, level: int) -> np.ndarray:
+    """The cells plus their 8 edge/vertex neighbours at ``level`` (fewer at cube corners), unique."""
+    face, i, j = _to_face_ij(ids)
+    size = 1 << (MAX_LEVEL - level)
+    i_lo, j_lo = i & -size, j & -size
+    d = np.array([-size, 0, size])
+    di, dj = np.meshgrid(d, d, indexing="ij")
+    leaf = _face_ij_wrap_leaf(np.repeat(face, 9), (i_lo[:, None] + di.ravel()).ravel(),
+                              (j_lo[:, None] + dj.ravel()).ravel())
+    lsb = _lsb_for_level(level)
+    return np.unique((leaf & ~(lsb - _ONE)) | lsb)
+
+
+def _interval_intersects_lng(lo: np.ndarray, hi: np.ndarray, b_lo: float, b_hi: float) -> np.ndarray:
+    """s2sphere SphereInterval.intersects(bbox lng, cell lng) for arrays of cell intervals."""
+    cell_inv = lo > hi
+    if b_lo > b_hi:
+        return cell_inv | (lo <= b_hi) | (hi >= b_lo)
+    return np.where(cell_inv, (lo <= b_hi) | (hi >= b_lo), (lo <= b_hi) & (hi >= b_lo))
+
+
+def _rect_bound(ids: np.ndarray, level: int) -> tuple[np.ndarray, ...]:
+    """(lat_lo, lat_hi, lng_lo, lng_hi) radians per cell, as s2sphere Cell.get_rect_bound."""
+    half_pi = np.pi / 2
+    if level == 0:
+        face = (ids >> _U64(_POS_BITS)).astype(np.intp)
+        pole = math.asin(math.sqrt(1.0 / 3.0))
+        q = np.pi / 4
+        lat_lo = np.array([-q, -q, pole, -q, -q, -half_pi])[face]
+        lat_hi = np.array([q, q, half_pi, q, q, -pole])[face]
+        lng_lo = np.array([-q, q, -np.pi, 3 * q, -3 * q, -np.pi])[face]
+        lng_hi = np.array([q, 3 * q, np.pi, -3 * q, -q, np.pi])[face]
+        return lat_lo, lat_hi, lng_lo, lng_hi
+    face, u0, u1, v0, v1 = _cell_uv_bounds(ids)
+    u_sum, v_sum = u0 + u1, v0 + v1
+    # Faces whose u (v) axis has no z component pick the corner by the opposite sign.
+    u_flat = np.isin(face, (0, 1, 2, 5))
+    v_flat = np.isin(face, (2, 3, 4, 5))
+    i = np.where(u_flat, u_sum < 0, u_sum > 0)
+    j = np.where(v_flat, v_sum < 0, v_sum > 0)
+
+    def corner(ci: np.ndarray, cj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, y, z = _face_uv_to_xyz(face, np.where(ci, u1, u0), np.where(cj, v1, v0))
+        return np.arctan2(z, np.sqrt(x * x + y * y)), np.arctan2(y, x)
+
+    lat_a, _ = corner(i, j)
+    lat_b, _ = corner(~i, ~j)
+    _, lng_a = corner(i, ~j)
+    _, lng_b = corner(~i, j)
+    lat_lo = np.maximum(np.minimum(lat_a, lat_b) - _RECT_MAX_ERROR, -half_pi)
+    lat_hi = np.minimum(np.maximum(lat_a, lat_b) + _RECT_MAX_ERROR, half_pi)
+    lng_a = np.where(lng_a == -np.pi, np.pi, lng_a)
+    lng_b = np.where(lng_b == -np.pi, np.pi, lng_b)
+    dist = lng_b - lng_a
+    dist = np.where(dist >= 0, dist, (lng_b + np.pi) - (lng_a - np.pi))
+    lng_lo = np.where(dist <= np.pi, lng_a, lng_b) - _RECT_MAX_ERROR
+    lng_hi = np.where(dist <= np.pi, lng_b, lng_a) + _RECT_MAX_ERROR
+    lng_lo = np.where(lng_lo < -np.pi, lng_lo + 2 * np.pi, lng_lo)
+    lng_lo = np.where(lng_lo <= -np.pi, np.pi, lng_lo)
+    lng_hi = np.where(lng_hi > np.pi, lng_hi - 2 * np.pi, lng_hi)
+    full = (lat_lo == -half_pi) | (lat_hi == half_pi)
+    return lat_lo, lat_hi, np.where(full, -np.pi, lng_lo), np.where(full, np.pi, lng_hi)
+
+
+def _sample_rows(lat_lo: float, lat_hi: float, lng_lo: float, lng_hi: float,
+                 step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row latitudes and per-row sample counts so no bbox point is further than ~step from a sample."""
+    n_rows = int(math.ceil((lat_hi - lat_lo) / step)) + 1
+    rows = np.linspace(lat_lo, lat_hi, n_rows)
+    # Widest parallel within half a row of this row sets the longitude spacing.
+    cos_max = np.cos(np.clip(np.abs(rows) - step, 0.0, np.pi / 2))
+    counts = np.ceil((lng_hi - lng_lo) * cos_max / step).astype(np.int64) + 1
+    return rows, counts
+
+
+def cover_bbox(lat_min: float, lng_min: float, lat_max: float, lng_max: float, level: int) -> np.ndarray:
+    """Sorted ids of the cells at ``level`` touching the lat/lng box (degrees, edges included).
+
+    ``lng_min > lng_max`` means the box crosses the antimeridian. The result is the set s2sphere's
+    ``RegionCoverer`` (min_level = max_level = level) returns for the same ``LatLngRect``: cells whose
+    lat/lng bound meets the box. That is a superset of the cells containing a point of the box, and may
+    hold a few cells next to it whose bound, not the cell, touches the box.
+
+    Method: sample the box at spacing below half the minimum cell width (so every cell meeting the box
+    is the sample cell or one of its 8 neighbours, across faces too), add neighbours, then keep cells
+    whose bound intersects the box.
+    """
+    level = _check_level(level)
+    box = np.array([lat_min, lng_min, lat_max, lng_max], dtype=np.float64)
+    if not np.isfinite(box).all():
+        raise ValueError(f"bbox must be finite, got {box.tolist()}")
+    if not (-90 <= lat_min <= lat_max <= 90):
+        raise ValueError(f"need -90 <= lat_min <= lat_max <= 90, got {lat_min}, {lat_max}")
+    if not (-180 <= lng_min <= 180 and -180 <= lng_max <= 180):
+        raise ValueError(f"longitudes must be in [-180, 180], got {lng_min}, {lng_max}")
+    b_lat_lo, b_lng_lo, b_lat_hi, b_lng_hi = np.radians(box)
+    # s2sphere SphereInterval clamping: -pi stands for +pi unless the interval is full.
+    if b_lng_lo == -np.pi and b_lng_hi != np.pi:
+        b_lng_lo = np.pi
+    if b_lng_hi == -np.pi and b_lng_lo != np.pi:
+        b_lng_hi = np.pi
+    wraps = b_lng_lo > b_lng_hi
+    spans = [(b_lng_lo, np.pi), (-np.pi, b_lng_hi)] if wraps else [(b_lng_lo, b_lng_hi)]
+
+    step = _MIN_WIDTH_DERIV * 2.0 ** -level / 2.5
+    found: list[np.ndarray] = []
+    for lng_lo, lng_hi in spans:
+        rows, counts = _sample_rows(b_lat_lo, b_lat_hi, lng_lo, lng_hi, step)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        start = 0
+        while start < rows.size:
+            stop = int(np.searchsorted(bounds, bounds[start] + _COVER_CHUNK_SAMPLES, side="right")) - 1
+            stop = max(stop, start + 1)
+            n = counts[start:stop]
+            lat = np.repeat(rows[start:stop], n)
+            # Position of each sample within its row, from 0 to 1 inclusive.
+            k = np.arange(lat.size) - np.repeat(bounds[start:stop] - bounds[start], n)
+            frac = k / np.maximum(np.repeat(n, n) - 1, 1)
+            lng = lng_lo + (lng_hi - lng_lo) * frac
+            ids = np.unique(latlng_to_cell_id(np.degrees(lat).clip(-90, 90),
+                                              np.degrees(lng).clip(-180, 180), level))
+            found.append(_with_neighbours(ids, level))
+            start = stop
+    cand = np.unique(np.concatenate(found))
+    c_lat_lo, c_lat_hi, c_lng_lo, c_lng_hi = _rect_bound(cand, level)
+    keep = (c_lat_lo <= b_lat_hi) & (c_lat_hi >= b_lat_lo)
+    keep &= _interval_intersects_lng(c_lng_lo, c_lng_hi, b_lng_lo, b_lng_hi)
+    return cand[keep]

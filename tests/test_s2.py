@@ -233,3 +233,61 @@ def test_bad_coordinates_are_refused():
 def test_bad_tokens_are_refused(token):
     with pytest.raises(ValueError):
         s2.from_token([token])
+
+
+def ref_cover(lat_min, lng_min, lat_max, lng_max, level) -> np.ndarray:
+    coverer = s2sphere.RegionCoverer()
+    coverer.min_level = coverer.max_level = level
+    coverer.max_cells = 10**7
+    rect = s2sphere.LatLngRect(s2sphere.LatLng.from_degrees(lat_min, lng_min),
+                               s2sphere.LatLng.from_degrees(lat_max, lng_max))
+    return np.array(sorted(c.id() for c in coverer.get_covering(rect)), dtype=np.uint64)
+
+
+def points_in_box(lat_min, lng_min, lat_max, lng_max, n=20_000, seed=11):
+    """Random points inside the box and on its four edges (where a superset is easiest to miss)."""
+    rng = np.random.default_rng(seed)
+    span = lng_max - lng_min if lng_max >= lng_min else lng_max - lng_min + 360  # across the antimeridian
+    lat = lat_min + rng.uniform(0, 1, n) * (lat_max - lat_min)
+    lng = lng_min + rng.uniform(0, 1, n) * span
+    edge = n // 4
+    lat[:edge] = lat_min
+    lat[edge : 2 * edge] = lat_max
+    lng[2 * edge : 3 * edge] = lng_min
+    lng[3 * edge :] = lng_min + span
+    lng = np.where(lng > 180, lng - 360, lng)
+    return lat, lng
+
+
+BOXES = [
+    ((47.04, 9.47, 47.27, 9.64), 13),  # Liechtenstein
+    ((43.72, 7.40, 43.76, 7.44), 16),  # Monaco
+    ((30.0, 40.0, 40.0, 50.0), 6),  # across the lng 45 edge and the lat ~35.26 corner
+    ((-40.0, 170.0, -30.0, -170.0), 6),  # across the antimeridian (lng_min > lng_max)
+    ((80.0, -180.0, 90.0, 180.0), 4),  # north pole cap
+    ((-90.0, -10.0, -85.0, 10.0), 5),  # south pole
+    ((-1.0, -1.0, 1.0, 1.0), 0),
+    ((-50.0, 130.0, 50.0, 140.0), 3),  # across faces 1/3
+]
+
+
+@pytest.mark.parametrize(("box", "level"), BOXES)
+def test_cover_bbox_equals_s2sphere_coverer_and_contains_every_point(box, level):
+    cover = s2.cover_bbox(*box, level)
+    assert cover.dtype == np.uint64
+    assert (np.diff(cover) > 0).all()
+    np.testing.assert_array_equal(cover, ref_cover(*box, level))
+    np.testing.assert_array_equal(s2.cell_level(cover), level)
+    cells = s2.latlng_to_cell_id(*points_in_box(*box), level)
+    assert np.isin(cells, cover).all()
+
+
+def test_cover_bbox_refuses_bad_boxes():
+    with pytest.raises(ValueError, match="lat_min"):
+        s2.cover_bbox(10, 0, 5, 1, 10)
+    with pytest.raises(ValueError, match="longitudes"):
+        s2.cover_bbox(0, -190, 5, 1, 10)
+    with pytest.raises(ValueError, match="finite"):
+        s2.cover_bbox(0, np.nan, 5, 1, 10)
+    with pytest.raises(ValueError, match="level"):
+        s2.cover_bbox(0, 0, 5, 1, 31)
