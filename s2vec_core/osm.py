@@ -21,6 +21,8 @@ import hashlib
 import logging
 import math
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,8 @@ MAX_SAMPLES_PER_AREA = 2_000_000
 FLUSH_POINTS = 100_000
 FLUSH_LINES = 10_000
 FLUSH_AREAS = 10_000
+# Chunks queued for the worker thread before the reader waits.
+MAX_PENDING = 2
 # Aggregate rows held before they are re-aggregated.
 REAGGREGATE_ROWS = 2_000_000
 
@@ -217,39 +221,73 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 # ---------------------------------------------------------------- accumulation
 
 
-def _reduce(cells: np.ndarray, channels: np.ndarray, values: np.ndarray):
-    """Sum values per (cell, channel); returns the unique pairs sorted by cell then channel."""
-    order = np.lexsort((channels, cells))
-    cells, channels, values = cells[order], channels[order], values[order]
+def _collapse_runs(cells: np.ndarray, tags: np.ndarray, values: np.ndarray):
+    """Merge adjacent rows with equal (cell, tag): pieces of a line and samples along a scanline mostly
+    repeat their neighbour's cell, so this shrinks what the sort in _reduce has to order."""
+    if cells.size == 0:
+        return cells, tags, values
+    new = np.empty(cells.size, bool)
+    new[0] = True
+    np.not_equal(cells[1:], cells[:-1], out=new[1:])
+    new[1:] |= tags[1:] != tags[:-1]
+    starts = np.flatnonzero(new)
+    return cells[starts], tags[starts], np.add.reduceat(values, starts)
+
+
+def _reduce(cells: np.ndarray, tags: np.ndarray, values: np.ndarray, level: int):
+    """Sum values per (cell, tag) for cells at `level`; returns the unique pairs sorted by cell, tag.
+
+    A cell id at `level` has 2 * (30 - level) zero bits below its trailing 1 bit; when the tags fit
+    there, (cell | tag) is one sortable key, much cheaper to sort than the pair."""
+    free_bits = 2 * (30 - level)
+    if tags.size and free_bits < 63 and int(tags.max()) < (1 << free_bits):
+        key = cells | tags.astype(np.uint64)
+        order = np.argsort(key, kind="stable")  # timsort: merges the sorted runs of folded parts
+        key = key[order]
+        values = values[order]
+        new = np.empty(key.size, bool)
+        new[:1] = True
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        key = key[starts]
+        low = np.uint64((1 << free_bits) - 1)
+        return key & ~low, (key & low).astype(tags.dtype), np.add.reduceat(values, starts)
+    order = np.lexsort((tags, cells))
+    cells, tags, values = cells[order], tags[order], values[order]
     new = np.empty(cells.size, bool)
     new[:1] = True
-    new[1:] = (cells[1:] != cells[:-1]) | (channels[1:] != channels[:-1])
+    new[1:] = (cells[1:] != cells[:-1]) | (tags[1:] != tags[:-1])
     starts = np.flatnonzero(new)
-    return cells[starts], channels[starts], np.add.reduceat(values, starts)
+    return cells[starts], tags[starts], np.add.reduceat(values, starts)
 
 
 class _Aggregate:
     """Running sum of values per (cell, channel), folded chunk by chunk with numpy (sort + reduceat):
     a few compact arrays, no allocator-hungry hash tables."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int) -> None:
+        self.level = level
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
+        self.fold_at = REAGGREGATE_ROWS
 
     def add(self, cells: np.ndarray, channels: np.ndarray, values: np.ndarray) -> None:
         if cells.size == 0:
             return
-        part = _reduce(cells.astype(np.uint64), channels.astype(np.uint16), values.astype(np.float64))
+        part = _collapse_runs(cells.astype(np.uint64), channels.astype(np.uint16), values.astype(np.float64))
+        part = _reduce(*part, self.level)
         self.parts.append(part)
         self.rows += part[0].size
-        if self.rows > REAGGREGATE_ROWS and len(self.parts) > 1:
+        if self.rows > self.fold_at and len(self.parts) > 1:
             self.parts = [self._fold()]
             self.rows = self.parts[0][0].size
+            # Fold again only once the parts have doubled: amortised, not a re-sort on every chunk.
+            self.fold_at = max(REAGGREGATE_ROWS, 2 * self.rows)
 
     def _fold(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cols = [np.concatenate([p[i] for p in self.parts]) for i in range(3)]
         self.parts = []
-        return _reduce(*cols)
+        return _reduce(*cols, self.level)
 
     def long(self) -> pl.DataFrame:
         """Columns cell_id (UInt64), channel (UInt16, index into CHANNEL_NAMES), value (Float64), sorted."""
@@ -292,11 +330,20 @@ _KEY_ORDER = ("building", "highway", "landuse", "natural", "amenity", "barrier",
 
 
 def _key_table(lookup) -> tuple[tuple[str, dict[str, tuple[int, ...]], tuple[int, ...]], ...]:
-    """(key, value -> channels, wildcard channels) per key, in probe order. Tags are read by key:
-    pyosmium answers TagList.get much faster than it iterates tags."""
+    """(key, value -> channels incl. the key's wildcard ones, wildcard channels) per key, in probe order.
+    Tags are read by key: pyosmium answers TagList.get much faster than it iterates tags."""
     rank = {k: i for i, k in enumerate(_KEY_ORDER)}
-    keys = sorted(lookup, key=lambda k: (rank.get(k, len(rank)), k))
-    return tuple((k, lookup[k], lookup[k].get(WILDCARD, ())) for k in keys)
+    table = []
+    for key in sorted(lookup, key=lambda k: (rank.get(k, len(rank)), k)):
+        wild = lookup[key].get(WILDCARD, ())
+        merged = {
+            v: tuple(sorted(set(chans) | (set(wild) if v not in NEGATIVE_VALUES else set())))
+            for v, chans in lookup[key].items()
+            if v != WILDCARD
+        }
+        merged.update({v: () for v in NEGATIVE_VALUES if v not in merged})
+        table.append((key, merged, wild))
+    return tuple(table)
 
 
 _NODE_TABLE, _WAY_TABLE, _AREA_TABLE = _key_table(NODE_LOOKUP), _key_table(WAY_LOOKUP), _key_table(AREA_LOOKUP)
@@ -307,21 +354,22 @@ _WAY_KEYS = tuple(k for k, _, _ in _WAY_TABLE)
 def _channels(tags, table) -> tuple[int, ...]:
     """Channels (sorted, unique) that `tags` (a pyosmium TagList) feed under `table`."""
     found: tuple[int, ...] = ()
+    several = False
     left = len(tags)
     get = tags.get
     for key, per_value, wild in table:
         v = get(key)
         if v is None:
             continue
-        hit = per_value.get(v, ())
-        if wild and v not in NEGATIVE_VALUES:
-            hit = hit + wild
+        hit = per_value.get(v, wild)
         if hit:
+            if found:
+                several = True
             found = found + hit
         left -= 1
         if not left:  # every tag of the object is accounted for
             break
-    if len(found) > 1:
+    if several:
         found = tuple(sorted(set(found)))
     return found
 
@@ -387,7 +435,7 @@ class _Extractor:
     def __init__(self, level: int) -> None:
         self.level = level
         self.step = piece_length_m(level)
-        self.agg = _Aggregate()
+        self.agg = _Aggregate(level)
         self.stats = {
             "tagged_nodes": 0,
             "tagged_ways": 0,
@@ -404,39 +452,54 @@ class _Extractor:
         self.l_ch: list[tuple[int, ...]] = []
         self.a_wkb: list[str] = []
         self.a_ch: list[tuple[int, ...]] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2vec-osm-chunks")
+        self.pending: deque[Future] = deque()
 
     def cells(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return latlng_to_cell_id(lat, lon, self.level)
 
+    def _submit(self, fn, *args) -> None:
+        """Run a chunk's numpy work on the worker thread (numpy releases the GIL, so it overlaps with
+        the per-object callbacks); at most MAX_PENDING chunks wait, which bounds memory."""
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > MAX_PENDING or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+
     def flush_points(self) -> None:
         if self.p_ch:
-            lon, lat = np.array(self.p_lon), np.array(self.p_lat)
-            self.agg.add(self.cells(lat, lon), np.array(self.p_ch), np.ones(lon.size))
+            self._submit(self._points, self.p_lon, self.p_lat, self.p_ch)
         self.p_lon, self.p_lat, self.p_ch = [], [], []
 
     def flush_lines(self) -> None:
         if self.l_wkb:
-            lon, lat, line = _wkb_lines(self.l_wkb)
-            same = line[1:] == line[:-1]
-            lon0, lat0, lon1, lat1 = lon[:-1][same], lat[:-1][same], lon[1:][same], lat[1:][same]
-            seg_line = line[:-1][same]
-            length = _haversine_m(lat0, lon0, lat1, lon1)
-            pieces = np.maximum(1, np.ceil(length / self.step)).astype(np.int64)
-            seg, pos = _ranges(pieces)
-            t = (pos + 0.5) / pieces[seg]
-            plat = lat0[seg] + t * (lat1 - lat0)[seg]
-            plon = lon0[seg] + t * (lon1 - lon0)[seg]
-            cells = self.cells(plat, plon)
-            value = (length / pieces)[seg]
-            ch_start, ch_count, ch_flat = _flat_channels(self.l_ch)
-            rep, ch = _expand_channels(seg_line[seg], ch_start, ch_count, ch_flat)
-            self.agg.add(cells[rep], ch, value[rep])
+            self._submit(self._lines, self.l_wkb, self.l_ch)
         self.l_wkb, self.l_ch = [], []
 
     def flush_areas(self) -> None:
         if self.a_wkb:
-            self._areas(self.a_wkb, self.a_ch)
+            self._submit(self._areas, self.a_wkb, self.a_ch)
         self.a_wkb, self.a_ch = [], []
+
+    def _points(self, lons: list[float], lats: list[float], chans: list[int]) -> None:
+        lon, lat = np.array(lons), np.array(lats)
+        self.agg.add(self.cells(lat, lon), np.array(chans), np.ones(lon.size))
+
+    def _lines(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
+        lon, lat, line = _wkb_lines(hexes)
+        same = line[1:] == line[:-1]
+        lon0, lat0, lon1, lat1 = lon[:-1][same], lat[:-1][same], lon[1:][same], lat[1:][same]
+        seg_line = line[:-1][same]
+        length = _haversine_m(lat0, lon0, lat1, lon1)
+        pieces = np.maximum(1, np.ceil(length / self.step)).astype(np.int64)
+        seg, pos = _ranges(pieces)
+        t = (pos + 0.5) / pieces[seg]
+        plat = lat0[seg] + t * (lat1 - lat0)[seg]
+        plon = lon0[seg] + t * (lon1 - lon0)[seg]
+        cells = self.cells(plat, plon)
+        value = (length / pieces)[seg]
+        ch_start, ch_count, ch_flat = _flat_channels(chans)
+        rep, ch = _expand_channels(seg_line[seg], ch_start, ch_count, ch_flat)
+        self.agg.add(cells[rep], ch, value[rep])
 
     def _areas(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
         lon, lat, ring, ring_area, ring_outer = _wkb_polygons(hexes)
@@ -541,30 +604,32 @@ class _Extractor:
         n_samples = np.bincount(s_area, minlength=n_areas)
         cells = self.cells(s_lat, s_lon)
         # One row per (area, cell) with the area's share: samples in the cell / samples of the area.
-        per = (
-            pl.DataFrame({"a": s_area, "c": cells})
-            .group_by("a", "c")
-            .len()
-        )
-        a = per["a"].to_numpy()
-        value = per["len"].to_numpy() * (area_m2[a] / np.maximum(n_samples[a], 1))
-        return per["c"].to_numpy(), a, value, n_samples
+        c, a, k = _reduce(*_collapse_runs(cells, s_area, np.ones(s_area.size)), self.level)
+        value = k * (area_m2[a] / np.maximum(n_samples[a], 1))
+        return c, a, value, n_samples
 
     def run(self, path: Path) -> None:
-        _Reader(self).apply_file(
-            str(path),
-            locations=True,
-            # Per-type C++ filters: only objects with a key that can feed a channel of their geometry
-            # reach Python (relations only feed the area assembler, which sees them before these).
-            filters=[
-                osmium.filter.KeyFilter(*_NODE_KEYS).enable_for(osmium.osm.NODE),
-                osmium.filter.KeyFilter(*_WAY_KEYS).enable_for(osmium.osm.WAY),
-                osmium.filter.KeyFilter(*AREA_KEYS).enable_for(osmium.osm.AREA | osmium.osm.RELATION),
-            ],
-        )
-        self.flush_points()
-        self.flush_lines()
-        self.flush_areas()
+        try:
+            _Reader(self).apply_file(
+                str(path),
+                locations=True,
+                # Per-type C++ filters: only objects with a key that can feed a channel of their geometry
+                # reach Python (relations only feed the area assembler, which sees them before these).
+                filters=[
+                    osmium.filter.KeyFilter(*_NODE_KEYS).enable_for(osmium.osm.NODE),
+                    osmium.filter.KeyFilter(*_WAY_KEYS).enable_for(osmium.osm.WAY),
+                    osmium.filter.KeyFilter(*AREA_KEYS).enable_for(osmium.osm.AREA | osmium.osm.RELATION),
+                ],
+            )
+            self.flush_points()
+            self.flush_lines()
+            self.flush_areas()
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            for f in self.pending:
+                f.cancel()
+            self.pool.shutdown(wait=True)
 
     def partial_way(self, way, chans: tuple[int, ...]) -> None:
         """A way with missing node locations keeps each run of >= 2 located nodes as its own line."""
