@@ -1,0 +1,58 @@
+"""Per-level cell features from the real Liechtenstein extract."""
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from s2vec_core import s2
+from s2vec_core.features import cell_features, channel_totals, schema
+from s2vec_core.osm import extract_cells
+from s2vec_core.taxonomy import CHANNEL_NAMES
+
+PBF = Path(__file__).resolve().parent.parent / "data/osm/liechtenstein-2013-08-03.osm.pbf"
+LEVELS = (11, 13, 15)
+
+
+@pytest.fixture(scope="module")
+def pixels() -> pl.DataFrame:
+    return extract_cells(PBF, max(LEVELS))
+
+
+@pytest.fixture(scope="module")
+def features(pixels) -> pl.DataFrame:
+    return cell_features(pixels, LEVELS, "liechtenstein")
+
+
+def test_schema_and_keys(features):
+    assert features.schema == schema()
+    assert features.select("level", "cell_id").is_unique().all()
+    assert sorted(features["level"].unique().to_list()) == list(LEVELS)
+    assert (features["region"] == "liechtenstein").all()
+
+
+def test_ids_are_at_their_level_and_tokens_match(features):
+    ids = s2.as_uint64(features["cell_id"].to_numpy())
+    assert np.array_equal(s2.cell_level(ids), features["level"].to_numpy())
+    assert np.array_equal(s2.from_token(features["token"].to_numpy()), ids)
+
+
+def test_channel_totals_equal_across_levels(pixels, features):
+    totals = channel_totals(features).select(CHANNEL_NAMES).to_numpy()
+    finest = pixels.select(CHANNEL_NAMES).sum().to_numpy()[0]
+    assert totals[:, CHANNEL_NAMES.index("building_count")].min() > 3000
+    np.testing.assert_allclose(totals, np.broadcast_to(finest, totals.shape), rtol=1e-9)
+
+
+def test_coarse_cells_are_parents_of_fine_cells(features):
+    fine = s2.as_uint64(features.filter(pl.col("level") == 15)["cell_id"].to_numpy())
+    coarse = set(s2.as_uint64(features.filter(pl.col("level") == 11)["cell_id"].to_numpy()).tolist())
+    assert set(s2.parent(fine, 11).tolist()) == coarse
+
+
+def test_levels_must_match_the_extraction(pixels):
+    with pytest.raises(ValueError, match="finest level"):
+        cell_features(pixels, (11, 16), "liechtenstein")
+    with pytest.raises(ValueError, match="lacks columns"):
+        cell_features(pixels.drop("building_count"), LEVELS, "liechtenstein")
