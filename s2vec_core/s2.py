@@ -185,15 +185,19 @@ def _st_to_ij(s: np.ndarray) -> np.ndarray:
 
 def _xyz_to_face_uv(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
     ax, ay, az = np.abs(x), np.abs(y), np.abs(z)
-    axis = np.where(ax > ay, np.where(ax > az, 0, 2), np.where(ay > az, 1, 2)).astype(np.int8)
-    den = np.where(axis == 0, x, np.where(axis == 1, y, z))
+    # s2sphere largest_abs_component breaks ties towards z, then y.
+    zwin = (az >= ax) & (az >= ay)
+    xwin = (ax > ay) & ~zwin
+    den = np.where(xwin, x, np.where(zwin, z, y))
     neg = den < 0
-    face = axis + 3 * neg.astype(np.int8)
+    face = np.where(xwin, 0, np.where(zwin, 2, 1)).astype(np.int8) + 3 * neg.astype(np.int8)
     # Numerators per face (s2sphere valid_face_xyz_to_uv); negative faces swap u and v.
-    a = np.where(axis == 0, y, -x)
-    b = np.where(axis == 2, -y, z)
-    u = np.where(neg, b, a) / den
-    v = np.where(neg, a, b) / den
+    a = np.where(xwin, y, -x)
+    b = np.where(zwin, -y, z)
+    u = np.where(neg, b, a)
+    u /= den
+    v = np.where(neg, a, b)
+    v /= den
     return face, u, v
 
 
