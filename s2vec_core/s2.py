@@ -77,20 +77,21 @@ def _check_level(level: object, name: str = "level") -> int:
 def as_uint64(ids: npt.ArrayLike) -> np.ndarray:
     """Cell ids as ``uint64`` (an ``int64`` array is reinterpreted bit for bit, not converted)."""
     arr = np.asarray(ids)
-    if arr.size == 0 and arr.dtype.kind not in "iu":
-        return np.zeros(arr.shape, dtype=np.uint64)
     if arr.dtype == np.uint64:
         return arr
     if arr.dtype == np.int64:
         return arr.view(np.uint64)
-    if arr.dtype == object or arr.dtype.kind in "iu":
-        # Python ints (e.g. s2sphere's CellId.id()) may exceed int64, so go through uint64 checked.
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint64)
+    if arr.dtype.kind == "i":
+        return arr.astype(np.int64).view(np.uint64)
+    if arr.dtype.kind == "u" or arr.dtype == object:
+        # Python ints (e.g. s2sphere's CellId.id()) up to 2**64 - 1.
         try:
-            out = np.asarray(arr, dtype=np.int64) if arr.dtype.kind == "i" else np.array(arr, dtype=np.uint64)
+            return arr.astype(np.uint64)
         except (OverflowError, TypeError, ValueError) as exc:
             raise ValueError(f"cell ids must be 64-bit integers: {exc}") from None
-        return out.view(np.uint64)
-    raise ValueError(f"cell ids must be uint64 or int64 arrays, got dtype {arr.dtype}")
+    raise ValueError(f"cell ids must be uint64 or int64, got dtype {arr.dtype}")
 
 
 def as_int64(ids: npt.ArrayLike) -> np.ndarray:
@@ -372,9 +373,8 @@ def from_token(tokens: npt.ArrayLike) -> np.ndarray:
         raw = arr.astype("S17")
     except (UnicodeEncodeError, ValueError, TypeError):
         raise ValueError("tokens must be ASCII hex strings") from None
-    lengths = np.strings.str_len(raw)
-    too_long = (lengths > 16) | (np.strings.str_len(arr.astype(np.str_)) > 16)
-    if (lengths == 0).any() or too_long.any():
+    lengths = np.strings.str_len(raw)  # 17 means longer than 16: astype truncated it
+    if (lengths == 0).any() or (lengths > 16).any():
         raise ValueError("tokens must have 1 to 16 hex digits")
     is_zero = (raw == b"X") | (raw == b"x")
     padded = np.strings.ljust(np.where(is_zero, b"0", raw), 16, b"0").astype("S16")
@@ -390,6 +390,8 @@ def from_token(tokens: npt.ArrayLike) -> np.ndarray:
 
 # Rows of samples handled per step, so a large bbox never holds more than a few million samples.
 _COVER_CHUNK_SAMPLES = 2_000_000
+# About 10 samples per cell: this refuses covers beyond ~100M cells (minutes of work, GBs of ids).
+_COVER_MAX_SAMPLES = 1_000_000_000
 
 
 def _face_ij_wrap_leaf(face: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -503,17 +505,19 @@ def cover_bbox(lat_min: float, lng_min: float, lat_max: float, lng_max: float, l
         raise ValueError(f"longitudes must be in [-180, 180], got {lng_min}, {lng_max}")
     b_lat_lo, b_lng_lo, b_lat_hi, b_lng_hi = np.radians(box)
     # s2sphere SphereInterval clamping: -pi stands for +pi unless the interval is full.
-    if b_lng_lo == -np.pi and b_lng_hi != np.pi:
-        b_lng_lo = np.pi
-    if b_lng_hi == -np.pi and b_lng_lo != np.pi:
-        b_lng_hi = np.pi
+    b_lng_lo, b_lng_hi = (np.pi if b_lng_lo == -np.pi and b_lng_hi != np.pi else b_lng_lo,
+                          np.pi if b_lng_hi == -np.pi and b_lng_lo != np.pi else b_lng_hi)
     wraps = b_lng_lo > b_lng_hi
     spans = [(b_lng_lo, np.pi), (-np.pi, b_lng_hi)] if wraps else [(b_lng_lo, b_lng_hi)]
 
     step = _MIN_WIDTH_DERIV * 2.0 ** -level / 2.5
+    sampling = [(*_sample_rows(b_lat_lo, b_lat_hi, lo, hi, step), lo, hi) for lo, hi in spans]
+    n_samples = sum(int(counts.sum()) for _, counts, _, _ in sampling)
+    if n_samples > _COVER_MAX_SAMPLES:
+        raise ValueError(f"bbox too large for level {level}: ~{n_samples // 10:,} cells; "
+                         "use a coarser level or a smaller bbox")
     found: list[np.ndarray] = []
-    for lng_lo, lng_hi in spans:
-        rows, counts = _sample_rows(b_lat_lo, b_lat_hi, lng_lo, lng_hi, step)
+    for rows, counts, lng_lo, lng_hi in sampling:
         bounds = np.concatenate([[0], np.cumsum(counts)])
         start = 0
         while start < rows.size:

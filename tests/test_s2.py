@@ -291,3 +291,16 @@ def test_cover_bbox_refuses_bad_boxes():
         s2.cover_bbox(0, np.nan, 5, 1, 10)
     with pytest.raises(ValueError, match="level"):
         s2.cover_bbox(0, 0, 5, 1, 31)
+
+
+def test_cover_bbox_refuses_huge_covers():
+    with pytest.raises(ValueError, match="too large"):
+        s2.cover_bbox(-90, -180, 90, 180, 20)
+
+
+def test_as_uint64_refuses_non_integer_ids():
+    with pytest.raises(ValueError, match="uint64 or int64"):
+        s2.as_uint64(np.array([1.5]))
+    with pytest.raises(ValueError, match="64-bit"):
+        s2.as_uint64(np.array([1 << 64], dtype=object))
+    np.testing.assert_array_equal(s2.as_uint64([(1 << 64) - 1]), [np.iinfo(np.uint64).max])
