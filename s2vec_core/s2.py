@@ -7,6 +7,8 @@ The arithmetic follows s2sphere step by step (degrees -> radians -> xyz -> face/
 ij -> Hilbert position through the 4-bit lookup table) in float64 with the same operation order, so
 ``latlng_to_cell_id`` gives exactly s2sphere's ids. ``cell_center`` / ``cell_vertices`` match
 s2sphere to the last bit except where numpy's SIMD ``arctan2`` rounds differently from libm (1 ulp).
+Tokens are s2sphere's (lowercase hex, trailing zeros stripped) except id 0, which is 'X' as in S2 C++
+(s2sphere gives ''). ``cover_bbox`` returns what s2sphere's RegionCoverer does at a fixed level.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _NUM_FACES = 6
 _U64 = np.uint64
 _ONE = _U64(1)
 _VALID_LSB_MASK = _U64(0x1555555555555555)
-# Largest 1-ulp expansion s2sphere applies to cell lat/lng bounds (Cell.get_rect_bound).
+# Rounding margin s2sphere's Cell.get_rect_bound adds to a cell's lat/lng bound.
 _RECT_MAX_ERROR = 1.0 / (1 << 51)
 # s2sphere MIN_WIDTH metric (quadratic projection): min cell width at level L is this * 2**-L radians.
 _MIN_WIDTH_DERIV = 2.0 * np.sqrt(2.0) / 3.0
