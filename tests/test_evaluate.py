@@ -1,0 +1,164 @@
+"""Evaluation on a small synthetic world with known fields, folds, fusion, transfer and the Delta table."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from s2vec_core import evaluate as ev
+from s2vec_core import s2
+from s2vec_core.features import cell_features
+from s2vec_core.osm import extract_cells
+from s2vec_core.synthetic import WorldSpec, write_world
+from s2vec_core.taxonomy import CHANNEL_NAMES
+from s2vec_core.warehouse import read_table, write_partition
+
+SPEC = WorldSpec(n_image_cells=300, seed=1)
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "world.osm.pbf"
+    truth = write_world(path, SPEC)
+    features = cell_features(extract_cells(path, SPEC.pixel_level), [SPEC.image_level, SPEC.pixel_level], "syn")
+    raw = ev.raw_channel_totals(features, SPEC.image_level, CHANNEL_NAMES)
+    cells = raw["cell_id"].to_numpy()
+    # An embedding-like stand-in until S2Vec embeddings exist: a fixed non-linear projection of the raw
+    # features, as a Delta `cell_embeddings` table would hold it (Int64 ids, a float32 list column).
+    w = np.random.default_rng(7).standard_normal((len(CHANNEL_NAMES), DIM)) / np.sqrt(len(CHANNEL_NAMES))
+    emb = np.tanh((raw.drop("cell_id").to_numpy() - 1.0) @ w).astype(np.float32)
+    table = pl.DataFrame({"cell_id": s2.as_int64(cells), "embedding": pl.Series(list(emb), dtype=pl.Array(pl.Float32, DIM))})
+    sets = {
+        "embedding": ev.embedding_features(table),
+        "raw": raw,
+        "pca": ev.pca_features(raw, DIM),
+        "random": ev.random_features(cells, DIM),
+    }
+    return truth, sets
+
+
+def run(world, task: str, only: tuple[str, ...] | None = None, **kw):
+    truth, sets = world
+    targets = truth.select("cell_id", target=pl.col(task).log())
+    sets = {k: v for k, v in sets.items() if only is None or k in only}
+    return ev.evaluate(targets, sets, task=task, region="syn", image_level=SPEC.image_level, **kw)
+
+
+def r2(metrics: pl.DataFrame, feature_set: str, split: str, model: str = "lightgbm") -> float:
+    row = metrics.filter((pl.col("feature_set") == feature_set) & (pl.col("split") == split)
+                         & (pl.col("model") == model) & (pl.col("metric") == "r2"))
+    assert row.height == 1
+    return row["value"].item()
+
+
+@pytest.fixture(scope="module")
+def population(world):
+    return run(world, "population")
+
+
+def test_known_field_beats_random_floor(population):
+    m = population.metrics
+    for model in ev.MODELS:
+        floor = r2(m, "random", "random", model)
+        assert floor < 0.1
+        for fs in ("raw", "pca", "embedding"):
+            assert r2(m, fs, "random", model) > floor + 0.5, (fs, model)
+            assert r2(m, fs, "spatial", model) > r2(m, "random", "spatial", model) + 0.4, (fs, model)
+
+
+def test_spatial_split_is_not_easier_than_random(population):
+    m = population.metrics
+    for fs in ("raw", "pca", "embedding"):
+        for model in ev.MODELS:
+            assert r2(m, fs, "spatial", model) <= r2(m, fs, "random", model) + 0.02, (fs, model)
+
+
+def test_metrics_frame_shape_and_predictions(population):
+    m, p = population.metrics, population.predictions
+    assert m.schema == ev.metrics_schema()
+    assert m.height == 4 * len(ev.SPLITS) * len(ev.MODELS) * len(ev.METRICS)
+    assert m.filter(pl.col("metric") != "r2")["value"].min() >= 0
+    assert (m["n_folds"] == 5).all() and m["n_cells"].n_unique() == 1
+    assert p.schema == ev.predictions_schema()
+    # Every cell is predicted exactly once per (split, set, model), and R2 agrees with the predictions.
+    counts = p.group_by("split", "feature_set", "model", "cell_id").len()["len"]
+    assert (counts == 1).all()
+    one = p.filter((pl.col("split") == "random") & (pl.col("feature_set") == "raw") & (pl.col("model") == "linear"))
+    y, yp = one["y"].to_numpy(), one["y_pred"].to_numpy()
+    pooled = 1 - np.mean((y - yp) ** 2) / np.var(y)
+    assert r2(m, "raw", "random", "linear") == pytest.approx(pooled, abs=0.02)
+
+
+def test_seeded_and_reproducible(world, population):
+    again = run(world, "population", only=("pca", "random"), models=("lightgbm",))
+    same = population.metrics.filter(pl.col("feature_set").is_in(["pca", "random"]) & (pl.col("model") == "lightgbm"))
+    assert again.metrics.equals(same)
+    other = run(world, "population", only=("pca", "random"), models=("lightgbm",), seed=1)
+    assert not other.metrics.equals(same)
+
+
+def test_spatial_folds_keep_blocks_together():
+    lat = np.random.default_rng(0).uniform(47.0, 47.3, 2000)
+    lng = np.random.default_rng(1).uniform(9.4, 9.7, 2000)
+    cells = np.unique(s2.latlng_to_cell_id(lat, lng, 13))
+    level = ev.choose_block_level(cells, 5, 13)
+    folds = ev.spatial_folds(cells, 5, level, seed=0)
+    blocks = s2.parent(cells, level)
+    per_block = pl.DataFrame({"b": blocks, "f": folds}).group_by("b").agg(pl.col("f").n_unique())
+    assert (per_block["f"] == 1).all()
+    assert set(folds.tolist()) == set(range(5))
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= np.bincount(np.unique(blocks, return_inverse=True)[1]).max()
+    rnd = ev.random_folds(len(cells), 5, seed=0)
+    assert np.bincount(rnd).max() - np.bincount(rnd).min() <= 1
+
+
+def test_fusion_and_external_tables(world):
+    _, sets = world
+    cells = sets["raw"]["cell_id"].to_numpy()
+    ext = pl.DataFrame({"token": s2.to_token(cells[::2]), "a": np.arange(len(cells[::2]), dtype=float), "b": 1.0})
+    external = ev.embedding_features(ext, prefix="x")
+    fused = ev.fuse(sets["embedding"], external)
+    assert fused.width == 1 + DIM + 2 and fused["cell_id"].to_list() == sorted(cells[::2].tolist())
+    with pytest.raises(ValueError, match="duplicate cells"):
+        ev.embedding_features(pl.concat([ext, ext]))
+    with pytest.raises(ValueError, match="'cell_id' or 'token'"):
+        ev.embedding_features(ext.drop("token"))
+
+
+def test_transfer_between_regions(world):
+    truth, sets = world
+    # Two "regions": west and east halves of the world.
+    cells = truth["cell_id"].to_numpy()
+    west = s2.cell_center(cells)[1] < np.median(s2.cell_center(cells)[1])
+    regions = {"west": cells[west], "east": cells[~west]}
+    targets = {r: truth.filter(pl.col("cell_id").is_in(c.tolist())).select("cell_id", target=pl.col("population").log())
+               for r, c in regions.items()}
+    fsets = {r: {n: df.filter(pl.col("cell_id").is_in(c.tolist())) for n, df in sets.items() if n != "pca"}
+             for r, c in regions.items()}
+    out = ev.evaluate_transfer(targets, fsets, "east", task="population")
+    m = out.metrics
+    assert set(m["split"]) == {"transfer"} and set(m["scope"]) == {ev.CROSS_REGION_SCOPE}
+    assert set(m["region"]) == {"east"} and (m["n_cells"] == (~west).sum()).all()
+    assert r2(m, "raw", "transfer") > r2(m, "random", "transfer") + 0.3
+    assert m["std"].is_null().all()
+
+
+def test_too_few_cells_is_a_clear_error(world):
+    truth, sets = world
+    few = truth.head(10).select("cell_id", target=pl.col("income"))
+    with pytest.raises(ev.InsufficientDataError, match="10 image cells have both a target and every feature set"):
+        ev.evaluate(few, sets, task="income", region="syn", image_level=SPEC.image_level)
+
+
+def test_metrics_to_delta_and_back(tmp_path, population):
+    uri = str(tmp_path / "evaluation_metrics")
+    m = population.metrics
+    write_partition(m, uri, {"scope": "syn"})
+    other = m.with_columns(scope=pl.lit("other"), region=pl.lit("other"))
+    write_partition(other, uri, {"scope": "other"})
+    write_partition(m, uri, {"scope": "syn"})  # re-run replaces only its own rows
+    back = pl.read_delta(uri)
+    assert back.height == 2 * m.height
+    assert back.filter(pl.col("scope") == "syn").sort(m.columns).equals(m.sort(m.columns))
+    assert read_table(uri, {"scope": "other"}).height == m.height
