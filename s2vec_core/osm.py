@@ -55,6 +55,8 @@ MAX_SAMPLES_PER_AREA = 2_000_000
 FLUSH_POINTS = 100_000
 FLUSH_LINES = 10_000
 FLUSH_AREAS = 10_000
+# Finest extraction level: the channel index must fit below the trailing bit of a cell id.
+MAX_LEVEL = 26
 # Chunks queued for the worker thread before the reader waits.
 MAX_PENDING = 2
 # Aggregate rows held before they are re-aggregated.
@@ -221,86 +223,82 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 # ---------------------------------------------------------------- accumulation
 
 
-def _collapse_runs(cells: np.ndarray, tags: np.ndarray, values: np.ndarray):
-    """Merge adjacent rows with equal (cell, tag): pieces of a line and samples along a scanline mostly
-    repeat their neighbour's cell, so this shrinks what the sort in _reduce has to order."""
-    if cells.size == 0:
-        return cells, tags, values
-    new = np.empty(cells.size, bool)
+def _sum_by_key(key: np.ndarray, values: np.ndarray):
+    """Sum values per unique key; returns (sorted unique keys, sums).
+
+    Adjacent equal keys are merged first: pieces of a line and samples along a scanline mostly repeat
+    their neighbour's cell, so the sort has far fewer rows to order."""
+    if key.size == 0:
+        return key, values
+    new = np.empty(key.size, bool)
     new[0] = True
-    np.not_equal(cells[1:], cells[:-1], out=new[1:])
-    new[1:] |= tags[1:] != tags[:-1]
+    np.not_equal(key[1:], key[:-1], out=new[1:])
     starts = np.flatnonzero(new)
-    return cells[starts], tags[starts], np.add.reduceat(values, starts)
-
-
-def _reduce(cells: np.ndarray, tags: np.ndarray, values: np.ndarray, level: int):
-    """Sum values per (cell, tag) for cells at `level`; returns the unique pairs sorted by cell, tag.
-
-    A cell id at `level` has 2 * (30 - level) zero bits below its trailing 1 bit; when the tags fit
-    there, (cell | tag) is one sortable key, much cheaper to sort than the pair."""
-    free_bits = 2 * (30 - level)
-    if tags.size and free_bits < 63 and int(tags.max()) < (1 << free_bits):
-        key = cells | tags.astype(np.uint64)
-        order = np.argsort(key, kind="stable")  # timsort: merges the sorted runs of folded parts
-        key = key[order]
-        values = values[order]
-        new = np.empty(key.size, bool)
-        new[:1] = True
-        np.not_equal(key[1:], key[:-1], out=new[1:])
-        starts = np.flatnonzero(new)
-        key = key[starts]
-        low = np.uint64((1 << free_bits) - 1)
-        return key & ~low, (key & low).astype(tags.dtype), np.add.reduceat(values, starts)
-    order = np.lexsort((tags, cells))
-    cells, tags, values = cells[order], tags[order], values[order]
-    new = np.empty(cells.size, bool)
-    new[:1] = True
-    new[1:] = (cells[1:] != cells[:-1]) | (tags[1:] != tags[:-1])
-    starts = np.flatnonzero(new)
-    return cells[starts], tags[starts], np.add.reduceat(values, starts)
+    key, values = key[starts], np.add.reduceat(values, starts)
+    order = np.argsort(key, kind="stable")  # timsort: cheap on the sorted runs of folded parts
+    key, values = key[order], values[order]
+    del order
+    np.not_equal(key[1:], key[:-1], out=new[1 : key.size])
+    starts = np.flatnonzero(new[: key.size])
+    return key[starts], np.add.reduceat(values, starts)
 
 
 class _Aggregate:
-    """Running sum of values per (cell, channel), folded chunk by chunk with numpy (sort + reduceat):
-    a few compact arrays, no allocator-hungry hash tables."""
+    """Running sum of values per (cell, channel), folded chunk by chunk with numpy.
+
+    A cell id at level L has 2 * (30 - L) zero bits below its trailing 1 bit; the channel index goes
+    there, so a row is one uint64 key (cell | channel) and one float64: 16 bytes, sorted by cell then
+    channel by a plain sort, no hash tables."""
 
     def __init__(self, level: int) -> None:
-        self.level = level
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.low = np.uint64((1 << (2 * (30 - level))) - 1)
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.rows = 0
         self.fold_at = REAGGREGATE_ROWS
 
     def add(self, cells: np.ndarray, channels: np.ndarray, values: np.ndarray) -> None:
         if cells.size == 0:
             return
-        part = _collapse_runs(cells.astype(np.uint64), channels.astype(np.uint16), values.astype(np.float64))
-        part = _reduce(*part, self.level)
+        key = cells.astype(np.uint64) | channels.astype(np.uint64)
+        part = _sum_by_key(key, values.astype(np.float64))
         self.parts.append(part)
         self.rows += part[0].size
         if self.rows > self.fold_at and len(self.parts) > 1:
             self.parts = [self._fold()]
             self.rows = self.parts[0][0].size
-            # Fold again only once the parts have doubled: amortised, not a re-sort on every chunk.
-            self.fold_at = max(REAGGREGATE_ROWS, 2 * self.rows)
+            # Fold again once the parts have grown by half: amortised, not a re-sort on every chunk.
+            self.fold_at = max(REAGGREGATE_ROWS, self.rows * 3 // 2)
 
-    def _fold(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cols = [np.concatenate([p[i] for p in self.parts]) for i in range(3)]
+    def _fold(self) -> tuple[np.ndarray, np.ndarray]:
+        """Merge the parts into one sorted, reduced part; temporaries are dropped as soon as possible
+        because this is where extraction peaks in memory."""
+        key = np.concatenate([p[0] for p in self.parts])
+        values = np.concatenate([p[1] for p in self.parts])
         self.parts = []
-        return _reduce(*cols, self.level)
+        order = np.argsort(key, kind="stable")  # timsort: merges the parts' sorted runs
+        key = key[order]
+        values = values[order]
+        del order
+        new = np.empty(key.size, bool)
+        new[:1] = True
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        del new
+        if starts.size == key.size:
+            return key, values
+        return key[starts], np.add.reduceat(values, starts)
 
     def long(self) -> pl.DataFrame:
         """Columns cell_id (UInt64), channel (UInt16, index into CHANNEL_NAMES), value (Float64), sorted."""
-        if self.parts:
-            cells, channels, values = self._fold()
-            nz = values != 0
-            cells, channels, values = cells[nz], channels[nz], values[nz]
-        else:
-            cells, channels, values = np.zeros(0, np.uint64), np.zeros(0, np.uint16), np.zeros(0)
+        key, values = self._fold() if self.parts else (np.zeros(0, np.uint64), np.zeros(0))
+        nz = values != 0
+        key, values = key[nz], values[nz]
+        channel = (key & self.low).astype(np.uint16)
+        key &= ~self.low
         return pl.DataFrame(
             [
-                pl.Series("cell_id", cells, pl.UInt64),
-                pl.Series("channel", channels.astype(np.uint16), pl.UInt16),
+                pl.Series("cell_id", key, pl.UInt64),
+                pl.Series("channel", channel, pl.UInt16),
                 pl.Series("value", values, pl.Float64),
             ]
         )
@@ -560,7 +558,7 @@ class _Extractor:
         self.agg.add(c_cell[owner[keep]], ch[keep], value[keep])
 
     def _spread(self, x, y, ring, ring_area, areas, area_m2, lon_ref, lat_ref, kx):
-        """Scanline-fill sample grids inside the given areas -> per (area, cell) summed area."""
+        """Scanline-fill sample grids inside the given areas -> per sample (cell, area, share of area)."""
         n_areas = area_m2.size
         wanted = np.zeros(n_areas, bool)
         wanted[areas] = True
@@ -603,10 +601,8 @@ class _Extractor:
         s_lon = lon_ref[s_area] + sx / kx[s_area]
         n_samples = np.bincount(s_area, minlength=n_areas)
         cells = self.cells(s_lat, s_lon)
-        # One row per (area, cell) with the area's share: samples in the cell / samples of the area.
-        c, a, k = _reduce(*_collapse_runs(cells, s_area, np.ones(s_area.size)), self.level)
-        value = k * (area_m2[a] / np.maximum(n_samples[a], 1))
-        return c, a, value, n_samples
+        # Each sample carries an equal share of its area.
+        return cells, s_area, area_m2[s_area] / n_samples[s_area], n_samples
 
     def run(self, path: Path) -> None:
         try:
@@ -660,8 +656,9 @@ def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = No
     Sparse, so it stays small where the wide frame would not (most cells feed few channels). If `stats`
     is given it receives counts of tagged objects and of skipped geometry.
     """
-    if not 0 <= level <= 30:
-        raise ValueError(f"S2 level must be within 0..30, got {level}")
+    if not 0 <= level <= MAX_LEVEL:
+        # Above 26 (cells < 15 cm) the channel index no longer fits below the cell id's trailing bit.
+        raise ValueError(f"extraction level must be within 0..{MAX_LEVEL}, got {level}")
     path = _check_path(pbf_path)
     ex = _Extractor(level)
     try:

@@ -216,6 +216,12 @@ def test_clipped_extract_keeps_located_parts_and_counts_the_missing(tmp_path):
     assert df.select(roads).sum().row(0) == pytest.approx([ref.value[n] for n in roads], rel=0.01, abs=1.0)
 
 
+def test_levels_out_of_range_are_refused():
+    for level in (-1, 27):
+        with pytest.raises(ValueError, match="level"):
+            extract_cells(PBF, level)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "missing", "garbage"])
 def test_bad_files_raise_osm_file_error_naming_the_file(tmp_path, damage):
     bad = tmp_path / f"{damage}.osm.pbf"
