@@ -1,0 +1,117 @@
+"""cell_features[region]: per-S2-cell feature vectors at every configured level, in one Delta table.
+
+One asset writes all levels with a `level` column rather than one asset per level: every level comes
+from the same single extraction at the finest level (coarser ones are parent sums), so splitting
+would re-read the PBF per level or pass the pixel table between assets; one table also lets the
+checks compare channel totals across levels, and readers filter by `level`.
+"""
+
+import numpy as np
+import polars as pl
+from pydantic import Field, field_validator
+
+import dagster as dg
+# Other domains' assets are imported as modules, so the defs loader finds each definition once.
+from s2vec_assets.defs.osm import assets as osm_assets
+from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
+from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
+from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
+from s2vec_core import features, osm, s2
+from s2vec_core.grid import MAX_LEVEL, Grid
+from s2vec_core.taxonomy import CHANNELS, TAXONOMY_VERSION
+
+TABLE = "cell_features"
+TABLE_DESCRIPTION = (
+    "s2vec cell_features: region (partition), level (Int8 S2 level), cell_id (Int64, the S2 id's uint64 bit "
+    f"pattern), token (S2 token), taxonomy_version, then one Float64 column per channel of taxonomy "
+    f"{TAXONOMY_VERSION} (see TAXONOMY.md). Coarser levels are sums of the finest."
+)
+_COUNT_CHANNELS = [c.name for c in CHANNELS if c.kind == "count"]
+MAP_MAX_CELLS = 10_000
+
+
+class CellFeaturesConfig(dg.Config):
+    levels: list[int] = Field(
+        default=list(Grid().feature_levels),
+        description=(
+            "S2 levels to write. The finest is the extraction (pixel) level; coarser ones are sums over "
+            "parent cells. Model assets need the image and pixel levels among them."
+        ),
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _valid_levels(cls, levels: list[int]) -> list[int]:
+        if not levels:
+            raise ValueError("need at least one level")
+        if any(not 0 <= lv <= MAX_LEVEL for lv in levels):
+            raise ValueError(f"levels must be within 0..{MAX_LEVEL}, got {levels}")
+        return sorted(set(levels))
+
+
+@dg.asset(
+    partitions_def=region_partitions,
+    backfill_policy=one_run_per_region,
+    deps=[osm_assets.osm_extract],
+    group_name="features",
+    kinds={"python", "delta", "polars"},
+    # The taxonomy decides every column: changing it makes the features stale.
+    code_version=f"1+taxonomy.{TAXONOMY_VERSION}",
+    description=(
+        "Built-environment feature vectors per S2 cell (one Float64 column per taxonomy channel) at "
+        "every configured level, in the Delta table `cell_features` partitioned by region. A run "
+        "replaces only its region's rows."
+    ),
+)
+def cell_features(
+    context: dg.AssetExecutionContext,
+    config: CellFeaturesConfig,
+    osm_source: OsmSourceResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    region = context.partition_key
+    path = osm_source.resolve(region)
+    stats: dict[str, int] = {}
+    pixel_cells = osm.extract_cells(path, config.levels[-1], stats=stats)
+    df = features.cell_features(pixel_cells, config.levels, region)
+    version = warehouse.write_partition(df, TABLE, {"region": region}, description=TABLE_DESCRIPTION)
+    context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
+
+    totals = features.channel_totals(df).filter(pl.col("level") == config.levels[-1]).drop("level")
+    top = sorted(totals.columns, key=lambda c: -totals[c][0])[:8] if totals.height else []
+    metadata = table_metadata(df, warehouse.table_uri(TABLE), version, TABLE, preview_columns=["level", "token", *top])
+    metadata.update(
+        levels=dg.MetadataValue.json(config.levels),
+        taxonomy_version=TAXONOMY_VERSION,
+        rows_per_level=dg.MetadataValue.md(markdown_table(df.group_by("level").len("cells").sort("level"))),
+        top_channels=dg.MetadataValue.md(
+            markdown_table(totals.select(top).unpivot(variable_name="channel", value_name="total"), max_rows=8)
+        ),
+        extract_stats=dg.MetadataValue.json(stats),
+    )
+    if df.height:
+        metadata["map"] = png_markdown(_density_map(df, region), alt=f"{region} features")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _density_map(df: pl.DataFrame, region: str):
+    """Tagged objects per cell, drawn as cell polygons at the finest level that stays legible."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    per_level = df.group_by("level").len().sort("level")
+    legible = per_level.filter(pl.col("len") <= MAP_MAX_CELLS)["level"]
+    level = legible[-1] if len(legible) else per_level["level"][0]
+    cells = df.filter(pl.col("level") == level)
+    lat, lng = s2.cell_vertices(cells["cell_id"].to_numpy())
+    counts = cells.select(pl.sum_horizontal(_COUNT_CHANNELS)).to_series().to_numpy()
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    polys = PolyCollection(np.stack([lng, lat], axis=-1), array=np.log1p(counts), cmap="viridis", linewidths=0)
+    ax.add_collection(polys)
+    ax.autoscale_view()
+    fig.colorbar(polys, ax=ax, label="log1p(tagged objects)", shrink=0.8)
+    # Degrees of longitude shrink with latitude; this keeps the map's shape roughly true.
+    aspect = 1.0 / np.cos(np.radians(lat.mean()))
+    ax.set(title=f"{region}: level-{level} cells", xlabel="longitude", ylabel="latitude", aspect=aspect)
+    return fig

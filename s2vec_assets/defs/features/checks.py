@@ -1,0 +1,123 @@
+"""Great Expectations checks on cell_features, per region partition, read back from the Delta table.
+
+All are blocking: duplicated, misplaced or negative cells would poison the rasters and the model.
+One op runs them all (one read of the partition, one GX import) and each reports its own result.
+Where a rule is not a plain GX expectation, a helper column is computed first (e.g. the S2 level of
+each id) and GX checks that column.
+"""
+
+import sys
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+import dagster as dg
+from s2vec_assets.defs.features import assets as feature_assets
+from s2vec_assets.defs.partitions import region_partitions
+from s2vec_assets.defs.resources import WarehouseResource
+from s2vec_assets.gx_checks import Expect, gx_check_result
+from s2vec_core import s2
+from s2vec_core.taxonomy import CHANNEL_NAMES
+
+KEYS = ["region", "level", "cell_id", "token"]
+TOTALS_RTOL = 1e-9
+"""Relative tolerance of per-channel totals across levels (they differ only by float summation order)."""
+TOTALS_ATOL = 1e-6
+
+Suite = tuple[pl.DataFrame, list[Expect], list[str]]
+
+
+def not_empty(df: pl.DataFrame) -> Suite:
+    return df.select("region"), [Expect("expect_table_row_count_to_be_between", min_value=1)], []
+
+
+def unique_cells(df: pl.DataFrame) -> Suite:
+    keys = ["region", "level", "cell_id"]
+    return df.select(KEYS), [Expect("expect_compound_columns_to_be_unique", column_list=keys)], KEYS
+
+
+def valid_cell_ids(df: pl.DataFrame) -> Suite:
+    ids = s2.as_uint64(df["cell_id"].to_numpy())
+    valid = s2.is_valid(ids)
+    id_level = np.full(len(ids), -1, dtype=np.int16)
+    id_level[valid] = s2.cell_level(ids[valid])
+    frame = df.select(KEYS).with_columns(
+        id_level=pl.Series(id_level),
+        valid_s2_id=pl.Series(valid),
+        at_stated_level=pl.Series(id_level == df["level"].to_numpy()),
+        token_matches_id=pl.Series(s2.to_token(ids) == df["token"].to_numpy()),
+    )
+    expectations = [
+        Expect("expect_column_values_to_be_in_set", column=c, value_set=[True])
+        for c in ("valid_s2_id", "at_stated_level", "token_matches_id")
+    ]
+    return frame, expectations, [*KEYS, "id_level"]
+
+
+def values_finite_nonnegative(df: pl.DataFrame) -> Suite:
+    # GX skips nulls (pandas NaN) in value expectations, hence the explicit not-null ones; the finite
+    # upper bound catches +inf.
+    expectations = []
+    for c in CHANNEL_NAMES:
+        expectations.append(Expect("expect_column_values_to_not_be_null", column=c))
+        expectations.append(Expect("expect_column_values_to_be_between", column=c, min_value=0, max_value=sys.float_info.max))
+    return df, expectations, KEYS
+
+
+def totals_consistent(df: pl.DataFrame) -> Suite:
+    frame = (
+        df.group_by("level")
+        .agg(pl.col(list(CHANNEL_NAMES)).sum())
+        .unpivot(index="level", variable_name="channel", value_name="total")
+        .group_by("channel", maintain_order=True)
+        .agg(levels=pl.len(), min_total=pl.col("total").min(), max_total=pl.col("total").max())
+        .with_columns(
+            spread=pl.col("max_total") - pl.col("min_total"),
+            tolerance=TOTALS_RTOL * pl.max_horizontal(pl.col("max_total").abs(), pl.col("min_total").abs()) + TOTALS_ATOL,
+        )
+    )
+    expectation = Expect(
+        "expect_column_pair_values_a_to_be_greater_than_b", column_A="tolerance", column_B="spread", or_equal=True
+    )
+    return frame, [expectation], ["channel", "levels", "min_total", "max_total"]
+
+
+SUITES: dict[str, tuple[Callable[[pl.DataFrame], Suite], str]] = {
+    "cell_features_not_empty": (not_empty, "The region has at least one cell with features."),
+    "cell_features_unique_cells": (unique_cells, "No (region, level, cell_id) appears twice."),
+    "cell_features_valid_cell_ids": (
+        valid_cell_ids,
+        "Every cell_id is a valid S2 cell at the row's stated level, and the token is that id's token.",
+    ),
+    "cell_features_values_finite_nonnegative": (
+        values_finite_nonnegative,
+        "Every channel value is present, finite and >= 0.",
+    ),
+    "cell_features_totals_consistent": (
+        totals_consistent,
+        f"Each channel's total is the same at every level (rtol {TOTALS_RTOL}, atol {TOTALS_ATOL}).",
+    ),
+}
+
+with warnings.catch_warnings():
+    # Partitioned check specs are a Dagster preview feature; we use it knowingly (one result per region).
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    SPECS = [
+        dg.AssetCheckSpec(name, asset=feature_assets.cell_features, description=desc, blocking=True, partitions_def=region_partitions)
+        for name, (_, desc) in SUITES.items()
+    ]
+
+
+@dg.multi_asset_check(specs=SPECS, can_subset=True, name="cell_features_checks")
+def cell_features_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    """Great Expectations suites on the region's rows of the cell_features Delta table."""
+    df = warehouse.read(feature_assets.TABLE, {"region": context.partition_key})
+    selected = {key.name for key in context.selected_asset_check_keys}
+    for name, (build, _) in SUITES.items():
+        if name in selected:
+            frame, expectations, sample_columns = build(df)
+            yield gx_check_result(
+                frame, expectations, asset_key=feature_assets.cell_features.key, check_name=name, sample_columns=sample_columns
+            )

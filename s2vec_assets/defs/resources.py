@@ -1,0 +1,118 @@
+"""Resources: where the warehouse lives, where OSM extracts come from, which device trains.
+
+Defaults give the embedded setup (local Delta tables under `<repo>/warehouse`, the bundled catalog,
+CPU unless a GPU is present); everything else is configuration, through environment variables or the
+resource config in the Launchpad.
+
+- `S2VEC_WAREHOUSE`: warehouse root, a directory or an object-store URI (`s3://bucket/prefix`); object
+  stores take credentials through `storage_options` (passed to deltalake as is).
+- `S2VEC_CATALOG`: regions catalog (also decides the partitions, see `partitions.py`).
+- `S2VEC_CACHE`: where downloaded extracts are cached (default `~/.cache/s2vec/osm`).
+- `S2VEC_DEVICE`: `auto` (CUDA if available, else CPU), `cpu`, `cuda` or `cuda:N`.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, field_validator
+
+from s2vec_core import warehouse
+from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_warehouse_root() -> str:
+    return os.environ.get("S2VEC_WAREHOUSE", str(REPO_ROOT / "warehouse"))
+
+
+def default_cache_dir() -> str:
+    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return os.environ.get("S2VEC_CACHE", str(Path(xdg) / "s2vec" / "osm"))
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The Delta warehouse: one table per name under `root`, written one partition at a time."""
+
+    root: str = Field(description="Directory or object-store URI holding the Delta tables.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="deltalake storage options (credentials, endpoint, region...)."
+    )
+
+    def table_uri(self, name: str) -> str:
+        return warehouse.table_uri(self.root, name)
+
+    def write_partition(
+        self, df: pl.DataFrame, name: str, partition: dict[str, str | int], description: str | None = None
+    ) -> int:
+        """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version."""
+        return warehouse.write_partition(
+            df, self.table_uri(name), partition, storage_options=self._options, description=description
+        )
+
+    def read(
+        self, name: str, filters: dict[str, str | int] | None = None, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        return warehouse.read_table(self.table_uri(name), filters, storage_options=self._options, columns=columns)
+
+    def version(self, name: str) -> int | None:
+        return warehouse.table_version(self.table_uri(name), storage_options=self._options)
+
+    @property
+    def _options(self) -> dict[str, str] | None:
+        return dict(self.storage_options) or None
+
+
+class OsmSourceResource(dg.ConfigurableResource):
+    """Where each region's OSM extract comes from: the catalog, plus a download cache for URLs."""
+
+    catalog_path: str = Field(description="regions.toml; must be the catalog the partitions were built from.")
+    cache_dir: str = Field(description="Downloaded extracts are cached here, keyed by URL.")
+    download_timeout_s: float = Field(default=120.0, gt=0, description="Socket timeout of a download.")
+
+    def region(self, name: str) -> Region:
+        return get_region(name, load_catalog(self.catalog_path))
+
+    def resolve(self, name: str) -> Path:
+        """Local path of the region's extract (downloaded once if the catalog gives a URL)."""
+        return resolve_source(self.region(name), self.cache_dir, timeout_s=self.download_timeout_s)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DeviceResource(dg.ConfigurableResource):
+    """Which torch device model assets use; `auto` picks CUDA when available, else CPU."""
+
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    def resolve(self) -> str:
+        """The concrete torch device string (imports torch only when called)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "warehouse": WarehouseResource(root=default_warehouse_root()),
+            "osm_source": OsmSourceResource(
+                catalog_path=str(default_catalog_path()), cache_dir=default_cache_dir()
+            ),
+            "device": DeviceResource(device=os.environ.get("S2VEC_DEVICE", "auto")),
+        }
+    )

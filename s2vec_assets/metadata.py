@@ -1,0 +1,70 @@
+"""Building blocks for asset metadata, so every asset reports tables the same way.
+
+Conventions (all assets): a table asset returns `table_metadata(...)` (row count, column schema, URI,
+Delta version and a preview under Dagster's standard `dagster/...` keys, which the UI understands),
+plus its own keys. Plots go in as `png_markdown(fig)`, small markdown tables as `markdown_table(df)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import dagster as dg
+import polars as pl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def column_schema(schema: pl.Schema | dict[str, pl.DataType]) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()])
+
+
+def markdown_table(df: pl.DataFrame, max_rows: int = 10, float_digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table of the first `max_rows` rows."""
+    head = df.head(max_rows)
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.{float_digits}g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
+    if df.height > max_rows:
+        lines.append(f"\n({df.height - max_rows} more rows)")
+    return "\n".join(lines)
+
+
+def table_metadata(
+    df: pl.DataFrame,
+    uri: str,
+    version: int,
+    table_name: str,
+    preview_columns: Sequence[str] | None = None,
+    preview_rows: int = 5,
+) -> dict[str, object]:
+    """Row count, column schema, table URI and version, and a preview of `df` (the rows just written)."""
+    preview = df.select(preview_columns) if preview_columns is not None else df
+    return {
+        "dagster/row_count": dg.MetadataValue.int(df.height),
+        "dagster/column_schema": column_schema(df.schema),
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "dagster/table_name": table_name,
+        "delta_version": dg.MetadataValue.int(version),
+        "preview": dg.MetadataValue.md(markdown_table(preview, preview_rows)),
+    }
+
+
+def png_markdown(fig: Figure, alt: str = "plot", dpi: int = 80) -> dg.MetadataValue:
+    """A matplotlib figure as a PNG embedded in markdown metadata.
+
+    Build figures with `matplotlib.figure.Figure()` rather than pyplot: no GUI backend, no global state.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
