@@ -162,3 +162,31 @@ def test_metrics_to_delta_and_back(tmp_path, population):
     assert back.height == 2 * m.height
     assert back.filter(pl.col("scope") == "syn").sort(m.columns).equals(m.sort(m.columns))
     assert read_table(uri, {"scope": "other"}).height == m.height
+
+
+def test_plots_and_report(tmp_path, world, population):
+    from s2vec_core import evaluation_plots as ep
+    from s2vec_core.evaluation_report import write_report
+
+    _, sets = world
+    p = population.predictions
+    one = p.filter((pl.col("split") == "spatial") & (pl.col("feature_set") == "embedding") & (pl.col("model") == "lightgbm"))
+    emb = sets["embedding"]
+    plots = {
+        "R2 bars": ep.r2_bars(population.metrics, "lightgbm"),
+        "Predicted vs actual": ep.predicted_vs_actual(p, "random", "linear"),
+        "Embedding map": ep.embedding_map(emb["cell_id"].to_numpy(), emb.drop("cell_id").to_numpy()),
+        "Residual map": ep.residual_map(one),
+    }
+    assert all(png.startswith(b"\x89PNG") and len(png) > 5000 for png in plots.values())
+    with pytest.raises(ValueError, match="one prediction per cell"):
+        ep.residual_map(p)
+    rgb = ep.embedding_rgb(emb.drop("cell_id").to_numpy())
+    assert rgb.shape == (emb.height, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    report = write_report(tmp_path / "report", "Synthetic", population.metrics, population.notes, plots)
+    text = report.read_text()
+    for caption in plots:
+        name = caption.lower().replace(" ", "_") + ".png"
+        assert f"![{caption}]({name})" in text and (report.parent / name).read_bytes() == plots[caption]
+    assert "| syn | population | embedding |" in text and "spatial blocks are S2 cells at level" in text
+    assert pl.read_csv(report.parent / "metrics.csv").height == population.metrics.height
