@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from s2vec_core import s2
 from s2vec_core.features import KEY_COLUMNS
@@ -86,14 +87,18 @@ def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int) -
 
 @dataclass(frozen=True)
 class NormStats:
-    """Per-channel mean and std of `log1p(x)` over all training pixels (std floored at `min_std`)."""
+    """Per-channel mean and std of `log1p(x)` over all training pixels; standardised values are
+    clipped to +-`clip`, since a channel seen in a handful of pixels would otherwise put values of
+    hundreds of stds there and its few pixels would dominate the reconstruction loss."""
 
     channels: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    clip: float = 5.0
 
     @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], channels: tuple[str, ...], min_std: float = 1e-6) -> NormStats:
+    def fit(cls, chunks: Iterable[np.ndarray], channels: tuple[str, ...], min_std: float = 1e-6,
+            clip: float = 5.0) -> NormStats:
         """Statistics over chunks of [n, C, S, S] raw training tensors (streamed, summed in float64)."""
         total = np.zeros(len(channels))
         total_sq = np.zeros(len(channels))
@@ -111,7 +116,7 @@ class NormStats:
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         # A channel that never varies in training carries no signal; std 1 keeps it at 0, not inf.
         std = np.where(std < min_std, 1.0, std)
-        return cls(tuple(channels), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        return cls(tuple(channels), tuple(float(m) for m in mean), tuple(float(s) for s in std), float(clip))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) as float32[C, 1, 1], ready to broadcast over [n, C, S, S]."""
@@ -121,14 +126,20 @@ class NormStats:
     def apply(self, tensors: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of raw [n, C, S, S] tensors."""
         mean, std = self.arrays()
-        return (np.log1p(tensors, dtype=np.float32) - mean) / std
+        return np.clip((np.log1p(tensors, dtype=np.float32) - mean) / std, -self.clip, self.clip)
+
+    def apply_torch(self, raw: torch.Tensor) -> torch.Tensor:
+        """`apply` for a raw tensor batch, computed on the batch's device."""
+        mean, std = (torch.from_numpy(a).to(raw.device) for a in self.arrays())
+        return ((torch.log1p(raw) - mean) / std).clamp_(-self.clip, self.clip)
 
     def to_dict(self) -> dict:
-        return {"channels": list(self.channels), "mean": list(self.mean), "std": list(self.std)}
+        return {"channels": list(self.channels), "mean": list(self.mean), "std": list(self.std), "clip": self.clip}
 
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
-        stats = cls(tuple(d["channels"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+        stats = cls(tuple(d["channels"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
+                    float(d["clip"]))
         if not len(stats.channels) == len(stats.mean) == len(stats.std):
             raise RasterError("norm stats: channels, mean and std differ in length")
         return stats
