@@ -1,0 +1,127 @@
+"""`make run`: materialise the whole asset graph for every catalog region through Dagster.
+
+Runs are recorded in the persistent instance under $DAGSTER_HOME (default ./dagster_home), so
+`make dev` shows them afterwards with their metadata and check results. The graph is walked in
+stages in dependency order: consecutive region-partitioned assets run together, one run per region
+(a failing region does not stop the others, but the next stage waits until all regions are fine);
+an unpartitioned asset (e.g. a model trained on all regions) runs once. Assets added under
+`s2vec_assets/defs/` join automatically, with their checks.
+
+    python -m s2vec_assets.run [--regions liechtenstein,monaco]
+"""
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+Stage = tuple[dg.PartitionsDefinition | None, list[dg.AssetKey]]
+
+
+def plan_stages(graph) -> list[Stage]:
+    """Group the asset graph into stages that can each run as one run per partition (or one run).
+
+    Topological levels are merged while they share the same partitioning; a level mixing
+    partitionings closes the stage, so everything a stage needs comes from earlier stages.
+    """
+    stages: list[Stage] = []
+    for level in graph.toposorted_asset_keys_by_level:
+        groups: dict[dg.PartitionsDefinition | None, list[dg.AssetKey]] = {}
+        for key in sorted(level, key=lambda k: k.to_user_string()):
+            groups.setdefault(graph.get(key).partitions_def, []).append(key)
+        if len(groups) == 1 and stages and next(iter(groups)) == stages[-1][0]:
+            stages[-1][1].extend(next(iter(groups.values())))
+        else:
+            stages.extend((pdef, keys) for pdef, keys in groups.items())
+    return stages
+
+
+def run_stage(
+    defs: dg.Definitions,
+    stage: Stage,
+    instance: dg.DagsterInstance,
+    regions: Sequence[str] | None,
+) -> list[tuple[str, bool, str]]:
+    """Materialise a stage (its assets and their checks); returns (partition, success, run id)."""
+    pdef, keys = stage
+    partitions: list[str | None] = [None]
+    if pdef is not None:
+        partitions = list(pdef.get_partition_keys(dynamic_partitions_store=instance))
+        if regions is not None:
+            partitions = [p for p in partitions if p in regions]
+    outcomes = []
+    for partition in partitions:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=keys,
+            partition_key=partition,
+            resources=dict(defs.resources),
+            instance=instance,
+            raise_on_error=False,
+            tags={"s2vec/launched_by": "s2vec_assets.run"},
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+        failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+        label = partition or "(all regions)"
+        status = "ok" if result.success else "FAILED" + (f" (checks: {', '.join(failed_checks)})" if failed_checks else "")
+        print(f"  {label:<20} {status}  run {result.run_id}", flush=True)
+        outcomes.append((label, result.success, result.run_id))
+    return outcomes
+
+
+def _table_locations(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, str]:
+    """Table name -> URI, from the latest materialisation of each table asset (see metadata.table_metadata)."""
+    found = {}
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        event = instance.get_latest_materialization_event(key)
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        if "dagster/table_name" in metadata and "dagster/uri" in metadata:
+            found[str(metadata["dagster/table_name"].value)] = str(metadata["dagster/uri"].value)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regions", help="comma-separated subset of the catalog's regions (default: all)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    from s2vec_assets.definitions import defs as load_defs
+    from s2vec_assets.defs.partitions import region_partitions
+
+    defs = load_defs()
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()] if args.regions else None
+    if regions is not None:
+        known = set(region_partitions.get_partition_keys())
+        unknown = sorted(set(regions) - known)
+        if unknown:
+            parser.error(f"unknown regions {unknown}; the catalog has {sorted(known)}")
+
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        for pdef, keys in plan_stages(defs.resolve_asset_graph()):
+            names = ", ".join(k.to_user_string() for k in keys)
+            print(f"stage: {names}" + (" (per region)" if pdef is not None else ""), flush=True)
+            outcomes = run_stage(defs, (pdef, keys), instance, regions)
+            failed = [label for label, ok, _ in outcomes if not ok]
+            if failed:
+                print(f"stopped: {', '.join(failed)} failed; later stages need them. "
+                      f"Details: `make dev`, runs above.", file=sys.stderr)
+                return 1
+        print(f"\ndone in {time.perf_counter() - started:.0f} s. Dagster home: {os.environ['DAGSTER_HOME']}")
+        print("Delta tables (polars.read_delta / deltalake.DeltaTable / duckdb delta_scan):")
+        for table, uri in _table_locations(defs, instance).items():
+            print(f"  {table:<20} {uri}")
+    print("Browse runs, lineage and checks with `make dev` (http://127.0.0.1:3000).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
