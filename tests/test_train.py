@@ -1,0 +1,125 @@
+"""Training on the real Liechtenstein rasters: loss goes down, checkpoints resume bit-exactly, GPU logic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from s2vec_core.features import cell_features
+from s2vec_core.model import MAEConfig
+from s2vec_core.osm import extract_cells
+from s2vec_core.raster import open_shards, rasterize, write_shards
+from s2vec_core.train import (TrainConfig, autocast_dtype, load_checkpoint, loader_options, lr_factor,
+                              select_device, train)
+
+PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
+IMAGE_LEVEL, PIXEL_LEVEL = 13, 17
+TINY_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, seed=3)
+
+
+def tiny_model(channels: int) -> MAEConfig:
+    return MAEConfig(in_channels=channels, image_size=16, patch_size=4, width=16, depth=1, heads=2,
+                     decoder_width=8, decoder_depth=1, decoder_heads=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Bit-exact comparisons across processes need the same intra-op split; one thread also avoids
+    # oversubscribing a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "liechtenstein")
+    d = tmp_path_factory.mktemp("rasters") / "liechtenstein"
+    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL), d, shard_size=128)
+    return d
+
+
+def test_device_selection_and_autocast():
+    assert select_device("auto", cuda_available=False) == torch.device("cpu")
+    assert select_device("auto", cuda_available=True) == torch.device("cuda")
+    assert select_device("cpu", cuda_available=True) == torch.device("cpu")
+    assert autocast_dtype(torch.device("cpu")) is None
+    assert autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    assert loader_options(torch.device("cpu"), 4) == {"num_workers": 0, "pin_memory": False}
+    assert loader_options(torch.device("cuda"), 4)["num_workers"] == 4
+    assert loader_options(torch.device("cuda"), 4)["pin_memory"] is True
+
+
+def test_warmup_then_cosine():
+    factors = [lr_factor(s, 100, 10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[-1] < 0.01
+
+
+def test_loss_decreases_on_real_rasters(shard_dir, tmp_path):
+    shards = open_shards(shard_dir)
+    assert len(shards) > 300
+    result = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), TINY_TRAIN,
+                   taxonomy_version="tv", device="auto")
+    assert result.device == "cpu" and len(result.losses) == TINY_TRAIN.epochs
+    assert result.losses[-1] < result.losses[0]
+    assert result.images_per_s > 0
+    state = load_checkpoint(tmp_path / "model.pt")  # weights_only=True inside
+    assert state["epoch"] == TINY_TRAIN.epochs and state["taxonomy_version"] == "tv"
+    assert state["norm"]["channels"] == list(shards.channels)
+    assert state["grid"] == {"image_level": IMAGE_LEVEL, "pixel_level": PIXEL_LEVEL}
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    # A finished checkpoint resumes to a no-op with the same curve.
+    again = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), TINY_TRAIN)
+    assert again.losses == result.losses and again.resumed_from_epoch == TINY_TRAIN.epochs
+
+
+def test_killed_run_resumes_to_identical_weights(shard_dir, tmp_path):
+    """SIGKILL a training process after its epoch-2 checkpoint; resuming matches an unbroken run bit for bit."""
+    killed = tmp_path / "killed.pt"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        torch.set_num_threads(1)
+        from s2vec_core.raster import open_shards
+        from s2vec_core.train import TrainConfig, train
+        from tests.test_train import TINY_TRAIN, tiny_model
+        shards = open_shards({str(shard_dir)!r})
+        def die(epoch, loss):
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(shards, {str(killed)!r}, tiny_model(len(shards.channels)), TINY_TRAIN, on_epoch_end=die)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert load_checkpoint(killed)["epoch"] == 2
+    assert not list(tmp_path.glob(".killed.pt.tmp*"))
+
+    shards = open_shards(shard_dir)
+    model = tiny_model(len(shards.channels))
+    resumed = train(shards, killed, model, TINY_TRAIN)
+    straight = train(shards, tmp_path / "straight.pt", model, TINY_TRAIN)
+    assert resumed.resumed_from_epoch == 2 and resumed.losses == straight.losses
+    a, b = load_checkpoint(killed), load_checkpoint(tmp_path / "straight.pt")
+    for name, tensor in b["model"].items():
+        assert torch.equal(a["model"][name], tensor), name
+    assert torch.equal(a["rng"], b["rng"])
+
+
+def test_resume_with_another_config_is_refused(shard_dir, tmp_path):
+    shards = open_shards(shard_dir)
+    model = tiny_model(len(shards.channels))
+    train(shards, tmp_path / "m.pt", model, TrainConfig(epochs=1, batch_size=64, seed=3))
+    before = (tmp_path / "m.pt").read_bytes()
+    with pytest.raises(ValueError, match="another config"):
+        train(shards, tmp_path / "m.pt", model, TrainConfig(epochs=2, batch_size=64, seed=4))
+    with pytest.raises(ValueError, match="channels"):
+        train(shards, tmp_path / "other.pt", MAEConfig(in_channels=3, image_size=16), TINY_TRAIN)
+    assert (tmp_path / "m.pt").read_bytes() == before
