@@ -1,0 +1,89 @@
+"""Embeddings from a trained checkpoint: reproducible, versioned by the checkpoint's sha256, Delta-readable."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from s2vec_core import s2
+from s2vec_core.embed import embed_shards, embeddings_frame, load_model
+from s2vec_core.features import cell_features
+from s2vec_core.model import MAEConfig
+from s2vec_core.osm import extract_cells
+from s2vec_core.raster import open_shards, rasterize, write_shards
+from s2vec_core.train import TrainConfig, train
+from s2vec_core.warehouse import write_partition
+
+PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "monaco-2023.osm.pbf"
+IMAGE_LEVEL, PIXEL_LEVEL = 14, 18
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("embed")
+    features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "monaco")
+    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL), root / "rasters", shard_size=16)
+    shards = open_shards(root / "rasters")
+    config = MAEConfig(in_channels=len(shards.channels), image_size=16, patch_size=4, width=16, depth=1,
+                       heads=2, decoder_width=8, decoder_depth=1, decoder_heads=2)
+    train(shards, root / "model.pt", config, TrainConfig(epochs=2, batch_size=16, seed=1), taxonomy_version="tv")
+    yield root, shards
+    torch.set_num_threads(before)
+
+
+def test_embeddings_are_reproducible(trained):
+    root, shards = trained
+    first = load_model(root / "model.pt", device="cpu")
+    a = embed_shards(first, shards, batch_size=8)
+    b = embed_shards(load_model(root / "model.pt", device="cpu"), shards, batch_size=8)
+    assert a.dtype == np.float32 and a.shape == (len(shards), 16)
+    assert np.isfinite(a).all() and a.std(axis=0).mean() > 1e-4
+    np.testing.assert_array_equal(a, b)
+    # Batch composition only changes float summation order, not the result beyond rounding.
+    np.testing.assert_allclose(embed_shards(first, shards, batch_size=5), a, rtol=1e-4, atol=1e-5)
+    assert first.model_version == hashlib.sha256((root / "model.pt").read_bytes()).hexdigest()
+    assert (first.image_level, first.pixel_level, first.taxonomy_version) == (IMAGE_LEVEL, PIXEL_LEVEL, "tv")
+
+
+def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):
+    root, shards = trained
+    model = load_model(root / "model.pt", device="cpu")
+    emb = embed_shards(model, shards)
+    frame = embeddings_frame("monaco", shards.image_ids, IMAGE_LEVEL, emb, model.model_version)
+    uri = str(tmp_path / "cell_embeddings")
+    write_partition(frame, uri, {"region": "monaco", "model_version": model.model_version})
+    back = pl.read_delta(uri)
+    # Delta has no fixed-size list type: the column comes back as List(Float32), every row of length d.
+    assert dict(back.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
+                                 "model_version": pl.String, "embedding": pl.List(pl.Float32)}
+    assert back["embedding"].list.len().unique().to_list() == [16]
+    back = back.with_columns(pl.col("embedding").list.to_array(16))
+    back = back.sort("cell_id")
+    assert back["cell_id"].is_unique().all() and back.height == len(shards)
+    ids = back["cell_id"].to_numpy()
+    assert np.array_equal(np.sort(ids), np.sort(shards.image_ids.view(np.int64)))
+    assert back["token"].to_list() == s2.to_token(ids.view(np.uint64)).tolist()
+    order = np.argsort(shards.image_ids.view(np.int64))
+    np.testing.assert_array_equal(np.stack(back["embedding"].to_numpy()), emb[order])
+
+
+def test_bad_inputs_are_refused(trained, tmp_path):
+    root, shards = trained
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="one embedding row per cell"):
+        embeddings_frame("monaco", shards.image_ids, IMAGE_LEVEL, np.zeros((1, 4), np.float32), "v")
+    other = rasterize(pl.DataFrame({"level": [PIXEL_LEVEL], "cell_id": [int(shards.image_ids[0].view(np.int64))],
+                                    "x": [1.0]}).with_columns(
+        cell_id=pl.lit(int(s2.children_range(shards.image_ids[:1], PIXEL_LEVEL)[0].view(np.int64)[0]))),
+        IMAGE_LEVEL, PIXEL_LEVEL)
+    write_shards(other, tmp_path / "other")
+    with pytest.raises(ValueError, match="channels"):
+        embed_shards(load_model(root / "model.pt"), open_shards(tmp_path / "other"))
