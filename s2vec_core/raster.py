@@ -8,6 +8,7 @@ Shards are plain `.npy` files (memory-mappable) plus a parquet index image cell 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -163,8 +164,11 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
     tmp.mkdir(parents=True)
     starts = range(0, n, shard_size)
     names = [f"shard-{s // shard_size:05d}.npy" for s in starts]
+    digest = hashlib.sha256()
     for start, name in zip(starts, names):
-        np.save(tmp / name, rasters.tensors[start:start + shard_size])
+        block = np.ascontiguousarray(rasters.tensors[start:start + shard_size])
+        np.save(tmp / name, block)
+        digest.update(block.data)
     rows = np.arange(n)
     index = pl.DataFrame({
         "cell_id": pl.Series(s2.as_int64(rasters.image_ids), dtype=pl.Int64),
@@ -174,7 +178,10 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
     })
     index.write_parquet(tmp / INDEX_FILE)
     meta = {"channels": list(rasters.channels), "image_level": rasters.image_level,
-            "pixel_level": rasters.pixel_level, "shape": list(rasters.tensors.shape[1:]), **(extra_meta or {})}
+            "pixel_level": rasters.pixel_level, "shape": list(rasters.tensors.shape[1:]), "images": n,
+            # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
+            "sha256": hashlib.sha256(digest.digest() + rasters.image_ids.tobytes()).hexdigest(),
+            **(extra_meta or {})}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():

@@ -122,8 +122,13 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     rows = np.array([8, 0, 5, 4, 1])
     np.testing.assert_array_equal(shards.take(rows), r.tensors[rows])
     np.testing.assert_array_equal(np.concatenate(list(shards.chunks(3))), r.tensors)
+    digest = shards.meta["sha256"]
     # Rewriting replaces the directory as a whole (no stale shards from a larger earlier write).
     write_shards(r, tmp_path / "rasters", shard_size=100)
+    assert open_shards(tmp_path / "rasters").meta["sha256"] == digest  # content hash, not layout
+    r.tensors[0, 0, 0, 0] += 1
+    write_shards(r, tmp_path / "changed")
+    assert open_shards(tmp_path / "changed").meta["sha256"] != digest
     assert sorted(p.name for p in (tmp_path / "rasters").glob("*.npy")) == ["shard-00000.npy"]
     assert not list(tmp_path.glob(".rasters*"))
     two = open_shards([tmp_path / "rasters", tmp_path / "rasters"])
