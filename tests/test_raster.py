@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
@@ -126,8 +128,9 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     # Rewriting replaces the directory as a whole (no stale shards from a larger earlier write).
     write_shards(r, tmp_path / "rasters", shard_size=100)
     assert open_shards(tmp_path / "rasters").meta["sha256"] == digest  # content hash, not layout
-    r.tensors[0, 0, 0, 0] += 1
-    write_shards(r, tmp_path / "changed")
+    changed = r.tensors.copy()
+    changed[0, 0, 0, 0] += 1
+    write_shards(dataclasses.replace(r, tensors=changed), tmp_path / "changed")
     assert open_shards(tmp_path / "changed").meta["sha256"] != digest
     assert sorted(p.name for p in (tmp_path / "rasters").glob("*.npy")) == ["shard-00000.npy"]
     assert not list(tmp_path.glob(".rasters*"))
