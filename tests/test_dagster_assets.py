@@ -1,0 +1,251 @@
+"""The Dagster layer run for real: definitions, region materialisations, GX checks, scoped rewrites.
+
+Every run goes through `dg.materialize` / a job against a temporary DAGSTER_HOME (with the repo's
+dagster.yaml) and a temporary warehouse.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from s2vec_assets.definitions import defs as load_defs
+from s2vec_assets.defs.features import assets as feature_assets
+from s2vec_assets.defs.partitions import region_partitions
+from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
+from s2vec_core import s2
+from s2vec_core.catalog import load_catalog, sha256_file
+from s2vec_core.grid import Grid
+from s2vec_core.taxonomy import CHANNEL_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+REGIONS = list(load_catalog(REPO / "regions.toml"))
+CHECKS = {
+    "cell_features_not_empty",
+    "cell_features_unique_cells",
+    "cell_features_valid_cell_ids",
+    "cell_features_values_finite_nonnegative",
+    "cell_features_totals_consistent",
+}
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return load_defs()
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(home))
+        with dg.DagsterInstance.from_config(str(home)) as inst:
+            yield inst
+
+
+def resources_for(defs: dg.Definitions, root: Path, **overrides) -> dict:
+    return {**defs.resources, "warehouse": WarehouseResource(root=str(root)), **overrides}
+
+
+def materialize(defs, resources, instance, region, selection=None, run_config=None):
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks], resources=resources, instance=instance, partition_key=region,
+        selection=selection, run_config=run_config, raise_on_error=False,
+    )
+
+
+def run_checks(defs, resources, instance, region) -> tuple[bool, dict[str, dg.AssetCheckEvaluation]]:
+    """Run only cell_features' checks for `region` against whatever the table holds now."""
+    job = dg.define_asset_job(
+        "cell_features_checks_only",
+        selection=dg.AssetSelection.checks_for_assets(feature_assets.cell_features),
+        partitions_def=region_partitions,
+    )
+    job_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources)
+    # Dagster's partition_key argument wants a selected asset; a checks-only run takes the partition tag.
+    result = job_defs.resolve_job_def(job.name).execute_in_process(
+        tags={"dagster/partition": region}, instance=instance, raise_on_error=False
+    )
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.partition for e in evaluations} == {region}
+    return result.success, {e.check_name: e for e in evaluations}
+
+
+@pytest.fixture(scope="module")
+def materialized(defs, instance, tmp_path_factory):
+    """Every bundled region materialised (osm_extract, cell_features and checks) into one warehouse."""
+    root = tmp_path_factory.mktemp("warehouse")
+    resources = resources_for(defs, root)
+    results = {region: materialize(defs, resources, instance, region) for region in REGIONS}
+    return root, resources, results
+
+
+def test_definitions_list_assets_checks_and_region_partitions(defs):
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"osm_extract", "cell_features"} <= keys
+    assert CHECKS <= {k.name for k in graph.asset_check_keys}
+    assert region_partitions.get_partition_keys() == REGIONS
+    for name, group in (("osm_extract", "osm"), ("cell_features", "features")):
+        node = graph.get(dg.AssetKey(name))
+        assert node.partitions_def == region_partitions
+        assert node.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        assert node.group_name == group
+        assert node.code_version
+    assert {"python", "delta", "polars"} <= set(graph.get(dg.AssetKey("cell_features")).kinds)
+    check_node = graph.get(dg.AssetCheckKey(dg.AssetKey("cell_features"), "cell_features_unique_cells"))
+    assert check_node.blocking
+    assert {"warehouse", "osm_source", "device"} <= set(defs.resources)
+
+
+def test_each_region_materialises_with_metadata_and_passing_checks(materialized, instance):
+    root, resources, results = materialized
+    table = pl.read_delta(str(root / "cell_features"))
+    for region, result in results.items():
+        assert result.success, region
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == dict.fromkeys(CHECKS, True), region
+
+        meta = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
+        source = Path(load_catalog(REPO / "regions.toml")[region].source)
+        assert meta["osm_extract"]["sha256"].value == sha256_file(source)
+        assert meta["osm_extract"]["size_bytes"].value == source.stat().st_size
+        assert meta["osm_extract"]["nodes"].value > 0
+
+        rows = table.filter(pl.col("region") == region)
+        features = meta["cell_features"]
+        assert features["dagster/row_count"].value == rows.height > 0
+        assert features["dagster/uri"].value == str(root / "cell_features")
+        assert [c.name for c in features["dagster/column_schema"].schema.columns] == table.columns
+        assert "data:image/png;base64," in features["map"].value
+        assert sorted(rows["level"].unique()) == list(Grid().feature_levels)
+    # The runs were recorded in the temporary DAGSTER_HOME's SQLite storage.
+    assert instance.get_runs_count() >= len(REGIONS)
+    assert instance.root_directory and (Path(instance.root_directory) / "history" / "runs.db").is_file()
+
+
+def test_rematerialising_a_region_leaves_other_regions_untouched(defs, instance, tmp_path):
+    a, b = REGIONS[0], REGIONS[1]
+    resources = resources_for(defs, tmp_path)
+    features = [dg.AssetKey("cell_features")]
+    assert materialize(defs, resources, instance, a, selection=features).success
+    assert materialize(defs, resources, instance, b, selection=features).success
+    uri = str(tmp_path / "cell_features")
+    b_before = pl.read_delta(uri).filter(pl.col("region") == b).sort("level", "cell_id")
+
+    # A again, with other levels, so A's rows really change.
+    config = {"ops": {"cell_features": {"config": {"levels": [15, 17]}}}}
+    assert materialize(defs, resources, instance, a, selection=features, run_config=config).success
+
+    after = pl.read_delta(uri)
+    assert after.filter(pl.col("region") == b).sort("level", "cell_id").equals(b_before)
+    a_after = after.filter(pl.col("region") == a)
+    assert sorted(a_after["level"].unique()) == [15, 17]
+    assert a_after.select("level", "cell_id").is_duplicated().sum() == 0
+
+
+def _corrupt(materialized, tmp_path, region, corrupt) -> tuple[dict, WarehouseResource]:
+    """Copy the good table, replace `region`'s rows with `corrupt(rows)`, return the check outcomes."""
+    root, resources, _ = materialized
+    shutil.copytree(root / "cell_features", tmp_path / "cell_features")
+    warehouse = WarehouseResource(root=str(tmp_path))
+    rows = warehouse.read("cell_features", {"region": region})
+    warehouse.write_partition(corrupt(rows), "cell_features", {"region": region})
+    return {**resources, "warehouse": warehouse}, warehouse
+
+
+def _failed_expectations(evaluation: dg.AssetCheckEvaluation) -> list[dict]:
+    return json.loads(json.dumps(evaluation.metadata["failed_expectations"].value))
+
+
+def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path):
+    region = REGIONS[0]
+    dup = {}
+
+    def duplicate(rows: pl.DataFrame) -> pl.DataFrame:
+        row = rows.filter(pl.col("level") == max(Grid().feature_levels)).head(1)
+        dup["token"] = row["token"][0]
+        return pl.concat([rows, row])
+
+    resources, _ = _corrupt(materialized, tmp_path, region, duplicate)
+    _, checks = run_checks(defs, resources, instance, region)
+    unique = checks["cell_features_unique_cells"]
+    assert not unique.passed
+    assert [f["expectation"] for f in _failed_expectations(unique)] == ["expect_compound_columns_to_be_unique"]
+    assert dup["token"] in unique.metadata["bad_rows"].value
+    assert checks["cell_features_valid_cell_ids"].passed
+
+
+def test_checks_fail_on_a_cell_id_at_the_wrong_level(defs, instance, materialized, tmp_path):
+    region = REGIONS[0]
+    coarse = min(Grid().feature_levels)
+
+    def wrong_level(rows: pl.DataFrame) -> pl.DataFrame:
+        # A valid id one level finer than the row says (its first child), with a matching token.
+        i = rows["level"].arg_min()
+        child = s2.children_range(s2.as_uint64(rows["cell_id"][i : i + 1].to_numpy()), coarse + 1)[0]
+        return rows.with_columns(
+            cell_id=pl.when(pl.int_range(pl.len()) == i).then(int(s2.as_int64(child)[0])).otherwise("cell_id"),
+            token=pl.when(pl.int_range(pl.len()) == i).then(pl.lit(s2.to_token(child)[0])).otherwise("token"),
+        )
+
+    resources, _ = _corrupt(materialized, tmp_path, region, wrong_level)
+    _, checks = run_checks(defs, resources, instance, region)
+    valid = checks["cell_features_valid_cell_ids"]
+    assert not valid.passed
+    assert [f["columns"] for f in _failed_expectations(valid)] == [["at_stated_level"]]
+    assert checks["cell_features_unique_cells"].passed
+    assert checks["cell_features_values_finite_nonnegative"].passed
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_checks_fail_on_a_negative_or_non_finite_value(defs, instance, materialized, tmp_path, bad):
+    region = REGIONS[1]
+    channel = CHANNEL_NAMES[0]
+
+    def poison(rows: pl.DataFrame) -> pl.DataFrame:
+        return rows.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(bad).otherwise(pl.col(channel)).alias(channel))
+
+    resources, _ = _corrupt(materialized, tmp_path, region, poison)
+    _, checks = run_checks(defs, resources, instance, region)
+    values = checks["cell_features_values_finite_nonnegative"]
+    assert not values.passed
+    failed = _failed_expectations(values)
+    assert {tuple(f["columns"]) for f in failed} == {(channel,)}
+    assert checks["cell_features_unique_cells"].passed
+    assert checks["cell_features_valid_cell_ids"].passed
+
+
+def test_an_empty_region_fails_its_blocking_check_and_the_run(defs, instance, materialized, tmp_path):
+    region = REGIONS[1]
+    resources, warehouse = _corrupt(materialized, tmp_path, region, lambda rows: rows.head(0))
+    assert warehouse.read("cell_features", {"region": region}).height == 0
+    success, checks = run_checks(defs, resources, instance, region)
+    assert not checks["cell_features_not_empty"].passed
+    assert not success  # blocking: downstream assets in the same run would not start
+
+
+def test_a_corrupt_extract_fails_clearly_and_writes_nothing(defs, instance, materialized, tmp_path):
+    root, _, _ = materialized
+    region = REGIONS[0]
+    good = Path(load_catalog(REPO / "regions.toml")[region].source).read_bytes()
+    broken = tmp_path / "broken.osm.pbf"
+    broken.write_bytes(good[: len(good) // 3])
+    catalog = tmp_path / "regions.toml"
+    catalog.write_text(f'[regions.{region}]\nsource = "{broken}"\n')
+    shutil.copytree(root / "cell_features", tmp_path / "wh" / "cell_features")
+    before = pl.read_delta(str(tmp_path / "wh" / "cell_features"))
+    resources = resources_for(
+        defs, tmp_path / "wh", osm_source=OsmSourceResource(catalog_path=str(catalog), cache_dir=str(tmp_path))
+    )
+
+    result = materialize(defs, resources, instance, region)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "osm_extract")
+    assert str(broken) in failure.step_failure_data.error.message
+    assert pl.read_delta(str(tmp_path / "wh" / "cell_features")).equals(before)
