@@ -85,6 +85,8 @@ def run_one(tool: str, pbf: Path, level: int) -> dict:
     res = json.loads(out)
     res["process_wall_s"] = wall
     res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    # CPU seconds (user + sys, all threads): less sensitive than wall to other jobs on a shared machine.
+    res["cpu_s"] = usage.ru_utime + usage.ru_stime
     return res
 
 
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     # The peer always runs: it counts the tagged objects every throughput is measured in.
     tools = ["peer", *[t for t in args.tools.split(",") if t != "peer"]]
     results: dict[str, list[dict]] = {t: [] for t in tools}
+    load_before = os.getloadavg()[0]
     for _ in range(args.runs):
         for t in tools:  # interleaved, so load from other users of the machine hits all tools alike
             level = args.wide_level if (t == "s2vec-wide" and args.wide_level is not None) else args.level
@@ -126,19 +129,20 @@ def main(argv: list[str] | None = None) -> int:
             results[t].append(r)
             print(t, json.dumps({k: v for k, v in r.items() if k != "stats"}), file=sys.stderr)
     tagged = results["peer"][0]["tagged_objects"]
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"file: {args.pbf} ({size_mb:.1f} MB), tagged objects (any taxonomy key): {tagged:,}\n")
-    print("| tool | level | wall s (median) | peak RSS MB (max) | tagged objects/s | MB/s | vs peer |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | level | wall s (median; runs) | CPU s (median) | peak RSS MB (max) | tagged objects/s | MB/s | vs peer |")
+    print("|---|---|---|---|---|---|---|---|")
     peer_wall = statistics.median(r["wall_s"] for r in results["peer"])
     for t in tools:
         walls = [r["wall_s"] for r in results[t]]
         wall = statistics.median(walls)
         rss = max(r["peak_rss_mb"] for r in results[t])
+        cpu = statistics.median(r["cpu_s"] for r in results[t])
         ratio = f"{peer_wall / wall:.2f}x"
         lvl = results[t][0]["level"] if t != "peer" else "-"
         print(
-            f"| {t} | {lvl} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) | {rss:.0f} | "
+            f"| {t} | {lvl} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) | {cpu:.1f} | {rss:.0f} | "
             f"{tagged / wall:,.0f} | {size_mb / wall:.1f} | {ratio} |"
         )
     for t in tools:

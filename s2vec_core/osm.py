@@ -1,10 +1,10 @@
 """OSM PBF -> per-cell channel values (see DESIGN.md "Taxonomy" for the geometry rules).
 
-pyosmium streams the file; its C++ KeyFilter drops every object without a taxonomy key, and libosmium
-assembles areas (closed ways, multipolygon relations). Python only matches tags and appends each
-object's geometry as WKB (made in C++) or a point to chunk buffers. Every chunk is turned into
-`(cell, channel, value)` rows with numpy and folded into a polars aggregate, so memory stays bounded by
-the number of non-empty cells, not by the number of features.
+pyosmium streams the file; C++ KeyFilters drop every object without a taxonomy key for its geometry,
+and libosmium assembles areas (closed ways, multipolygon relations). Python only matches tags and
+appends each object's geometry as WKB (made in C++) or a point to chunk buffers. A worker thread turns
+each full chunk into `(cell, channel, value)` rows with numpy and folds them into a running sum, so
+memory stays bounded by the number of non-empty (cell, channel) pairs, not by the number of features.
 
 - points: count at the cell of the location;
 - ways: length (haversine) split over the cells they cross: each segment is cut into pieces shorter
