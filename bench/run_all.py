@@ -203,7 +203,9 @@ class Suite:
 
     def stage_e2e(self, inp: str, pbf: Path) -> None:
         a = self.args
-        common = {"pbf": str(pbf), "image_level": a.image_level, "pixel_level": a.pixel_level,
+        from s2vec_core.osm import pbf_info
+
+        common = {"pbf": str(pbf), "bbox": list(pbf_info(pbf)["bbox"]), "image_level": a.image_level, "pixel_level": a.pixel_level,
                   "epochs": a.epochs, "batch_size": 64}
         with tempfile.TemporaryDirectory(dir=self.out) as tmp:
             self.s2vec_worker("e2e", inp, "s2vec_pipeline", {**common, "workdir": tmp}, timeout=a.e2e_timeout)
