@@ -70,6 +70,16 @@ def machine() -> str:
            f"Python {platform.python_version()}"
 
 
+def s2vec_revision() -> str:
+    """The commit the s2vec side ran at, and any uncommitted changes under s2vec_core/ (teammates edit it)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "s2vec_core").splitlines()]
+    return f"commit {head}" + (f" plus uncommitted changes in {', '.join(dirty)}" if dirty else "")
+
+
 def ensure_input(name: str, out: Path) -> Path:
     path, copies = INPUTS[name]
     if not path.exists():
@@ -84,7 +94,7 @@ def ensure_input(name: str, out: Path) -> Path:
 class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.out = Path(args.out)
+        self.out = Path(args.out).resolve()  # stages run in other working directories
         self.logs = self.out / "logs"
         self.results: list[StageResult] = []
         self.pythons: dict[str, Path | str] = {}
@@ -261,12 +271,16 @@ def extract_table(results: list[StageResult], inp: str, size_mb: float) -> list[
            "",
            "| tool | status | wall s (runs) | peak RSS MB | tagged features/s | MB/s | s2vec speed-up | s2vec RSS share | load 1 min |",
            "|---|---|---|---|---|---|---|---|---|"]
+    errors: list[str] = []
     for t in tools:
         rs = [r for r in rows if r.tool == t]
         ok = [r for r in rs if r.status == "ok"]
         wall = _med(rs, lambda r: r.wall_s)
         rss = max((r.peak_rss_mb for r in ok), default=None)
-        status = "ok" if len(ok) == len(rs) else f"{rs[-1].status}: {next(r.error for r in rs if r.status != 'ok')}"
+        bad = [r for r in rs if r.status != "ok"]
+        status = "ok" if not bad else f"{bad[0].status} [{len(errors) + 1}]"
+        if bad:
+            errors.append(bad[0].error)
         runs = ", ".join(f"{r.wall_s:.1f}" for r in ok)
         fps = f"{tagged / wall:,.0f}" if (tagged and wall) else "-"
         speed = f"{wall / s2:.2f}x" if (wall and s2 and t != "s2vec") else ("1x" if t == "s2vec" and s2 else "-")
@@ -274,7 +288,12 @@ def extract_table(results: list[StageResult], inp: str, size_mb: float) -> list[
         load = _fmt(_med(rs, lambda r: r.detail.get("load_1min")), ".1f")
         out.append(f"| {t} | {status} | {_fmt(wall)} ({runs}) | {_fmt(rss, '.0f')} | {fps} | "
                    f"{_fmt(size_mb / wall if wall else None)} | {speed} | {share} | {load} |")
-    return out
+    return out + _footnotes(errors)
+
+
+def _footnotes(errors: list[str]) -> list[str]:
+    clean = [e[:600].replace("`", "'") for e in errors]
+    return ["", *[f"[{i}] `{e}`  " for i, e in enumerate(clean, 1)]] if errors else []
 
 
 def s2_table(results: list[StageResult]) -> list[str]:
@@ -282,17 +301,19 @@ def s2_table(results: list[StageResult]) -> list[str]:
     if not rows:
         return []
     out = ["| tool | status | points | work s | points/s | s2vec speed-up | ids equal |", "|---|---|---|---|---|---|---|"]
+    errors: list[str] = []
     mine = next((r for r in rows if r.tool == "s2vec" and r.status == "ok"), None)
     mine_pps = mine.detail["points"] / mine.detail["work_s"] if mine else None
     for r in rows:
         if r.status != "ok":
-            out.append(f"| {r.tool} | {r.status}: {r.error} | - | - | - | - | - |")
+            errors.append(r.error)
+            out.append(f"| {r.tool} | {r.status} [{len(errors)}] | - | - | - | - | - |")
             continue
         pps = r.detail["points"] / r.detail["work_s"]
         speed = f"{mine_pps / pps:.0f}x" if (mine_pps and r.tool != "s2vec") else "-"
         eq = str(r.detail.get("ids_equal", "-"))
         out.append(f"| {r.tool} | ok | {r.detail['points']:,} | {r.detail['work_s']:.3f} | {pps:,.0f} | {speed} | {eq} |")
-    return out
+    return out + _footnotes(errors)
 
 
 def e2e_table(results: list[StageResult]) -> list[str]:
@@ -302,10 +323,12 @@ def e2e_table(results: list[StageResult]) -> list[str]:
     out = ["| tool | status | process wall s | peak RSS MB | PBF -> raster tensors s | images | channels | "
            "model setup s | epoch s (each) | images/s (training) | inference s |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    errors: list[str] = []
     for r in rows:
         d = r.detail
         if r.status != "ok":
-            out.append(f"| {r.tool} | {r.status}: {r.error} | {_fmt(r.wall_s)} | {_fmt(r.peak_rss_mb, '.0f')} |"
+            errors.append(r.error)
+            out.append(f"| {r.tool} | {r.status} [{len(errors)}] | {_fmt(r.wall_s)} | {_fmt(r.peak_rss_mb, '.0f')} |"
                        " - | - | - | - | - | - | - |")
             continue
         ep = d.get("epoch_s", [])
@@ -322,7 +345,7 @@ def e2e_table(results: list[StageResult]) -> list[str]:
         out += ["", f"Ratios (srai / s2vec): PBF -> raster tensors {dp['data_s'] / dm['data_s']:.1f}x faster, "
                 f"process peak RSS {mine.peak_rss_mb / peer.peak_rss_mb:.2f} of srai's; "
                 f"training seconds per image (median epoch) {ep / em:.2f}x."]
-    return out
+    return out + _footnotes(errors)
 
 
 def section(suite: Suite, command: str) -> str:
@@ -336,7 +359,7 @@ def section(suite: Suite, command: str) -> str:
              "teammates' jobs: the load column is the 1-minute load average when each stage ended (2 cores).",
              "", "```", command, "```", "",
              f"Machine: {machine()}. Date: {suite.started:%Y-%m-%d %H:%M}-{suite.finished:%H:%M} UTC. "
-             f"Load average during the run: {load}.", ""]
+             f"Load average during the run: {load}. s2vec at {s2vec_revision()}.", ""]
     if suite.env_errors:
         lines += ["Peer environments that could not be built: " +
                   "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in suite.env_errors.items()), ""]
