@@ -12,6 +12,7 @@ an unpartitioned asset (e.g. a model trained on all regions) runs once. Assets a
 
 import argparse
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +23,39 @@ import dagster as dg
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Stage = tuple[dg.PartitionsDefinition | None, list[dg.AssetKey]]
+LAUNCHED_BY = {"s2vec/launched_by": "s2vec_assets.run"}
+
+
+def run_tags() -> dict[str, str]:
+    """Tags of every run this process launches: who, and which process (see `reap_dead_runs`)."""
+    return {**LAUNCHED_BY, "s2vec/host": socket.gethostname(), "s2vec/pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark runs of an earlier `make run` whose process died (killed, out of memory) as failed.
+
+    In-process runs hold their pool slot (e.g. `gpu`) in the instance; a killed process never gives
+    it back, and the next training step would wait for it forever. Returns the reaped run ids.
+    """
+    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=active, tags=LAUNCHED_BY)):
+        pid = run.tags.get("s2vec/pid")
+        if run.tags.get("s2vec/host") == socket.gethostname() and pid and not _alive(int(pid)):
+            instance.report_run_failed(run, message=f"process {pid} of s2vec_assets.run is gone")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            reaped.append(run.run_id)
+    return reaped
 
 
 def plan_stages(graph) -> list[Stage]:
@@ -64,7 +98,7 @@ def run_stage(
             resources=dict(defs.resources),
             instance=instance,
             raise_on_error=False,
-            tags={"s2vec/launched_by": "s2vec_assets.run"},
+            tags=run_tags(),
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
         failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
@@ -106,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
+        for run_id in reap_dead_runs(instance):
+            print(f"marked run {run_id} failed: its process is gone (its pool slots are free again)")
         for pdef, keys in plan_stages(defs.resolve_asset_graph()):
             names = ", ".join(k.to_user_string() for k in keys)
             print(f"stage: {names}" + (" (per region)" if pdef is not None else ""), flush=True)

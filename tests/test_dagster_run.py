@@ -1,11 +1,18 @@
 """`make run` (s2vec_assets.run): stage planning over the asset graph, and its argument checks."""
 
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
 from s2vec_assets import run
 from s2vec_assets.definitions import defs as load_defs
 
+REPO = Path(__file__).resolve().parent.parent
 P = dg.StaticPartitionsDefinition(["x", "y"])
 
 
@@ -52,3 +59,38 @@ def test_unknown_region_is_refused_before_anything_runs(capsys, tmp_path, monkey
     assert exc.value.code == 2
     assert "atlantis" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no runs, no storage
+
+
+HOLD_GPU = """
+import time, dagster as dg
+from s2vec_assets.run import run_tags
+
+@dg.asset(pool="gpu")
+def training():
+    time.sleep(600)
+
+with dg.DagsterInstance.get() as instance:
+    dg.materialize([training], instance=instance, tags=run_tags())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_run_gives_its_gpu_slot_back_on_the_next_make_run(tmp_path, monkeypatch):
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GPU], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        try:
+            deadline = time.monotonic() + 90
+            while not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots:
+                assert holder.poll() is None and time.monotonic() < deadline, "the run never took the gpu slot"
+                time.sleep(0.5)
+        finally:
+            holder.kill()
+            holder.wait()
+        (run_id,) = [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots]
+        assert run.reap_dead_runs(instance) == [run_id]
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        assert run.reap_dead_runs(instance) == []
