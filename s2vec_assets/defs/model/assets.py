@@ -1,0 +1,250 @@
+"""The S2Vec model assets: raster_tensors[region] -> mae_model (all regions) -> cell_embeddings[region].
+
+Rasters are memory-mapped `.npy` shards under `<warehouse root>/rasters/<region>` (a local directory:
+training reads them with `np.load(mmap_mode="r")`). The model checkpoint lives under
+`<warehouse root>/models/mae/<training key>/checkpoint.pt`, where the key hashes the configs and the
+content of every raster set trained on: a retried run resumes its own checkpoint, changed data or
+config starts a fresh one, and an unchanged re-run finds the finished checkpoint and returns at once.
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+import dagster as dg
+from s2vec_assets.defs.features import assets as feature_assets
+from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
+from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
+from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
+from s2vec_core import embed, raster, train
+from s2vec_core.grid import Grid
+from s2vec_core.model import MAEConfig, parameter_count
+from s2vec_core.taxonomy import TAXONOMY_VERSION
+
+EMBEDDINGS_TABLE = "cell_embeddings"
+EMBEDDINGS_DESCRIPTION = (
+    "s2vec cell_embeddings: region and model_version (partition keys), level (Int8, the image level), cell_id "
+    "(Int64, the S2 id's uint64 bit pattern), token (S2 token), embedding (list of Float32, fixed length = model "
+    "width; Delta stores it as a list). model_version = sha256 of the model checkpoint file."
+)
+
+
+def local_root(warehouse: WarehouseResource) -> Path:
+    """Rasters and checkpoints need a local filesystem (memory maps, atomic renames)."""
+    if "://" in warehouse.root and not warehouse.root.startswith("file://"):
+        raise dg.Failure(f"raster shards and checkpoints need a local warehouse root, got {warehouse.root}")
+    return Path(warehouse.root.removeprefix("file://"))
+
+
+def raster_dir(warehouse: WarehouseResource, region: str) -> Path:
+    return local_root(warehouse) / "rasters" / region
+
+
+class RasterConfig(dg.Config):
+    image_level: int = Field(default=Grid().image_level, description="S2 level of an image cell.")
+    pixel_level: int = Field(default=Grid().pixel_level, description="S2 level of a pixel (must be in cell_features).")
+    shard_size: int = Field(default=4096, ge=1, description="Images per .npy shard.")
+
+
+@dg.asset(
+    partitions_def=region_partitions,
+    backfill_policy=one_run_per_region,
+    deps=[feature_assets.cell_features],
+    group_name="model",
+    kinds={"python", "numpy"},
+    code_version="1",
+    description=(
+        "The region's image cells as float32 tensors [C, 2^k, 2^k] (raw channel values; each pixel cell at its "
+        "S2 face (i, j) offset in the image), in memory-mappable .npy shards with an index (cell_id -> shard, row)."
+    ),
+)
+def raster_tensors(context: dg.AssetExecutionContext, config: RasterConfig,
+                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+    region = context.partition_key
+    grid = Grid(config.image_level, config.pixel_level, (config.image_level, config.pixel_level))
+    pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
+    try:
+        rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level)
+    except raster.RasterError as e:
+        raise dg.Failure(f"{region}: {e}") from e
+    directory = raster_dir(warehouse, region)
+    index = raster.write_shards(rasters, directory, config.shard_size,
+                                extra_meta={"region": region, "taxonomy_version": TAXONOMY_VERSION})
+    occupied = (rasters.tensors.sum(axis=1) > 0).mean()
+    return dg.MaterializeResult(metadata={
+        "dagster/uri": dg.MetadataValue.path(str(directory)),
+        "dagster/row_count": dg.MetadataValue.int(index.height),
+        "images": dg.MetadataValue.int(index.height),
+        "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
+        "shards": dg.MetadataValue.int(index["shard"].n_unique()),
+        "image_level": grid.image_level,
+        "pixel_level": grid.pixel_level,
+        "occupied_pixel_share": float(occupied),
+        "content_sha256": json.loads((directory / raster.META_FILE).read_text())["sha256"],
+        "index_preview": dg.MetadataValue.md(markdown_table(index, 5)),
+        "sample_images": png_markdown(_sample_images(rasters), alt=f"{region} rasters"),
+    })
+
+
+def _sample_images(rasters: raster.Rasters, count: int = 4):
+    """The busiest images, log1p of all channels summed."""
+    from matplotlib.figure import Figure
+
+    totals = rasters.tensors.sum(axis=1)
+    busiest = np.argsort(-totals.sum(axis=(1, 2)))[:count]
+    fig = Figure(figsize=(2.2 * len(busiest), 2.4))
+    for n, i in enumerate(busiest):
+        ax = fig.add_subplot(1, len(busiest), n + 1)
+        ax.imshow(np.log1p(totals[i]), cmap="viridis")
+        ax.set(title=f"cell {i}", xticks=[], yticks=[], xlabel="j", ylabel="i")
+    return fig
+
+
+class ModelConfig(dg.Config):
+    """MAE shape and training knobs; the defaults are the small CPU config (see s2vec_core.model)."""
+
+    patch_size: int = 2
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    decoder_width: int = 32
+    decoder_depth: int = 1
+    decoder_heads: int = 4
+    mask_ratio: float = 0.75
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_workers: int = Field(default=4, description="DataLoader workers (CUDA only).")
+
+    def configs(self, channels: int, image_size: int) -> tuple[MAEConfig, train.TrainConfig]:
+        return (
+            MAEConfig(in_channels=channels, image_size=image_size, patch_size=self.patch_size, width=self.width,
+                      depth=self.depth, heads=self.heads, decoder_width=self.decoder_width,
+                      decoder_depth=self.decoder_depth, decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio),
+            train.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                              weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction,
+                              grad_clip=self.grad_clip, seed=self.seed, num_workers=self.num_workers),
+        )
+
+
+def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> list[str]:
+    """Regions whose raster_tensors partition is materialised and whose shards exist."""
+    done = context.instance.get_materialized_partitions(raster_tensors.key)
+    return sorted(r for r in done if (raster_dir(warehouse, r) / raster.INDEX_FILE).exists())
+
+
+@dg.asset(
+    deps=[raster_tensors],
+    group_name="model",
+    kinds={"pytorch"},
+    pool="gpu",
+    code_version="1",
+    description=(
+        "The S2Vec masked autoencoder trained on every materialised region's rasters (AdamW, warmup + cosine, "
+        "bf16 on CUDA). The checkpoint is rewritten atomically each epoch; a retried run resumes it. "
+        "model_version = sha256 of the checkpoint."
+    ),
+)
+def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse: WarehouseResource,
+              device: DeviceResource) -> dg.MaterializeResult:
+    regions = trained_regions(context, warehouse)
+    if not regions:
+        raise dg.Failure("no raster_tensors partition is materialised; materialise some regions first")
+    shards = raster.open_shards([raster_dir(warehouse, r) for r in regions])
+    model_config, train_config = config.configs(len(shards.channels), int(shards.meta["shape"][-1]))
+    key_source = json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict(),
+                             "taxonomy": TAXONOMY_VERSION, "rasters": {
+                                 r: json.loads((raster_dir(warehouse, r) / raster.META_FILE).read_text())["sha256"]
+                                 for r in regions}}, sort_keys=True)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    checkpoint = local_root(warehouse) / "models" / "mae" / key / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+
+    def log_epoch(epoch: int, loss: float) -> None:
+        context.log.info(f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}")
+
+    started = time.perf_counter()
+    result = train.train(shards, checkpoint, model_config, train_config, taxonomy_version=TAXONOMY_VERSION,
+                         device=device.resolve(), on_epoch_end=log_epoch)
+    wall = time.perf_counter() - started
+    trained = embed.load_model(checkpoint, device="cpu")
+    return dg.MaterializeResult(metadata={
+        "model_version": trained.model_version,
+        "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
+        "device": result.device,
+        "parameters": dg.MetadataValue.int(parameter_count(trained.model)),
+        "epochs": dg.MetadataValue.int(len(result.losses)),
+        "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from_epoch),
+        "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
+        "first_loss": float(result.losses[0]),
+        "final_loss": float(result.losses[-1]),
+        "loss_curve": png_markdown(_loss_curve(result.losses), alt="training loss"),
+        "wall_time_s": float(wall),
+        "images_per_s": float(result.images_per_s),
+        "training_images": dg.MetadataValue.int(len(shards)),
+        "regions": dg.MetadataValue.json(regions),
+        "model_config": dg.MetadataValue.json(model_config.to_dict()),
+        "train_config": dg.MetadataValue.json(train_config.to_dict()),
+        "image_level": trained.image_level,
+        "pixel_level": trained.pixel_level,
+    })
+
+
+def _loss_curve(losses: list[float]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    ax.set(xlabel="epoch", ylabel="masked-patch MSE", title="MAE training loss")
+    return fig
+
+
+def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
+    """The checkpoint of mae_model's latest materialisation."""
+    event = context.instance.get_latest_materialization_event(mae_model.key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure("mae_model has not been materialised yet")
+    return Path(str(event.asset_materialization.metadata["checkpoint_path"].value))
+
+
+@dg.asset(
+    partitions_def=region_partitions,
+    backfill_policy=one_run_per_region,
+    deps=[raster_tensors, mae_model],
+    group_name="model",
+    kinds={"pytorch", "delta", "polars"},
+    code_version="1",
+    description=(
+        "S2Vec embeddings of the region's image cells (mean-pooled encoder output of the unmasked image) from the "
+        "latest mae_model, in the Delta table `cell_embeddings`, replacing only (region, model_version) rows."
+    ),
+)
+def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                    device: DeviceResource) -> dg.MaterializeResult:
+    region = context.partition_key
+    trained = embed.load_model(latest_checkpoint(context), device=device.resolve())
+    shards = raster.open_shards(raster_dir(warehouse, region))
+    if (shards.meta["image_level"], shards.meta["pixel_level"]) != (trained.image_level, trained.pixel_level):
+        raise dg.Failure(f"{region}: rasters at levels {shards.meta['image_level']}/{shards.meta['pixel_level']}, "
+                         f"model trained at {trained.image_level}/{trained.pixel_level}")
+    started = time.perf_counter()
+    vectors = embed.embed_shards(trained, shards)
+    seconds = time.perf_counter() - started
+    df = embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version)
+    version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
+                                        description=EMBEDDINGS_DESCRIPTION)
+    metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
+                              preview_columns=["level", "cell_id", "token"])
+    metadata.update(model_version=trained.model_version, dim=dg.MetadataValue.int(trained.dim),
+                    cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
+                    mean_dimension_variance=float(vectors.var(axis=0).mean()))
+    return dg.MaterializeResult(metadata=metadata)
