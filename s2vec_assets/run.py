@@ -59,20 +59,23 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def plan_stages(graph) -> list[Stage]:
-    """Group the asset graph into stages that can each run as one run per partition (or one run).
+    """Group the asset graph into stages that each run as one run per partition (or one run).
 
-    Topological levels are merged while they share the same partitioning; a level mixing
-    partitionings closes the stage, so everything a stage needs comes from earlier stages.
+    Walking topological levels, a level's assets join the last stage when they share its
+    partitioning, else start a new one; everything an asset needs is then in an earlier stage or
+    earlier in its own run.
     """
     stages: list[Stage] = []
     for level in graph.toposorted_asset_keys_by_level:
         groups: dict[dg.PartitionsDefinition | None, list[dg.AssetKey]] = {}
         for key in sorted(level, key=lambda k: k.to_user_string()):
             groups.setdefault(graph.get(key).partitions_def, []).append(key)
-        if len(groups) == 1 and stages and next(iter(groups)) == stages[-1][0]:
-            stages[-1][1].extend(next(iter(groups.values())))
-        else:
-            stages.extend((pdef, keys) for pdef, keys in groups.items())
+        # Independent within a level; per-region work first, then what spans all regions.
+        for pdef, keys in sorted(groups.items(), key=lambda group: group[0] is None):
+            if stages and stages[-1][0] == pdef:
+                stages[-1][1].extend(keys)
+            else:
+                stages.append((pdef, keys))
     return stages
 
 

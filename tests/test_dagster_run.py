@@ -32,13 +32,23 @@ def model(): ...
 def embed(): ...
 
 
+@dg.asset(partitions_def=P, deps=[embed])
+def report(): ...
+
+
+@dg.asset(deps=[embed])
+def cross(): ...
+
+
 def _names(stages):
     return [(pdef is not None, [k.to_user_string() for k in keys]) for pdef, keys in stages]
 
 
 def test_stages_merge_partitioned_levels_and_run_unpartitioned_assets_once_in_between():
-    graph = dg.Definitions(assets=[a, b, model, embed]).resolve_asset_graph()
-    assert _names(run.plan_stages(graph)) == [(True, ["a", "b"]), (False, ["model"]), (True, ["embed"])]
+    graph = dg.Definitions(assets=[a, b, model, embed, report, cross]).resolve_asset_graph()
+    assert _names(run.plan_stages(graph)) == [
+        (True, ["a", "b"]), (False, ["model"]), (True, ["embed", "report"]), (False, ["cross"])
+    ]
 
 
 def test_every_stage_of_the_real_graph_comes_after_its_upstream_assets():
