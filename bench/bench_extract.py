@@ -6,7 +6,8 @@ by the peer; every tool reads the same file, so the ratio of features/s is the r
 
 The peer (issue 6): `osmium.SimpleHandler.apply_file(locations=True)` with the same C++ KeyFilter,
 collecting node points and way centroids (mean of the node locations) in Python. It makes no cells,
-no line splitting, no areas: it is the floor of "touch every tagged object in Python".
+no line splitting, no areas: it is the floor of "touch every tagged object in Python". For scale,
+osmium-tool's C++ `osmium export -f geojsonseq` (to /dev/null) runs too when it is installed.
 
     python bench/tile_pbf.py data/osm/liechtenstein-2013-08-03.osm.pbf bench/data/liechtenstein-x256.osm.pbf --copies 256
     python bench/bench_extract.py bench/data/liechtenstein-x256.osm.pbf --level 17 --runs 3
@@ -74,7 +75,11 @@ def worker(tool: str, pbf: str, level: int) -> dict:
 
 
 def run_one(tool: str, pbf: Path, level: int) -> dict:
-    cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
+    if tool == "osmium-export":
+        # osmium-tool's C++ GeoJSON export (tagged objects, areas assembled), written to /dev/null.
+        cmd = ["osmium", "export", "-f", "geojsonseq", "-o", "/dev/null", "--overwrite", str(pbf)]
+    else:
+        cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
     out = proc.stdout.read()
@@ -82,7 +87,7 @@ def run_one(tool: str, pbf: Path, level: int) -> dict:
     wall = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError(f"{tool} failed with status {status}")
-    res = json.loads(out)
+    res = json.loads(out) if tool != "osmium-export" else {"wall_s": wall}
     res["process_wall_s"] = wall
     res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
     # CPU seconds (user + sys, all threads): less sensitive than wall to other jobs on a shared machine.
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pbf", type=Path)
     ap.add_argument("--level", type=int, default=17)
     ap.add_argument("--runs", type=int, default=1, help="runs per tool; the median wall is reported")
-    ap.add_argument("--tools", default="peer,s2vec-long,s2vec-wide")
+    ap.add_argument("--tools", default="peer,s2vec-long,s2vec-wide,osmium-export",
+                    help="osmium-export needs osmium-tool (Debian package osmium-tool) on PATH")
     ap.add_argument("--wide-level", type=int, default=None, help="level for s2vec-wide (default --level)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rss = max(r["peak_rss_mb"] for r in results[t])
         cpu = statistics.median(r["cpu_s"] for r in results[t])
         ratio = f"{peer_wall / wall:.2f}x"
-        lvl = results[t][0]["level"] if t != "peer" else "-"
+        lvl = results[t][0]["level"] if t.startswith("s2vec") else "-"
         print(
             f"| {t} | {lvl} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) | {cpu:.1f} | {rss:.0f} | "
             f"{tagged / wall:,.0f} | {size_mb / wall:.1f} | {ratio} |"
