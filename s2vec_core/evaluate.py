@@ -374,11 +374,18 @@ def _metrics_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=metrics_schema()) if rows else pl.DataFrame(schema=metrics_schema())
 
 
+def mean_std_text() -> pl.Expr:
+    """`mean ± std` rounded to 3 digits; just the mean where there is no spread (one fold)."""
+    mean = pl.col("value").round(3).cast(pl.String)
+    return pl.when(pl.col("std").is_null()).then(mean).otherwise(
+        pl.format("{} ± {}", pl.col("value").round(3), pl.col("std").round(3)))
+
+
 def r2_table(metrics: pl.DataFrame, model: str = "lightgbm") -> pl.DataFrame:
     """R2 mean ± std as a wide table: one row per (region, task, feature set), one column per split."""
     return (
         metrics.filter((pl.col("metric") == "r2") & (pl.col("model") == model))
-        .with_columns(cell=pl.format("{} ± {}", pl.col("value").round(3), pl.col("std").round(3).fill_null(0.0)))
+        .with_columns(cell=mean_std_text())
         .pivot(on="split", index=["region", "task", "feature_set"], values="cell")
         .sort("region", "task", "feature_set")
     )

@@ -49,7 +49,7 @@ def predicted_vs_actual(predictions: pl.DataFrame, split: str, model: str, title
         raise ValueError(f"no predictions for split {split!r} and model {model!r}")
     cols = min(len(names), 3)
     nrows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.9 * nrows), squeeze=False, layout="constrained")
     lo, hi = float(rows["y"].min()), float(rows["y"].max())
     for ax, name in zip(axes.flat, names):
         r = rows.filter(pl.col("feature_set") == name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from s2vec_core.evaluate import r2_table
+from s2vec_core.evaluate import mean_std_text, r2_table
 
 
 def metrics_markdown(metrics: pl.DataFrame) -> str:
@@ -16,7 +16,7 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
     if metrics.height == 0:
         return "_no metrics_\n"
     wide = (
-        metrics.with_columns(cell=pl.format("{} ± {}", pl.col("value").round(3), pl.col("std").round(3).fill_null(0.0)))
+        metrics.with_columns(cell=mean_std_text())
         .pivot(on="metric", index=["region", "task", "split", "feature_set", "model", "n_cells"], values="cell")
         .sort("region", "task", "split", "model", "feature_set")
     )
