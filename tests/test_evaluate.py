@@ -10,7 +10,7 @@ from s2vec_core.features import cell_features
 from s2vec_core.osm import extract_cells
 from s2vec_core.synthetic import WorldSpec, write_world
 from s2vec_core.taxonomy import CHANNEL_NAMES
-from s2vec_core.warehouse import read_table, write_partition
+from s2vec_core.warehouse import duckdb_connect, read_table, write_partition
 
 SPEC = WorldSpec(n_image_cells=300, seed=1)
 DIM = 16
@@ -162,6 +162,9 @@ def test_metrics_to_delta_and_back(tmp_path, population):
     assert back.height == 2 * m.height
     assert back.filter(pl.col("scope") == "syn").sort(m.columns).equals(m.sort(m.columns))
     assert read_table(uri, {"scope": "other"}).height == m.height
+    con = duckdb_connect()
+    n, = con.execute(f"SELECT count(*) FROM delta_scan('{uri}') WHERE metric = 'r2'").fetchone()
+    assert n == 2 * m.filter(pl.col("metric") == "r2").height
 
 
 def test_plots_and_report(tmp_path, world, population):
