@@ -135,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             results[t].append(r)
             print(t, json.dumps({k: v for k, v in r.items() if k != "stats"}), file=sys.stderr)
     tagged = results["peer"][0]["tagged_objects"]
-    print(f"machine: {machine()}; load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
+    load_after = os.getloadavg()[0]
+    print(f"machine: {machine()}; load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}")
     print(f"file: {args.pbf} ({size_mb:.1f} MB), tagged objects (any taxonomy key): {tagged:,}\n")
-    print("| tool | level | wall s (median; runs) | CPU s (median) | peak RSS MB (max) | tagged objects/s | MB/s | vs peer |")
+    print(
+        "| tool | level | wall s (median; runs) | CPU s (median) | peak RSS MB (max) "
+        "| tagged objects/s | MB/s | vs peer |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     peer_wall = statistics.median(r["wall_s"] for r in results["peer"])
     for t in tools:

@@ -30,7 +30,9 @@ class Source:
 
     nodes: list[tuple[int, float, float, list[tuple[str, str]]]] = field(default_factory=list)
     ways: list[tuple[int, list[int], list[tuple[str, str]]]] = field(default_factory=list)
-    relations: list[tuple[int, list[tuple[str, int, str]], list[tuple[str, str]]]] = field(default_factory=list)
+    relations: list[tuple[int, list[tuple[str, int, str]], list[tuple[str, str]]]] = field(
+        default_factory=list
+    )
     max_id: dict[str, int] = field(default_factory=lambda: {"n": 0, "w": 0, "r": 0})
     bbox: list[float] = field(default_factory=lambda: [180.0, 90.0, -180.0, -90.0])
 
@@ -78,7 +80,9 @@ def copy_offsets(bbox: list[float], copies: int) -> list[tuple[float, float]]:
     step_lon = (bbox[2] - bbox[0]) * (1 + MARGIN) + 1e-4
     step_lat = (bbox[3] - bbox[1]) * (1 + MARGIN) + 1e-4
     if bbox[3] + (rows - 1) * step_lat > 85.0 or bbox[0] + (cols - 1) * step_lon > 180.0:
-        raise ValueError(f"{copies} copies of a {step_lon:.3f} x {step_lat:.3f} degree extract do not fit the globe")
+        raise ValueError(
+            f"{copies} copies of a {step_lon:.3f} x {step_lat:.3f} degree extract do not fit the globe"
+        )
     return [((c % cols) * step_lon, (c // cols) * step_lat) for c in range(copies)]
 
 

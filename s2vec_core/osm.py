@@ -344,7 +344,9 @@ def _key_table(lookup) -> tuple[tuple[str, dict[str, tuple[int, ...]], tuple[int
     return tuple(table)
 
 
-_NODE_TABLE, _WAY_TABLE, _AREA_TABLE = _key_table(NODE_LOOKUP), _key_table(WAY_LOOKUP), _key_table(AREA_LOOKUP)
+_NODE_TABLE = _key_table(NODE_LOOKUP)
+_WAY_TABLE = _key_table(WAY_LOOKUP)
+_AREA_TABLE = _key_table(AREA_LOOKUP)
 _NODE_KEYS = tuple(k for k, _, _ in _NODE_TABLE)
 _WAY_KEYS = tuple(k for k, _, _ in _WAY_TABLE)
 
@@ -667,7 +669,8 @@ def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = No
         raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
     if ex.stats["ways_missing_nodes"] or ex.stats["areas_invalid"]:
         log.warning(
-            "%s: %d ways with %d missing node locations kept only their located parts; %d invalid areas skipped",
+            "%s: %d ways with %d missing node locations kept only their located parts; "
+            "%d invalid areas skipped",
             path, ex.stats["ways_missing_nodes"], ex.stats["missing_node_refs"], ex.stats["areas_invalid"],
         )
     if stats is not None:
