@@ -185,7 +185,10 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     nbytes = np.fromiter((len(h) for h in hexes), np.int64, len(hexes)) // 2
     start = np.cumsum(nbytes) - nbytes
     buf = np.frombuffer(raw, np.uint8)
-    u32 = lambda off: buf[off[:, None] + np.arange(4)].copy().view("<u4").ravel()  # noqa: E731
+
+    def u32(off: np.ndarray) -> np.ndarray:
+        return buf[off[:, None] + np.arange(4)].copy().view("<u4").ravel()
+
     # Fast path: one polygon with one ring (nearly every area) has a fixed 22-byte header.
     simple = (u32(start + 5) == 1) & (u32(start + 14) == 1)
     s_idx = np.flatnonzero(simple)
