@@ -148,6 +148,11 @@ def _haversine_m(lat0, lon0, lat1, lon1) -> np.ndarray:
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
 
 
+def _wrap_deg(d: np.ndarray) -> np.ndarray:
+    """Longitude differences into [-180, 180)."""
+    return (d + 180.0) % 360.0 - 180.0
+
+
 def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts c_i: (owner index repeated c_i times, position 0..c_i-1 within the owner)."""
     owner = np.repeat(np.arange(len(counts)), counts)
@@ -459,7 +464,8 @@ class _Extractor:
         self.pending: deque[Future] = deque()
 
     def cells(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        return latlng_to_cell_id(lat, lon, self.level)
+        # Interpolated points and samples near the antimeridian may step past +-180.
+        return latlng_to_cell_id(lat, _wrap_deg(lon), self.level)
 
     def _submit(self, fn, *args) -> None:
         """Run a chunk's numpy work on the worker thread (numpy releases the GIL, so it overlaps with
@@ -497,7 +503,8 @@ class _Extractor:
         seg, pos = _ranges(pieces)
         t = (pos + 0.5) / pieces[seg]
         plat = lat0[seg] + t * (lat1 - lat0)[seg]
-        plon = lon0[seg] + t * (lon1 - lon0)[seg]
+        # Longitude differences wrap so segments across the antimeridian take the short way round.
+        plon = lon0[seg] + t * _wrap_deg(lon1 - lon0)[seg]
         cells = self.cells(plat, plon)
         value = (length / pieces)[seg]
         ch_start, ch_count, ch_flat = _flat_channels(chans)
@@ -512,7 +519,7 @@ class _Extractor:
         lon_ref, lat_ref = lon[first], lat[first]
         kx = np.cos(np.radians(lat_ref)) * _M_PER_DEG
         pa = ring_area[ring]
-        x = (lon - lon_ref[pa]) * kx[pa]
+        x = _wrap_deg(lon - lon_ref[pa]) * kx[pa]
         y = (lat - lat_ref[pa]) * _M_PER_DEG
         same = ring[1:] == ring[:-1]
         x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]

@@ -246,3 +246,26 @@ def test_pbf_info_matches_the_file(tmp_path):
     lon_min, lat_min, lon_max, lat_max = info["bbox"]
     assert 9.4 < lon_min < lon_max < 9.7 and 47.0 < lat_min < lat_max < 47.3
     assert info["replication_timestamp"].startswith("2013-08-03")
+
+
+def test_geometry_across_the_antimeridian_takes_the_short_way(tmp_path):
+    # A 222 m road and a 222 m x 222 m forest straddling lon 180 on the equator (synthetic: no bundled
+    # extract crosses it).
+    pbf = tmp_path / "antimeridian.osm.pbf"
+    west, east, d = 179.999, -179.999, 0.001
+    corners = [(west, -d), (east, -d), (east, d), (west, d)]
+    with osmium.SimpleWriter(str(pbf)) as w:
+        w.add_node(osmium.osm.mutable.Node(id=1, location=(west, 0.0)))
+        w.add_node(osmium.osm.mutable.Node(id=2, location=(east, 0.0)))
+        for i, (lon, lat) in enumerate(corners, start=3):
+            w.add_node(osmium.osm.mutable.Node(id=i, location=(lon, lat)))
+        w.add_way(osmium.osm.mutable.Way(id=1, nodes=[1, 2], tags={"highway": "residential"}))
+        w.add_way(osmium.osm.mutable.Way(id=2, nodes=[3, 4, 5, 6, 3], tags={"landuse": "forest"}))
+    df = extract_cells(pbf, LEVEL)
+    lat, lng = s2.cell_center(df["cell_id"].to_numpy())
+    assert np.all(np.abs(lng) > 179.99) and np.all(np.abs(lat) < 0.01)
+    width = haversine(0.0, west, 0.0, east)
+    assert width < 250
+    assert df["road_residential_m"].sum() == pytest.approx(width, rel=1e-6)
+    assert df["forest_m2"].sum() == pytest.approx(width * haversine(-d, 0.0, d, 0.0), rel=0.01)
+    assert (df["forest_m2"] > 0).sum() >= 4  # spread over the cells on both sides
