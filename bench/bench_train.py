@@ -19,6 +19,7 @@ best epoch of each is reported. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,7 +57,7 @@ def bare_epoch(model: MaskedAutoencoder, data: torch.Tensor, batch_size: int, de
     order = torch.randperm(data.shape[0], generator=generator)
     for s in range(0, data.shape[0], batch_size):
         x = data[order[s:s + batch_size]].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
             loss = model(x, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,6 +8,7 @@ and plain containers. The same seed gives the same weights on CPU whether or not
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -181,7 +182,7 @@ def train(
         total_loss, count = 0.0, 0
         for raw in loader:
             x = norm.apply_torch(raw.to(dev, non_blocking=True))
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
                 loss = model(x, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

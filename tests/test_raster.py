@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 import s2sphere
+import torch
 
 from s2vec_core import s2
 from s2vec_core.raster import NormStats, RasterError, open_shards, rasterize, write_shards
@@ -109,6 +110,12 @@ def test_norm_stats_standardise_log1p_and_round_trip():
     np.testing.assert_allclose(z[:, :2].std(axis=(0, 2, 3)), 1.0, atol=1e-4)
     assert np.all(z[:, 2] == 0.0) and stats.std[2] == 1.0
     assert NormStats.from_dict(stats.to_dict()) == stats
+    np.testing.assert_allclose(stats.apply_torch(torch.from_numpy(x)).numpy(), z, rtol=1e-6, atol=1e-6)
+    # A channel seen in one pixel gets a huge z there; it is clipped so it cannot dominate the loss.
+    rare = np.zeros((50, 1, 4, 4), np.float32)
+    rare[0, 0, 0, 0] = 100.0
+    rare_stats = NormStats.fit([rare], ("r",))
+    assert rare_stats.apply(rare).max() == rare_stats.clip == 5.0
     with pytest.raises(RasterError):
         NormStats.fit([x[:, :2]], ("a", "b", "c"))
 
