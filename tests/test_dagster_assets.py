@@ -96,13 +96,25 @@ def test_definitions_list_assets_checks_and_region_partitions(defs):
     for name, group in (("osm_extract", "osm"), ("cell_features", "features")):
         node = graph.get(dg.AssetKey(name))
         assert node.partitions_def == region_partitions
-        assert node.backfill_policy == dg.BackfillPolicy.multi_run(1)
         assert node.group_name == group
         assert node.code_version
     assert {"python", "delta", "polars"} <= set(graph.get(dg.AssetKey("cell_features")).kinds)
     check_node = graph.get(dg.AssetCheckKey(dg.AssetKey("cell_features"), "cell_features_unique_cells"))
     assert check_node.blocking
     assert {"warehouse", "osm_source", "device"} <= set(defs.resources)
+
+
+def test_a_backfill_of_all_regions_is_one_run_per_region(defs, instance):
+    # The function the backfill daemon turns a backfill into runs with (internal to Dagster).
+    from dagster._core.definitions.automation_tick_evaluation_context import (
+        build_run_requests_with_backfill_policies,
+    )
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    wanted = [AssetKeyPartitionKey(key, region) for key in OWN for region in REGIONS]
+    requests = build_run_requests_with_backfill_policies(wanted, defs.resolve_asset_graph(), instance)
+    assert sorted(r.partition_key for r in requests) == sorted(REGIONS)
+    assert all(set(r.asset_selection) == set(OWN) for r in requests)
 
 
 def test_each_region_materialises_with_metadata_and_passing_checks(materialized, instance):

@@ -10,5 +10,8 @@ from s2vec_core.catalog import load_catalog
 
 region_partitions = dg.StaticPartitionsDefinition(list(load_catalog()))
 
-# One run per region: a failing region does not sink the others in a backfill.
-one_run_per_region = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+# Backfill policy of every region-partitioned asset: one run per region, so a failing region does
+# not sink the others. That is Dagster's behaviour without a policy (None), and deliberately not
+# `BackfillPolicy.multi_run(1)`, which also runs one region per run but tags runs with a partition
+# *range*: Dagster 1.13 then records partitioned check results without their partition.
+one_run_per_region: dg.BackfillPolicy | None = None
