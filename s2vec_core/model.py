@@ -17,8 +17,8 @@ from torch import nn
 @dataclass(frozen=True)
 class MAEConfig:
     """Model shape. The defaults are the small CPU config (4x4 patches of 2x2 pixels for 16x16 images,
-    width 64, 2 encoder layers, 4 heads, decoder 32 x 1; ~0.1M parameters + the channel projections),
-    sized so `make run` trains in well under a minute on 2 cores. `paper()` is the published scale."""
+    width 64, 2 encoder layers, 4 heads, decoder 32 x 1; 151k parameters with the 92 taxonomy channels),
+    sized so `make run` trains 10 epochs in ~20 s on 2 cores. `paper()` is the published scale."""
 
     in_channels: int
     image_size: int = 16
@@ -54,7 +54,7 @@ class MAEConfig:
     @classmethod
     def paper(cls, in_channels: int) -> MAEConfig:
         """Paper scale (image level 8 / pixel level 12 = 16x16, pixel patches, width 256, 6 layers,
-        8 heads, decoder 128 x 2, as srai's S2VecEmbedder): ~5M parameters, meant for a GPU."""
+        8 heads, decoder 128 x 2, as srai's S2VecEmbedder): 5.2M parameters with 92 channels, meant for a GPU."""
         return cls(in_channels=in_channels, image_size=16, patch_size=1, width=256, depth=6, heads=8,
                    decoder_width=128, decoder_depth=2, decoder_heads=8)
 

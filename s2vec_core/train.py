@@ -29,8 +29,8 @@ class TrainConfig:
     follow a cosine to zero. `num_workers` applies on CUDA only (CPU reads batches in-process)."""
 
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0

@@ -104,25 +104,30 @@ def _sample_images(rasters: raster.Rasters, count: int = 4):
     return fig
 
 
-class ModelConfig(dg.Config):
-    """MAE shape and training knobs; the defaults are the small CPU config (see s2vec_core.model)."""
+_MODEL = MAEConfig(in_channels=1)  # only for its defaults
+_TRAIN = train.TrainConfig()
 
-    patch_size: int = 2
-    width: int = 64
-    depth: int = 2
-    heads: int = 4
-    decoder_width: int = 32
-    decoder_depth: int = 1
-    decoder_heads: int = 4
-    mask_ratio: float = 0.75
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    num_workers: int = Field(default=4, description="DataLoader workers (CUDA only).")
+
+class ModelConfig(dg.Config):
+    """MAE shape and training knobs; the defaults are s2vec_core's (the small CPU config, see
+    s2vec_core.model.MAEConfig; `MAEConfig.paper` lists the paper-scale values for a GPU)."""
+
+    patch_size: int = _MODEL.patch_size
+    width: int = _MODEL.width
+    depth: int = _MODEL.depth
+    heads: int = _MODEL.heads
+    decoder_width: int = _MODEL.decoder_width
+    decoder_depth: int = _MODEL.decoder_depth
+    decoder_heads: int = _MODEL.decoder_heads
+    mask_ratio: float = _MODEL.mask_ratio
+    epochs: int = Field(default=_TRAIN.epochs, ge=1)
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    weight_decay: float = _TRAIN.weight_decay
+    warmup_fraction: float = _TRAIN.warmup_fraction
+    grad_clip: float = _TRAIN.grad_clip
+    seed: int = _TRAIN.seed
+    num_workers: int = Field(default=_TRAIN.num_workers, description="DataLoader workers (CUDA only).")
 
     def configs(self, channels: int, image_size: int) -> tuple[MAEConfig, train.TrainConfig]:
         return (
