@@ -263,3 +263,17 @@ def test_a_corrupt_extract_fails_clearly_and_writes_nothing(defs, instance, mate
     failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "osm_extract")
     assert str(broken) in failure.step_failure_data.error.message
     assert pl.read_delta(str(tmp_path / "wh" / "cell_features")).equals(before)
+
+
+def test_bad_levels_config_fails_with_a_clear_error_before_writing(defs, instance, tmp_path):
+    config = {"ops": {"cell_features": {"config": {"levels": [13, 40]}}}}
+    result = materialize(defs, resources_for(defs, tmp_path), instance, REGIONS[1],
+                         selection=[dg.AssetKey("cell_features")], run_config=config)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    assert any("levels must be within 0..30" in m for m in messages)
+    assert not (tmp_path / "cell_features").exists()
