@@ -338,6 +338,10 @@ def evaluate_transfer(
     if not train_regions:
         raise InsufficientDataError("cross-region transfer needs at least two regions")
     names = list(feature_sets[test_region])
+    for name in names:
+        widths = {r: feature_sets[r][name].width - 1 for r in targets}
+        if len(set(widths.values())) > 1:
+            raise ValueError(f"feature set {name!r} has different dimensions across regions: {widths}")
     common = {r: _common(targets[r], feature_sets[r]) for r in targets}
     if len(common[test_region]) < MIN_CELLS // 2:
         raise InsufficientDataError(f"test region {test_region!r} has {len(common[test_region])} usable cells")

@@ -92,13 +92,13 @@ def _embeddings(context, config: EvaluationConfig, warehouse: WarehouseResource,
     return df.filter(pl.col("model_version") == wanted)
 
 
-def _inputs(context, config, warehouse, osm_source, region: str, pca_source=None):
-    """(feature sets, tasks, notes, model_version) of one region."""
+def _inputs(context, config, warehouse, osm_source, region: str, pca_source=None, use_embeddings=True):
+    """(feature sets, tasks, notes, model_version, user targets?) of one region."""
     features = warehouse.read(feature_assets.TABLE, {"region": region})
     if features.filter(pl.col("level") == config.image_level).height == 0:
         raise dg.Failure(f"{region}: cell_features has no rows at the image level {config.image_level}; "
                          "materialise cell_features with that level")
-    embeddings = _embeddings(context, config, warehouse, region)
+    embeddings = _embeddings(context, config, warehouse, region) if use_embeddings else None
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
     sets = er.standard_feature_sets(features, config.image_level, embeddings, external, config.seed, pca_source)
     notes = [] if embeddings is not None else [f"{region}: no S2Vec embeddings in cell_embeddings; baselines only"]
@@ -195,12 +195,17 @@ def evaluation_cross_region(
         raw_channel_totals(warehouse.read(feature_assets.TABLE, {"region": r}), config.image_level, CHANNEL_NAMES)
         for r in regions
     ]) if regions else None
+    # Transfer needs the same features everywhere: S2Vec only if every region has embeddings.
+    with_embeddings = [r for r in regions if _embeddings(context, config, warehouse, r) is not None]
+    use_embeddings = bool(regions) and len(with_embeddings) == len(regions)
+    if with_embeddings and not use_embeddings:
+        notes.append(f"only {with_embeddings} have S2Vec embeddings; transfer compares the baselines only")
     sets, tasks, versions = {}, {}, set()
     for r in regions:
-        sets[r], tasks[r], region_notes, version, _ = _inputs(context, config, warehouse, osm_source, r, pooled)
+        sets[r], tasks[r], region_notes, version, _ = _inputs(context, config, warehouse, osm_source, r, pooled,
+                                                              use_embeddings)
         notes += region_notes
         versions |= {version} if version else set()
-    # Regions without embeddings just lack the s2vec set; only the sets every region has are compared.
     if len(versions) > 1:
         raise dg.Failure(f"regions have embeddings of different models {sorted(versions)}; set `model_version`")
     result = er.evaluate_cross_region(tasks, sets, seed=config.seed, model_version=next(iter(versions), ""),
