@@ -45,20 +45,40 @@ def metrics_schema() -> pl.Schema:
     `value` is the mean over folds, `std` the sample standard deviation over folds (null with one fold).
     `scope` is the Delta partition: the region for per-region runs, `cross_region` for transfer runs.
     """
-    return pl.Schema({
-        "scope": pl.String, "region": pl.String, "task": pl.String, "split": pl.String,
-        "feature_set": pl.String, "model": pl.String, "metric": pl.String, "value": pl.Float64,
-        "std": pl.Float64, "n_folds": pl.Int32, "n_cells": pl.Int64, "model_version": pl.String,
-        "run_id": pl.String,
-    })
+    return pl.Schema(
+        {
+            "scope": pl.String,
+            "region": pl.String,
+            "task": pl.String,
+            "split": pl.String,
+            "feature_set": pl.String,
+            "model": pl.String,
+            "metric": pl.String,
+            "value": pl.Float64,
+            "std": pl.Float64,
+            "n_folds": pl.Int32,
+            "n_cells": pl.Int64,
+            "model_version": pl.String,
+            "run_id": pl.String,
+        }
+    )
 
 
 def predictions_schema() -> pl.Schema:
     """Out-of-fold predictions, for plots: one row per (split, feature set, model, test cell)."""
-    return pl.Schema({
-        "region": pl.String, "task": pl.String, "split": pl.String, "feature_set": pl.String,
-        "model": pl.String, "fold": pl.Int32, "cell_id": pl.UInt64, "y": pl.Float64, "y_pred": pl.Float64,
-    })
+    return pl.Schema(
+        {
+            "region": pl.String,
+            "task": pl.String,
+            "split": pl.String,
+            "feature_set": pl.String,
+            "model": pl.String,
+            "fold": pl.Int32,
+            "cell_id": pl.UInt64,
+            "y": pl.Float64,
+            "y_pred": pl.Float64,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +104,9 @@ def _matrix(df: pl.DataFrame) -> np.ndarray:
     return df.drop("cell_id").to_numpy().astype(np.float64)
 
 
-def raw_channel_totals(cell_features: pl.DataFrame, image_level: int, channels: Sequence[str]) -> pl.DataFrame:
+def raw_channel_totals(
+    cell_features: pl.DataFrame, image_level: int, channels: Sequence[str]
+) -> pl.DataFrame:
     """Per-image-cell channel totals from a `cell_features` frame, log1p-transformed.
 
     The log keeps the linear probe from being dominated by heavy-tailed counts; trees are unaffected.
@@ -115,7 +137,9 @@ def random_features(cells: np.ndarray, dim: int, seed: int = 0) -> pl.DataFrame:
     return _frame(cells, rng.standard_normal((len(cells), dim)), "r")
 
 
-def embedding_features(embeddings: pl.DataFrame, column: str = "embedding", prefix: str = "e") -> pl.DataFrame:
+def embedding_features(
+    embeddings: pl.DataFrame, column: str = "embedding", prefix: str = "e"
+) -> pl.DataFrame:
     """Cell-keyed embedding table -> feature frame.
 
     Accepts `cell_id` (Int64/UInt64) or `token`, and either a list/array column `column` or plain
@@ -130,9 +154,15 @@ def embedding_features(embeddings: pl.DataFrame, column: str = "embedding", pref
     if len(np.unique(ids)) != len(ids):
         raise ValueError("embedding table has duplicate cells")
     if column in embeddings.columns:
-        matrix = np.stack(embeddings[column].to_list()).astype(np.float64) if embeddings.height else np.zeros((0, 0))
+        matrix = (
+            np.stack(embeddings[column].to_list()).astype(np.float64)
+            if embeddings.height
+            else np.zeros((0, 0))
+        )
     else:
-        numeric = [c for c, t in embeddings.schema.items() if t.is_numeric() and c not in ("cell_id", "level")]
+        numeric = [
+            c for c, t in embeddings.schema.items() if t.is_numeric() and c not in ("cell_id", "level")
+        ]
         if not numeric:
             raise ValueError(f"embedding table has no {column!r} column and no numeric columns")
         matrix = embeddings.select(numeric).to_numpy().astype(np.float64)
@@ -169,7 +199,9 @@ def spatial_folds(cells: np.ndarray, k: int, block_level: int, seed: int = 0) ->
     blocks = s2.parent(cells, block_level)
     uniq, inverse, sizes = np.unique(blocks, return_inverse=True, return_counts=True)
     if len(uniq) < k:
-        raise InsufficientDataError(f"{len(uniq)} blocks at level {block_level} cannot make {k} spatial folds")
+        raise InsufficientDataError(
+            f"{len(uniq)} blocks at level {block_level} cannot make {k} spatial folds"
+        )
     order = np.random.default_rng(seed).permutation(len(uniq))
     order = order[np.argsort(-sizes[order], kind="stable")]
     load = np.zeros(k, dtype=np.int64)
@@ -196,12 +228,21 @@ def choose_block_level(cells: np.ndarray, k: int, image_level: int, levels_up: i
 def _model(name: str, n_train: int, seed: int):
     if name == "lightgbm":
         return lgb.LGBMRegressor(
-            n_estimators=300, learning_rate=0.05, num_leaves=15,
+            n_estimators=300,
+            learning_rate=0.05,
+            num_leaves=15,
             # Small regions have few hundred cells: the default 20 rows per leaf would stop all splits.
             min_child_samples=int(np.clip(n_train // 20, 3, 20)),
-            subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            reg_lambda=1.0,
             # One thread: image-cell tables are small, and extra threads cost ~10x on a shared CPU.
-            random_state=seed, deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1,
+            random_state=seed,
+            deterministic=True,
+            force_row_wise=True,
+            n_jobs=1,
+            verbose=-1,
         )
     if name == "linear":
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
@@ -256,11 +297,16 @@ def _metric_rows(per_fold: list[dict[str, float]], base: dict, n_cells: int) -> 
     rows = []
     for metric in METRICS:
         vals = np.array([s[metric] for s in per_fold])
-        rows.append({
-            **base, "metric": metric, "value": float(np.mean(vals)),
-            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-            "n_folds": len(vals), "n_cells": n_cells,
-        })
+        rows.append(
+            {
+                **base,
+                "metric": metric,
+                "value": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                "n_folds": len(vals),
+                "n_cells": n_cells,
+            }
+        )
     return rows
 
 
@@ -287,11 +333,13 @@ def evaluate(
     cells = _common(targets, feature_sets)
     if len(cells) < max(MIN_CELLS, 2 * k):
         raise InsufficientDataError(
-            f"region {region!r}, task {task!r}: {len(cells)} image cells have both a target and every feature "
-            f"set; need at least {max(MIN_CELLS, 2 * k)}"
+            f"region {region!r}, task {task!r}: {len(cells)} image cells have both a target and every "
+            f"feature set; need at least {max(MIN_CELLS, 2 * k)}"
         )
     y = _aligned(targets.select("cell_id", "target"), cells)[:, 0]
-    notes = [f"{region}/{task}: {len(cells)} image cells (of {targets.height} with targets) at level {image_level}"]
+    notes = [
+        f"{region}/{task}: {len(cells)} image cells (of {targets.height} with targets) at level {image_level}"
+    ]
     folds: dict[str, np.ndarray] = {}
     for split in splits:
         if split == "random":
@@ -299,8 +347,10 @@ def evaluate(
         elif split == "spatial":
             block_level = choose_block_level(cells, k, image_level, block_levels_up)
             folds[split] = spatial_folds(cells, k, block_level, seed)
-            notes.append(f"{region}/{task}: spatial blocks are S2 cells at level {block_level} "
-                         f"({len(np.unique(s2.parent(cells, block_level)))} blocks)")
+            notes.append(
+                f"{region}/{task}: spatial blocks are S2 cells at level {block_level} "
+                f"({len(np.unique(s2.parent(cells, block_level)))} blocks)"
+            )
         else:
             raise ValueError(f"unknown split {split!r}; choose from {SPLITS} (transfer: evaluate_transfer)")
     rows, preds = [], []
@@ -309,8 +359,16 @@ def evaluate(
         for split, fold in folds.items():
             for model in models:
                 per_fold, y_pred = _cross_validate(x, y, fold, model, seed)
-                base = {"scope": region, "region": region, "task": task, "split": split, "feature_set": name,
-                        "model": model, "model_version": model_version, "run_id": run_id}
+                base = {
+                    "scope": region,
+                    "region": region,
+                    "task": task,
+                    "split": split,
+                    "feature_set": name,
+                    "model": model,
+                    "model_version": model_version,
+                    "run_id": run_id,
+                }
                 rows += _metric_rows(per_fold, base, len(cells))
                 preds.append(_predictions(region, task, split, name, model, fold, cells, y, y_pred))
     return Evaluation(_metrics_frame(rows), pl.concat(preds), notes)
@@ -344,7 +402,9 @@ def evaluate_transfer(
             raise ValueError(f"feature set {name!r} has different dimensions across regions: {widths}")
     common = {r: _common(targets[r], feature_sets[r]) for r in targets}
     if len(common[test_region]) < MIN_CELLS // 2:
-        raise InsufficientDataError(f"test region {test_region!r} has {len(common[test_region])} usable cells")
+        raise InsufficientDataError(
+            f"test region {test_region!r} has {len(common[test_region])} usable cells"
+        )
     ys = {r: _aligned(targets[r].select("cell_id", "target"), common[r])[:, 0] for r in targets}
     rows, preds = [], []
     for name in names:
@@ -355,23 +415,56 @@ def evaluate_transfer(
             m = _model(model, len(y_train), seed)
             m.fit(x_train, y_train)
             y_pred = m.predict(xs[test_region])
-            base = {"scope": CROSS_REGION_SCOPE, "region": test_region, "task": task, "split": "transfer",
-                    "feature_set": name, "model": model, "model_version": model_version, "run_id": run_id}
+            base = {
+                "scope": CROSS_REGION_SCOPE,
+                "region": test_region,
+                "task": task,
+                "split": "transfer",
+                "feature_set": name,
+                "model": model,
+                "model_version": model_version,
+                "run_id": run_id,
+            }
             rows += _metric_rows([scores(ys[test_region], y_pred)], base, len(common[test_region]))
             fold = np.zeros(len(y_pred), dtype=np.int32)
-            preds.append(_predictions(test_region, task, "transfer", name, model, fold, common[test_region],
-                                      ys[test_region], y_pred))
-    notes = [f"transfer to {test_region}/{task}: trained on {', '.join(train_regions)} "
-             f"({len(y_train)} cells), tested on {len(common[test_region])} cells"]
+            preds.append(
+                _predictions(
+                    test_region,
+                    task,
+                    "transfer",
+                    name,
+                    model,
+                    fold,
+                    common[test_region],
+                    ys[test_region],
+                    y_pred,
+                )
+            )
+    notes = [
+        (
+            f"transfer to {test_region}/{task}: trained on {', '.join(train_regions)} "
+            f"({len(y_train)} cells), tested on {len(common[test_region])} cells"
+        )
+    ]
     return Evaluation(_metrics_frame(rows), pl.concat(preds), notes)
 
 
 def _predictions(region, task, split, name, model, fold, cells, y, y_pred) -> pl.DataFrame:
     n = len(cells)
-    return pl.DataFrame({
-        "region": [region] * n, "task": [task] * n, "split": [split] * n, "feature_set": [name] * n,
-        "model": [model] * n, "fold": fold, "cell_id": pl.Series(cells, dtype=pl.UInt64), "y": y, "y_pred": y_pred,
-    }, schema=predictions_schema())
+    return pl.DataFrame(
+        {
+            "region": [region] * n,
+            "task": [task] * n,
+            "split": [split] * n,
+            "feature_set": [name] * n,
+            "model": [model] * n,
+            "fold": fold,
+            "cell_id": pl.Series(cells, dtype=pl.UInt64),
+            "y": y,
+            "y_pred": y_pred,
+        },
+        schema=predictions_schema(),
+    )
 
 
 def _metrics_frame(rows: list[dict]) -> pl.DataFrame:
@@ -381,8 +474,11 @@ def _metrics_frame(rows: list[dict]) -> pl.DataFrame:
 def mean_std_text() -> pl.Expr:
     """`mean ± std` rounded to 3 digits; just the mean where there is no spread (one fold)."""
     mean = pl.col("value").round(3).cast(pl.String)
-    return pl.when(pl.col("std").is_null()).then(mean).otherwise(
-        pl.format("{} ± {}", pl.col("value").round(3), pl.col("std").round(3)))
+    return (
+        pl.when(pl.col("std").is_null())
+        .then(mean)
+        .otherwise(pl.format("{} ± {}", pl.col("value").round(3), pl.col("std").round(3)))
+    )
 
 
 def r2_table(metrics: pl.DataFrame, model: str = "lightgbm") -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Evaluation plots as PNG bytes (matplotlib Agg): predicted vs actual, embedding map, residual map, R2 bars."""
+"""Evaluation plots as PNG bytes (matplotlib Agg): predicted vs actual, maps, R2 bars."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs in Dagster workers and CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+from matplotlib.collections import PolyCollection
+from sklearn.decomposition import PCA
 
-from s2vec_core import s2  # noqa: E402
+from s2vec_core import s2
 
 _DPI = 110
 
@@ -49,7 +49,9 @@ def predicted_vs_actual(predictions: pl.DataFrame, split: str, model: str, title
         raise ValueError(f"no predictions for split {split!r} and model {model!r}")
     cols = min(len(names), 3)
     nrows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.9 * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4.2 * cols, 3.9 * nrows), squeeze=False, layout="constrained"
+    )
     lo, hi = float(rows["y"].min()), float(rows["y"].max())
     for ax, name in zip(axes.flat, names):
         r = rows.filter(pl.col("feature_set") == name)
@@ -60,7 +62,7 @@ def predicted_vs_actual(predictions: pl.DataFrame, split: str, model: str, title
         ax.set_title(f"{name}  (pooled R2 {r2:.2f})")
         ax.set_xlabel("actual")
         ax.set_ylabel("predicted")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title or f"predicted vs actual: {split} split, {model}")
     return _png(fig)
@@ -88,7 +90,9 @@ def embedding_map(cells: np.ndarray, matrix: np.ndarray, title: str = "embedding
 def residual_map(predictions: pl.DataFrame, title: str = "residuals (predicted - actual)") -> bytes:
     """Image-cell polygons coloured by out-of-fold residual (one split / feature set / model)."""
     if predictions["cell_id"].n_unique() != predictions.height:
-        raise ValueError("residual_map needs one prediction per cell: filter to one split, feature set and model")
+        raise ValueError(
+            "residual_map needs one prediction per cell: filter to one split, feature set and model"
+        )
     polys, aspect = _cell_polygons(predictions["cell_id"].to_numpy())
     resid = (predictions["y_pred"] - predictions["y"]).to_numpy()
     lim = float(np.percentile(np.abs(resid), 98)) or 1.0
@@ -115,8 +119,14 @@ def r2_bars(metrics: pl.DataFrame, model: str, title: str = "") -> bytes:
         lookup = {r["feature_set"]: r for r in rows.iter_rows(named=True)}
         vals = [lookup[s]["value"] if s in lookup else np.nan for s in sets]
         errs = [(lookup[s]["std"] or 0.0) if s in lookup else 0.0 for s in sets]
-        ax.bar(np.arange(len(sets)) + (i - (len(splits) - 1) / 2) * width, vals, width, yerr=errs,
-               capsize=3, label=split)
+        ax.bar(
+            np.arange(len(sets)) + (i - (len(splits) - 1) / 2) * width,
+            vals,
+            width,
+            yerr=errs,
+            capsize=3,
+            label=split,
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(sets)), sets)
     ax.set_ylabel("R2")

@@ -17,7 +17,9 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
         return "_no metrics_\n"
     wide = (
         metrics.with_columns(cell=mean_std_text())
-        .pivot(on="metric", index=["region", "task", "split", "feature_set", "model", "n_cells"], values="cell")
+        .pivot(
+            on="metric", index=["region", "task", "split", "feature_set", "model", "n_cells"], values="cell"
+        )
         .sort("region", "task", "split", "model", "feature_set")
     )
     return table_markdown(wide)
@@ -35,7 +37,9 @@ def report_markdown(
     parts = [f"# {title}\n", intro.strip() + "\n" if intro else ""]
     models = metrics["model"].unique(maintain_order=True).to_list() if metrics.height else []
     for model in models:
-        parts.append(f"\n## R2 ({model}; mean ± std over folds)\n\n{table_markdown(r2_table(metrics, model))}")
+        parts.append(
+            f"\n## R2 ({model}; mean ± std over folds)\n\n{table_markdown(r2_table(metrics, model))}"
+        )
     parts.append("\n## All metrics\n\n" + metrics_markdown(metrics))
     if notes:
         parts.append("\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes))

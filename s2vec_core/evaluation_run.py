@@ -39,8 +39,9 @@ def standard_feature_sets(
     sets: dict[str, pl.DataFrame] = {}
     dim = DEFAULT_DIM
     if embeddings is not None and embeddings.height:
-        sets[S2VEC] = ev.embedding_features(embeddings.filter(pl.col("level") == image_level)
-                                            if "level" in embeddings.columns else embeddings)
+        sets[S2VEC] = ev.embedding_features(
+            embeddings.filter(pl.col("level") == image_level) if "level" in embeddings.columns else embeddings
+        )
         dim = sets[S2VEC].width - 1
     sets["raw"] = raw
     if pca_source is None:
@@ -56,7 +57,9 @@ def standard_feature_sets(
     return sets
 
 
-def proxy_tasks(pbf_path: str | Path, image_level: int, cells: np.ndarray) -> tuple[dict[str, pl.DataFrame], list[str]]:
+def proxy_tasks(
+    pbf_path: str | Path, image_level: int, cells: np.ndarray
+) -> tuple[dict[str, pl.DataFrame], list[str]]:
     """log1p of each OSM proxy target on `cells` (zeros kept: nothing mapped is a value), as tasks.
 
     Targets that are zero on (almost) every cell are skipped with a note rather than scored.
@@ -83,7 +86,9 @@ def evaluate_region(
     metrics, preds, notes = [], [], []
     for task, targets in tasks.items():
         try:
-            out = ev.evaluate(targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs)
+            out = ev.evaluate(
+                targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs
+            )
         except ev.InsufficientDataError as e:
             notes.append(f"{region}/{task}: not scored: {e}")
             continue
@@ -109,7 +114,9 @@ def evaluate_cross_region(
         for test in regions:
             sets = {r: {n: feature_sets[r][n] for n in feature_sets[r] if n in names} for r in regions}
             try:
-                out = ev.evaluate_transfer({r: tasks[r][task] for r in regions}, sets, test, task=task, **kwargs)
+                out = ev.evaluate_transfer(
+                    {r: tasks[r][task] for r in regions}, sets, test, task=task, **kwargs
+                )
             except ev.InsufficientDataError as e:
                 notes.append(f"transfer to {test}/{task}: not scored: {e}")
                 continue
@@ -128,8 +135,11 @@ def _combine(metrics: list[pl.DataFrame], preds: list[pl.DataFrame], notes: list
 
 
 def report_plots(
-    result: ev.Evaluation, feature_sets: Mapping[str, pl.DataFrame], split: str = "spatial",
-    model: str = "lightgbm", regions: Sequence[str] | None = None,
+    result: ev.Evaluation,
+    feature_sets: Mapping[str, pl.DataFrame],
+    split: str = "spatial",
+    model: str = "lightgbm",
+    regions: Sequence[str] | None = None,
 ) -> dict[str, bytes]:
     """R2 bars, predicted vs actual, the embedding map and the residual map of the first task."""
     out: dict[str, bytes] = {}
@@ -142,15 +152,23 @@ def report_plots(
         preds = preds.filter(pl.col("region").is_in(list(regions)))
     if preds.filter(pl.col("split") == split).height == 0:
         split = preds["split"][0]
-    out[f"Predicted vs actual: {task}, {split} split, {model}"] = plots.predicted_vs_actual(preds, split, model)
+    out[f"Predicted vs actual: {task}, {split} split, {model}"] = plots.predicted_vs_actual(
+        preds, split, model
+    )
     best = S2VEC if S2VEC in feature_sets else "raw"
     if best not in feature_sets:
         return out
     emb = feature_sets[best]
     out[f"Map of the {best} representation (PCA to RGB)"] = plots.embedding_map(
-        emb["cell_id"].to_numpy(), emb.drop("cell_id").to_numpy(), title=f"{best} (first 3 principal components as RGB)")
-    one = preds.filter((pl.col("split") == split) & (pl.col("feature_set") == best) & (pl.col("model") == model))
+        emb["cell_id"].to_numpy(),
+        emb.drop("cell_id").to_numpy(),
+        title=f"{best} (first 3 principal components as RGB)",
+    )
+    one = preds.filter(
+        (pl.col("split") == split) & (pl.col("feature_set") == best) & (pl.col("model") == model)
+    )
     if one.height and one["region"].n_unique() == 1:
         out[f"Residuals: {task}, {best}, {split} split"] = plots.residual_map(
-            one, title=f"{task}: residuals of {best} ({split} split, {model})")
+            one, title=f"{task}: residuals of {best} ({split} split, {model})"
+        )
     return out

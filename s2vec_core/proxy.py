@@ -81,7 +81,12 @@ def osm_proxy_points(pbf_path: str | Path) -> pl.DataFrame:
         has_addr = "addr:housenumber" in obj.tags
         if obj.is_node():
             if has_addr and obj.location.valid():
-                lat.append(obj.location.lat), lng.append(obj.location.lon), addr.append(1.0), floor.append(0.0)
+                (
+                    lat.append(obj.location.lat),
+                    lng.append(obj.location.lon),
+                    addr.append(1.0),
+                    floor.append(0.0),
+                )
             continue
         if not obj.is_area():
             continue  # ways/relations arrive again as areas when closed; open ones have no footprint
@@ -96,12 +101,15 @@ def osm_proxy_points(pbf_path: str | Path) -> pl.DataFrame:
             continue
         lat.append(clat), lng.append(clng), addr.append(1.0 if has_addr else 0.0)
         floor.append(0.0 if math.isnan(levels) else levels * area)
-    return pl.DataFrame({"lat": lat, "lng": lng, "address": addr, "floor_area_m2": floor},
-                        schema={"lat": pl.Float64, "lng": pl.Float64, "address": pl.Float64,
-                                "floor_area_m2": pl.Float64})
+    return pl.DataFrame(
+        {"lat": lat, "lng": lng, "address": addr, "floor_area_m2": floor},
+        schema={"lat": pl.Float64, "lng": pl.Float64, "address": pl.Float64, "floor_area_m2": pl.Float64},
+    )
 
 
-def osm_proxy_targets(pbf_path: str | Path, image_level: int, cells: np.ndarray | None = None) -> pl.DataFrame:
+def osm_proxy_targets(
+    pbf_path: str | Path, image_level: int, cells: np.ndarray | None = None
+) -> pl.DataFrame:
     """Proxy targets per image cell: `cell_id` (UInt64) and one Float64 column per `PROXY_TARGETS`.
 
     With `cells` (e.g. the image cells that have features) every one of them gets a row, zero where

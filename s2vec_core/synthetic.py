@@ -71,7 +71,9 @@ class WorldSpec:
         if self.n_image_cells < 1:
             raise ValueError("n_image_cells must be positive")
         if not 0 <= self.image_level < self.pixel_level <= 30:
-            raise ValueError(f"need 0 <= image_level < pixel_level <= 30, got {self.image_level}/{self.pixel_level}")
+            raise ValueError(
+                f"need 0 <= image_level < pixel_level <= 30, got {self.image_level}/{self.pixel_level}"
+            )
         if self.scale <= 0:
             raise ValueError("scale must be positive")
 
@@ -198,7 +200,9 @@ def _poisson_points(rng, lam: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(lam)), rng.poisson(lam))
 
 
-def _chunk(objs: _Objects, fields: LatentFields, spec: WorldSpec, image_cells: np.ndarray, rng) -> pl.DataFrame:
+def _chunk(
+    objs: _Objects, fields: LatentFields, spec: WorldSpec, image_cells: np.ndarray, rng
+) -> pl.DataFrame:
     pixels = _pixels(image_cells, spec.pixel_level)
     per_image = len(pixels) // len(image_cells)
     plat, plng = s2.cell_center(pixels)
@@ -219,35 +223,65 @@ def _chunk(objs: _Objects, fields: LatentFields, spec: WorldSpec, image_cells: n
     idx = _poisson_points(rng, s * (0.04 * pop + 6.0) * area_km2)
     dense = pop[idx] / (pop[idx] + 4000.0)
     u = rng.random(len(idx))
-    kind = np.where(u < 0.75 * dense, 0, np.where(u < 0.85, 1, np.where(u < 0.85 + 0.1 * np.minimum(rel_inc[idx], 1.5), 2, 3)))
+    kind = np.where(
+        u < 0.75 * dense,
+        0,
+        np.where(u < 0.85, 1, np.where(u < 0.85 + 0.1 * np.minimum(rel_inc[idx], 1.5), 2, 3)),
+    )
     # 0 apartments, 1 house, 2 commercial, 3 industrial/agricultural by density
     footprint = np.select(
         [kind == 0, kind == 1, kind == 2],
-        [400.0 * rng.lognormal(0, 0.3, len(idx)),
-         90.0 * rel_inc[idx] ** 1.2 * rng.lognormal(0, 0.3, len(idx)),
-         600.0 * rng.lognormal(0, 0.4, len(idx))],
+        [
+            400.0 * rng.lognormal(0, 0.3, len(idx)),
+            90.0 * rel_inc[idx] ** 1.2 * rng.lognormal(0, 0.3, len(idx)),
+            600.0 * rng.lognormal(0, 0.4, len(idx)),
+        ],
         800.0 * rng.lognormal(0, 0.5, len(idx)),
     )
-    levels = np.where(kind == 0, 3 + rng.poisson(3 * dense), np.where(kind == 1, 1 + (rng.random(len(idx)) < 0.5), 1 + rng.poisson(1.0, len(idx))))
+    levels = np.where(
+        kind == 0,
+        3 + rng.poisson(3 * dense),
+        np.where(kind == 1, 1 + (rng.random(len(idx)) < 0.5), 1 + rng.poisson(1.0, len(idx))),
+    )
     has_addr = (kind <= 1) & (rng.random(len(idx)) < 0.6)
     rural = pop[idx] < 300
     btype = np.array(["apartments", "house", "commercial", "industrial", "barn"])
     kind_name = np.where((kind == 3) & rural, 4, kind)
-    tag = np.array([
-        objs.tag({"building": btype[k], "building:levels": str(lv), **({"addr:housenumber": "1"} if a else {})})
-        for k, lv, a in zip(kind_name.tolist(), levels.tolist(), has_addr.tolist())
-    ], dtype=np.int64)
+    tag = np.array(
+        [
+            objs.tag(
+                {"building": btype[k], "building:levels": str(lv), **({"addr:housenumber": "1"} if a else {})}
+            )
+            for k, lv, a in zip(kind_name.tolist(), levels.tolist(), has_addr.tolist())
+        ],
+        dtype=np.int64,
+    )
     cla, clo = _in_cells(vlat, vlng, idx, rng)
-    objs.ways(_rectangles(objs, cla, clo, np.sqrt(footprint) * rng.uniform(0.7, 1.3, len(idx)),
-                          np.sqrt(footprint) / rng.uniform(0.7, 1.3, len(idx)), rng), tag)
+    objs.ways(
+        _rectangles(
+            objs,
+            cla,
+            clo,
+            np.sqrt(footprint) * rng.uniform(0.7, 1.3, len(idx)),
+            np.sqrt(footprint) / rng.uniform(0.7, 1.3, len(idx)),
+            rng,
+        ),
+        tag,
+    )
 
     # Roads: short two-segment pieces, class by density and income
     idx = _poisson_points(rng, s * (10.0 + 0.03 * pop) * area_km2)
     d = pop[idx]
     u = rng.random(len(idx))
     cls = np.select(
-        [u < 0.03, u < 0.1, u < 0.1 + 0.8 * d / (d + 800), u < 0.1 + 0.8 * d / (d + 800) + 0.12 * np.minimum(rel_inc[idx], 2)],
-        ["primary", "secondary", "residential", "footway"], "track",
+        [
+            u < 0.03,
+            u < 0.1,
+            u < 0.1 + 0.8 * d / (d + 800),
+            u < 0.1 + 0.8 * d / (d + 800) + 0.12 * np.minimum(rel_inc[idx], 2),
+        ],
+        ["primary", "secondary", "residential", "footway"],
+        "track",
     )
     tag = np.array([objs.tag({"highway": c}) for c in cls.tolist()], dtype=np.int64)
     la, lo = _in_cells(vlat, vlng, idx, rng)
@@ -270,19 +304,25 @@ def _chunk(objs: _Objects, fields: LatentFields, spec: WorldSpec, image_cells: n
         corner_ids = objs.nodes(qlat.ravel(), qlng.ravel(), np.zeros(qlat.size, np.int64)).reshape(-1, 4)
         objs.ways(np.concatenate([corner_ids, corner_ids[:, :1]], axis=1), tag)
 
-    return pl.DataFrame({
-        "cell_id": pl.Series(image_cells, dtype=pl.UInt64),
-        "population": pop.reshape(-1, per_image).mean(1),
-        "income": inc.reshape(-1, per_image).mean(1),
-    })
+    return pl.DataFrame(
+        {
+            "cell_id": pl.Series(image_cells, dtype=pl.UInt64),
+            "population": pop.reshape(-1, per_image).mean(1),
+            "income": inc.reshape(-1, per_image).mean(1),
+        }
+    )
 
 
 def _rectangles(objs: _Objects, lat, lng, w_m, h_m, rng) -> np.ndarray:
     """Closed 5-node ways of rotated rectangles (metres) centred at lat/lng; returns node-id rows."""
     theta = rng.uniform(0, math.pi, len(lat))
     cx, cy = np.array([-0.5, 0.5, 0.5, -0.5]), np.array([-0.5, -0.5, 0.5, 0.5])
-    dx = (cx[None] * w_m[:, None]) * np.cos(theta)[:, None] - (cy[None] * h_m[:, None]) * np.sin(theta)[:, None]
-    dy = (cx[None] * w_m[:, None]) * np.sin(theta)[:, None] + (cy[None] * h_m[:, None]) * np.cos(theta)[:, None]
+    dx = (cx[None] * w_m[:, None]) * np.cos(theta)[:, None] - (cy[None] * h_m[:, None]) * np.sin(theta)[
+        :, None
+    ]
+    dy = (cx[None] * w_m[:, None]) * np.sin(theta)[:, None] + (cy[None] * h_m[:, None]) * np.cos(theta)[
+        :, None
+    ]
     kx = _KM_PER_DEG * 1000 * np.cos(np.radians(lat))[:, None]
     clat = lat[:, None] + dy / (_KM_PER_DEG * 1000)
     clng = lng[:, None] + dx / kx
@@ -313,6 +353,6 @@ def write_world(path: str | Path, spec: WorldSpec = WorldSpec()) -> pl.DataFrame
     fields = LatentFields(spec, half_km)
     rng = np.random.default_rng([spec.seed, 2])
     objs = _Objects()
-    targets = [_chunk(objs, fields, spec, cells[i:i + _CHUNK], rng) for i in range(0, len(cells), _CHUNK)]
+    targets = [_chunk(objs, fields, spec, cells[i : i + _CHUNK], rng) for i in range(0, len(cells), _CHUNK)]
     objs.write(path)
     return pl.concat(targets).sort("cell_id")

@@ -56,12 +56,15 @@ def _numeric(df: pl.DataFrame, column: str, source: str) -> pl.Series:
         if bad.any():
             rows = np.flatnonzero(bad.to_numpy())[:_SHOW]
             examples = ", ".join(f"row {r}: {col[int(r)]!r}" for r in rows)
-            raise TargetsError(f"{source}: column {column!r} has {int(bad.sum())} non-numeric values ({examples})")
+            raise TargetsError(
+                f"{source}: column {column!r} has {int(bad.sum())} non-numeric values ({examples})"
+            )
     missing = out.is_null() | out.is_nan() | out.is_infinite()
     if missing.any():
         rows = np.flatnonzero(missing.to_numpy())[:_SHOW].tolist()
-        raise TargetsError(f"{source}: column {column!r} has {int(missing.sum())} missing or non-finite values "
-                           f"(rows {rows})")
+        raise TargetsError(
+            f"{source}: column {column!r} has {int(missing.sum())} missing or non-finite values (rows {rows})"
+        )
     return out
 
 
@@ -80,9 +83,14 @@ def _cell_ids(df: pl.DataFrame, source: str) -> np.ndarray:
             bad = (signed.is_null() & unsigned.is_null()).to_numpy()
             if bad.any():
                 rows = np.flatnonzero(bad)[:_SHOW].tolist()
-                raise TargetsError(f"{source}: column 'cell_id' has {int(bad.sum())} non-integer values (rows {rows})")
-            ids = np.where(signed.is_not_null().to_numpy(), signed.fill_null(0).to_numpy().view(np.uint64),
-                           unsigned.fill_null(0).to_numpy())
+                raise TargetsError(
+                    f"{source}: column 'cell_id' has {int(bad.sum())} non-integer values (rows {rows})"
+                )
+            ids = np.where(
+                signed.is_not_null().to_numpy(),
+                signed.fill_null(0).to_numpy().view(np.uint64),
+                unsigned.fill_null(0).to_numpy(),
+            )
     if "token" in df.columns:
         tokens = df["token"].cast(pl.String)
         if tokens.null_count():
@@ -102,7 +110,9 @@ def _cell_ids(df: pl.DataFrame, source: str) -> np.ndarray:
     return ids
 
 
-def validate_targets(df: pl.DataFrame, value_column: str | None = "value", source: str = "targets") -> pl.DataFrame:
+def validate_targets(
+    df: pl.DataFrame, value_column: str | None = "value", source: str = "targets"
+) -> pl.DataFrame:
     """Check a raw targets frame and return it normalised.
 
     Points come back as `lat`, `lng`, `value` (Float64; `value` is 1.0 per point when `value_column` is
@@ -135,8 +145,9 @@ def validate_targets(df: pl.DataFrame, value_column: str | None = "value", sourc
         out = (col.abs() > bound).to_numpy()
         if out.any():
             rows = np.flatnonzero(out)[:_SHOW].tolist()
-            raise TargetsError(f"{source}: {int(out.sum())} values of {name!r} outside [-{bound:g}, {bound:g}] "
-                               f"(rows {rows})")
+            raise TargetsError(
+                f"{source}: {int(out.sum())} values of {name!r} outside [-{bound:g}, {bound:g}] (rows {rows})"
+            )
     points = pl.DataFrame({"lat": lat, "lng": lng, "value": value.alias("value")})
     _no_duplicates(points, ["lat", "lng", "value"], source)
     return points
@@ -146,8 +157,10 @@ def _no_duplicates(df: pl.DataFrame, keys: list[str], source: str) -> None:
     dup = df.select(keys).is_duplicated()
     if dup.any():
         rows = np.flatnonzero(dup.to_numpy())[:_SHOW].tolist()
-        raise TargetsError(f"{source}: {int(dup.sum())} rows duplicate {'/'.join(keys)} (rows {rows}); "
-                           "remove duplicates or aggregate them first")
+        raise TargetsError(
+            f"{source}: {int(dup.sum())} rows duplicate {'/'.join(keys)} (rows {rows}); "
+            "remove duplicates or aggregate them first"
+        )
 
 
 def cell_area_km2(ids: np.ndarray) -> np.ndarray:
@@ -174,8 +187,10 @@ def to_image_cells(targets: pl.DataFrame, image_level: int, agg: str = "mean") -
         ids = targets["cell_id"].to_numpy()
         levels = s2.cell_level(ids)
         if (levels < image_level).any():
-            raise TargetsError(f"target cells must be at the image level {image_level} or finer; "
-                               f"got cells at level {int(levels.min())}")
+            raise TargetsError(
+                f"target cells must be at the image level {image_level} or finer; "
+                f"got cells at level {int(levels.min())}"
+            )
         cells = s2.parent(ids, image_level)
     else:
         cells = s2.latlng_to_cell_id(targets["lat"].to_numpy(), targets["lng"].to_numpy(), image_level)

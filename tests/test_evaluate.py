@@ -20,14 +20,18 @@ DIM = 16
 def world(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "world.osm.pbf"
     truth = write_world(path, SPEC)
-    features = cell_features(extract_cells(path, SPEC.pixel_level), [SPEC.image_level, SPEC.pixel_level], "syn")
+    features = cell_features(
+        extract_cells(path, SPEC.pixel_level), [SPEC.image_level, SPEC.pixel_level], "syn"
+    )
     raw = ev.raw_channel_totals(features, SPEC.image_level, CHANNEL_NAMES)
     cells = raw["cell_id"].to_numpy()
     # An embedding-like stand-in until S2Vec embeddings exist: a fixed non-linear projection of the raw
     # features, as a Delta `cell_embeddings` table would hold it (Int64 ids, a float32 list column).
     w = np.random.default_rng(7).standard_normal((len(CHANNEL_NAMES), DIM)) / np.sqrt(len(CHANNEL_NAMES))
     emb = np.tanh((raw.drop("cell_id").to_numpy() - 1.0) @ w).astype(np.float32)
-    table = pl.DataFrame({"cell_id": s2.as_int64(cells), "embedding": pl.Series(list(emb), dtype=pl.Array(pl.Float32, DIM))})
+    table = pl.DataFrame(
+        {"cell_id": s2.as_int64(cells), "embedding": pl.Series(list(emb), dtype=pl.Array(pl.Float32, DIM))}
+    )
     sets = {
         "embedding": ev.embedding_features(table),
         "raw": raw,
@@ -45,8 +49,12 @@ def run(world, task: str, only: tuple[str, ...] | None = None, **kw):
 
 
 def r2(metrics: pl.DataFrame, feature_set: str, split: str, model: str = "lightgbm") -> float:
-    row = metrics.filter((pl.col("feature_set") == feature_set) & (pl.col("split") == split)
-                         & (pl.col("model") == model) & (pl.col("metric") == "r2"))
+    row = metrics.filter(
+        (pl.col("feature_set") == feature_set)
+        & (pl.col("split") == split)
+        & (pl.col("model") == model)
+        & (pl.col("metric") == "r2")
+    )
     assert row.height == 1
     return row["value"].item()
 
@@ -83,7 +91,9 @@ def test_metrics_frame_shape_and_predictions(population):
     # Every cell is predicted exactly once per (split, set, model), and R2 agrees with the predictions.
     counts = p.group_by("split", "feature_set", "model", "cell_id").len()["len"]
     assert (counts == 1).all()
-    one = p.filter((pl.col("split") == "random") & (pl.col("feature_set") == "raw") & (pl.col("model") == "linear"))
+    one = p.filter(
+        (pl.col("split") == "random") & (pl.col("feature_set") == "raw") & (pl.col("model") == "linear")
+    )
     y, yp = one["y"].to_numpy(), one["y_pred"].to_numpy()
     pooled = 1 - np.mean((y - yp) ** 2) / np.var(y)
     assert r2(m, "raw", "random", "linear") == pytest.approx(pooled, abs=0.02)
@@ -91,7 +101,9 @@ def test_metrics_frame_shape_and_predictions(population):
 
 def test_seeded_and_reproducible(world, population):
     again = run(world, "population", only=("pca", "random"), models=("lightgbm",))
-    same = population.metrics.filter(pl.col("feature_set").is_in(["pca", "random"]) & (pl.col("model") == "lightgbm"))
+    same = population.metrics.filter(
+        pl.col("feature_set").is_in(["pca", "random"]) & (pl.col("model") == "lightgbm")
+    )
     assert again.metrics.equals(same)
     other = run(world, "population", only=("pca", "random"), models=("lightgbm",), seed=1)
     assert not other.metrics.equals(same)
@@ -116,7 +128,9 @@ def test_spatial_folds_keep_blocks_together():
 def test_fusion_and_external_tables(world):
     _, sets = world
     cells = sets["raw"]["cell_id"].to_numpy()
-    ext = pl.DataFrame({"token": s2.to_token(cells[::2]), "a": np.arange(len(cells[::2]), dtype=float), "b": 1.0})
+    ext = pl.DataFrame(
+        {"token": s2.to_token(cells[::2]), "a": np.arange(len(cells[::2]), dtype=float), "b": 1.0}
+    )
     external = ev.embedding_features(ext, prefix="x")
     fused = ev.fuse(sets["embedding"], external)
     assert fused.width == 1 + DIM + 2 and fused["cell_id"].to_list() == sorted(cells[::2].tolist())
@@ -132,10 +146,16 @@ def test_transfer_between_regions(world):
     cells = truth["cell_id"].to_numpy()
     west = s2.cell_center(cells)[1] < np.median(s2.cell_center(cells)[1])
     regions = {"west": cells[west], "east": cells[~west]}
-    targets = {r: truth.filter(pl.col("cell_id").is_in(c.tolist())).select("cell_id", target=pl.col("population").log())
-               for r, c in regions.items()}
-    fsets = {r: {n: df.filter(pl.col("cell_id").is_in(c.tolist())) for n, df in sets.items() if n != "pca"}
-             for r, c in regions.items()}
+    targets = {
+        r: truth.filter(pl.col("cell_id").is_in(c.tolist())).select(
+            "cell_id", target=pl.col("population").log()
+        )
+        for r, c in regions.items()
+    }
+    fsets = {
+        r: {n: df.filter(pl.col("cell_id").is_in(c.tolist())) for n, df in sets.items() if n != "pca"}
+        for r, c in regions.items()
+    }
     out = ev.evaluate_transfer(targets, fsets, "east", task="population")
     m = out.metrics
     assert set(m["split"]) == {"transfer"} and set(m["scope"]) == {ev.CROSS_REGION_SCOPE}
@@ -147,7 +167,9 @@ def test_transfer_between_regions(world):
 def test_too_few_cells_is_a_clear_error(world):
     truth, sets = world
     few = truth.head(10).select("cell_id", target=pl.col("income"))
-    with pytest.raises(ev.InsufficientDataError, match="10 image cells have both a target and every feature set"):
+    with pytest.raises(
+        ev.InsufficientDataError, match="10 image cells have both a target and every feature set"
+    ):
         ev.evaluate(few, sets, task="income", region="syn", image_level=SPEC.image_level)
 
 
@@ -163,7 +185,7 @@ def test_metrics_to_delta_and_back(tmp_path, population):
     assert back.filter(pl.col("scope") == "syn").sort(m.columns).equals(m.sort(m.columns))
     assert read_table(uri, {"scope": "other"}).height == m.height
     con = duckdb_connect()
-    n, = con.execute(f"SELECT count(*) FROM delta_scan('{uri}') WHERE metric = 'r2'").fetchone()
+    (n,) = con.execute(f"SELECT count(*) FROM delta_scan('{uri}') WHERE metric = 'r2'").fetchone()
     assert n == 2 * m.filter(pl.col("metric") == "r2").height
 
 
@@ -173,7 +195,11 @@ def test_plots_and_report(tmp_path, world, population):
 
     _, sets = world
     p = population.predictions
-    one = p.filter((pl.col("split") == "spatial") & (pl.col("feature_set") == "embedding") & (pl.col("model") == "lightgbm"))
+    one = p.filter(
+        (pl.col("split") == "spatial")
+        & (pl.col("feature_set") == "embedding")
+        & (pl.col("model") == "lightgbm")
+    )
     emb = sets["embedding"]
     plots = {
         "R2 bars": ep.r2_bars(population.metrics, "lightgbm"),

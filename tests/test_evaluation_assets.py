@@ -31,8 +31,12 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("warehouse")
     # Only the assets this exercises (the full code location is tested elsewhere).
     defs = dg.Definitions(
-        assets=[osm_assets.osm_extract, feature_assets.cell_features, evaluation_assets.evaluation_report,
-                evaluation_assets.evaluation_cross_region],
+        assets=[
+            osm_assets.osm_extract,
+            feature_assets.cell_features,
+            evaluation_assets.evaluation_report,
+            evaluation_assets.evaluation_cross_region,
+        ],
         resources=default_resources().resources,
     )
     resources = {**defs.resources, "warehouse": WarehouseResource(root=str(root))}
@@ -47,8 +51,15 @@ def env(tmp_path_factory):
 
 def run(defs, resources, instance, selection, region=None, config=None):
     run_config = {"ops": {name: {"config": config} for name in selection}} if config else None
-    return dg.materialize(defs.assets, resources=resources, instance=instance, partition_key=region,
-                          selection=selection, run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        defs.assets,
+        resources=resources,
+        instance=instance,
+        partition_key=region,
+        selection=selection,
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 def metadata(result, key: str) -> dict:
@@ -58,34 +69,50 @@ def metadata(result, key: str) -> dict:
 
 def test_report_on_proxy_targets_without_embeddings(env, tmp_path):
     defs, resources, instance, root = env
-    res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein", {"reports_dir": str(tmp_path)})
+    res = run(
+        defs, resources, instance, ["evaluation_report"], "liechtenstein", {"reports_dir": str(tmp_path)}
+    )
     assert res.success
     meta = metadata(res, "evaluation_report")
     table = pl.read_delta(table_uri(root, "evaluation_metrics"))
     assert table.schema == metrics_schema()
     assert set(table["scope"]) == {"liechtenstein"} and set(table["task"]) == {"log1p_address_density"}
-    assert set(table["feature_set"]) == {"raw", "pca", "random"} and set(table["split"]) == {"random", "spatial"}
+    assert set(table["feature_set"]) == {"raw", "pca", "random"} and set(table["split"]) == {
+        "random",
+        "spatial",
+    }
     report = Path(meta["report"].value)
     assert report == tmp_path / "evaluation" / "liechtenstein" / "report.md"
     text = report.read_text()
     assert "proxies" in text and "no S2Vec embeddings" in text
-    assert any(k.startswith("plot_") for k in meta) and "data:image/png;base64," in meta["plot_" + next(
-        k[5:] for k in meta if k.startswith("plot_"))].value
+    assert (
+        any(k.startswith("plot_") for k in meta)
+        and "data:image/png;base64,"
+        in meta["plot_" + next(k[5:] for k in meta if k.startswith("plot_"))].value
+    )
     assert len(list(report.parent.glob("*.png"))) >= 3
 
 
 def write_stand_in_embeddings(root) -> pl.DataFrame:
-    """Liechtenstein-only `cell_embeddings` rows (a fixed projection of the features); returns the features."""
+    """Liechtenstein-only `cell_embeddings` rows (a fixed projection of the features); returns features."""
     features = pl.read_delta(table_uri(root, "cell_features")).filter(
-        (pl.col("region") == "liechtenstein") & (pl.col("level") == LEVEL))
+        (pl.col("region") == "liechtenstein") & (pl.col("level") == LEVEL)
+    )
     ids = features["cell_id"].to_numpy()
     x = np.log1p(features.select(CHANNEL_NAMES).to_numpy())
-    emb = np.tanh(x @ np.random.default_rng(0).standard_normal((len(CHANNEL_NAMES), 8)) / 5).astype(np.float32)
-    rows = pl.DataFrame({
-        "region": "liechtenstein", "level": pl.Series(np.full(len(ids), LEVEL), dtype=pl.Int8), "cell_id": ids,
-        "token": s2.to_token(s2.as_uint64(ids)), "model_version": "stand-in",
-        "embedding": pl.Series(list(emb), dtype=pl.Array(pl.Float32, 8)),
-    })
+    emb = np.tanh(x @ np.random.default_rng(0).standard_normal((len(CHANNEL_NAMES), 8)) / 5).astype(
+        np.float32
+    )
+    rows = pl.DataFrame(
+        {
+            "region": "liechtenstein",
+            "level": pl.Series(np.full(len(ids), LEVEL), dtype=pl.Int8),
+            "cell_id": ids,
+            "token": s2.to_token(s2.as_uint64(ids)),
+            "model_version": "stand-in",
+            "embedding": pl.Series(list(emb), dtype=pl.Array(pl.Float32, 8)),
+        }
+    )
     write_partition(rows, table_uri(root, "cell_embeddings"), {"region": "liechtenstein"})
     return features
 
@@ -95,7 +122,9 @@ def test_embeddings_user_targets_and_rerun_scope(env, tmp_path):
     features = write_stand_in_embeddings(root)
     # A user's targets: roads per cell by token, as a CSV.
     targets = tmp_path / "road_length.csv"
-    pl.DataFrame({"token": features["token"], "value": np.log1p(features["road_residential_m"].to_numpy())}).write_csv(targets)
+    pl.DataFrame(
+        {"token": features["token"], "value": np.log1p(features["road_residential_m"].to_numpy())}
+    ).write_csv(targets)
     config = {"reports_dir": str(tmp_path), "targets": str(targets)}
     res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein", config)
     assert res.success
@@ -103,17 +132,25 @@ def test_embeddings_user_targets_and_rerun_scope(env, tmp_path):
     assert set(table["task"]) == {"road_length"}  # the earlier proxy rows of this scope were replaced
     assert set(table["feature_set"]) == {"s2vec", "raw", "pca", "random"}
     assert set(table["model_version"]) == {"stand-in"}
-    r2 = table.filter((pl.col("metric") == "r2") & (pl.col("split") == "random") & (pl.col("model") == "lightgbm"))
+    r2 = table.filter(
+        (pl.col("metric") == "r2") & (pl.col("split") == "random") & (pl.col("model") == "lightgbm")
+    )
     best = dict(zip(r2["feature_set"], r2["value"]))
     assert best["raw"] > best["random"] + 0.3
 
 
 def test_bad_targets_fail_the_run_clearly(env, tmp_path):
-    defs, resources, instance, root = env
+    defs, resources, instance, _ = env
     bad = tmp_path / "bad.csv"
     bad.write_text("lat,lng,value\n95,9.5,1\n")
-    res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein",
-              {"reports_dir": str(tmp_path), "targets": str(bad)})
+    res = run(
+        defs,
+        resources,
+        instance,
+        ["evaluation_report"],
+        "liechtenstein",
+        {"reports_dir": str(tmp_path), "targets": str(bad)},
+    )
     assert not res.success
     failure = next(e for e in res.all_events if e.is_step_failure)
     assert "values of 'lat' outside [-90, 90]" in str(failure.event_specific_data.error)
@@ -126,8 +163,14 @@ def test_cross_region_report(env, tmp_path):
     features = pl.read_delta(table_uri(root, "cell_features")).filter(pl.col("level") == LEVEL)
     targets = tmp_path / "buildings.csv"
     features.select("token", value=pl.col("building_count").log1p()).write_csv(targets)
-    res = run(defs, resources, instance, ["evaluation_cross_region"], None,
-              {"reports_dir": str(tmp_path), "targets": str(targets)})
+    res = run(
+        defs,
+        resources,
+        instance,
+        ["evaluation_cross_region"],
+        None,
+        {"reports_dir": str(tmp_path), "targets": str(targets)},
+    )
     assert res.success
     table = pl.read_delta(table_uri(root, "evaluation_metrics")).filter(pl.col("scope") == "cross_region")
     assert set(table["split"]) == {"transfer"} and set(table["region"]) == {"liechtenstein", "monaco"}

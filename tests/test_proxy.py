@@ -15,7 +15,12 @@ from s2vec_core.taxonomy import CHANNELS, FILTER_KEYS, RESERVED_TARGET_KEYS
 
 MONACO = Path(__file__).resolve().parents[1] / "data" / "osm" / "monaco-2023.osm.pbf"
 LEVEL = 13
-TARGET_TAGS = {"addr:housenumber": "12", "addr:street": "Rue Grimaldi", "building:levels": "5", "height": "17"}
+TARGET_TAGS = {
+    "addr:housenumber": "12",
+    "addr:street": "Rue Grimaldi",
+    "building:levels": "5",
+    "height": "17",
+}
 
 
 def reserved(key: str) -> bool:
@@ -74,8 +79,11 @@ def test_objects_with_only_target_tags_feed_no_channel(tmp_path):
     path = tmp_path / "only.osm.pbf"
     with osmium.SimpleWriter(str(path)) as w:
         for i in range(5):
-            w.add_node(osmium.osm.mutable.Node(id=i + 1, version=1, location=(7.42 + 0.001 * i, 43.73),
-                                               tags=TARGET_TAGS))
+            w.add_node(
+                osmium.osm.mutable.Node(
+                    id=i + 1, version=1, location=(7.42 + 0.001 * i, 43.73), tags=TARGET_TAGS
+                )
+            )
         w.add_way(osmium.osm.mutable.Way(id=1, version=1, nodes=[1, 2, 3, 1], tags=TARGET_TAGS))
     assert extract_cells(path, 17).height == 0
 

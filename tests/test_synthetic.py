@@ -18,7 +18,8 @@ def world(tmp_path_factory):
     targets = write_world(path, SPEC)
     image = cell_features(extract_cells(path, SPEC.pixel_level), [SPEC.image_level, SPEC.pixel_level], "syn")
     image = image.filter(pl.col("level") == SPEC.image_level).with_columns(
-        pl.col("cell_id").reinterpret(signed=False))
+        pl.col("cell_id").reinterpret(signed=False)
+    )
     return path, targets, image
 
 
@@ -68,7 +69,9 @@ def test_objects_follow_the_fields(world):
     assert spearman(df["population"], df["forest_m2"]) < -0.5
     # Income shows in the mix: upmarket POIs (fashion, offices, banks) per bus stop, where there are POIs.
     urban = df.filter(pl.col("amenity_any") >= 10)
-    mix = (urban["shop_fashion"] + urban["office_business"] + urban["amenity_finance"] + 1) / (urban["pt_bus_stop"] + 1)
+    mix = (urban["shop_fashion"] + urban["office_business"] + urban["amenity_finance"] + 1) / (
+        urban["pt_bus_stop"] + 1
+    )
     assert urban.height > 20 and spearman(urban["income"], mix) > 0.4
 
 

@@ -34,8 +34,11 @@ def test_points_aggregate_per_image_cell(tmp_path, agg):
     assert out["cell_id"].dtype == pl.UInt64 and out["cell_id"].to_list() == sorted(set(cells.tolist()))
     for row in out.iter_rows(named=True):
         vals = VAL[cells == row["cell_id"]]
-        expected = {"mean": vals.mean(), "sum": vals.sum(),
-                    "density": vals.sum() / cell_area_km2(np.array([row["cell_id"]], np.uint64))[0]}[agg]
+        expected = {
+            "mean": vals.mean(),
+            "sum": vals.sum(),
+            "density": vals.sum() / cell_area_km2(np.array([row["cell_id"]], np.uint64))[0],
+        }[agg]
         assert row["target"] == pytest.approx(expected) and row["n"] == len(vals)
 
 
@@ -49,9 +52,13 @@ def test_point_density_without_value_counts_points(tmp_path):
 
 def test_cells_by_token_and_finer_cells_roll_up(tmp_path):
     fine = s2.latlng_to_cell_id(LAT, LNG, LEVEL + 7)
-    path = write_csv(tmp_path, "token,value\n" + "\n".join(f"{t},{v}" for t, v in zip(s2.to_token(fine), VAL)))
+    path = write_csv(
+        tmp_path, "token,value\n" + "\n".join(f"{t},{v}" for t, v in zip(s2.to_token(fine), VAL))
+    )
     by_token = load_targets(path, LEVEL, agg="sum")
-    by_id = to_image_cells(validate_targets(pl.DataFrame({"cell_id": fine.view(np.int64), "value": VAL})), LEVEL, "sum")
+    by_id = to_image_cells(
+        validate_targets(pl.DataFrame({"cell_id": fine.view(np.int64), "value": VAL})), LEVEL, "sum"
+    )
     assert by_token.equals(by_id)
     assert by_token["target"].sum() == pytest.approx(VAL.sum())
     assert set(by_token["cell_id"].to_list()) == set(s2.parent(fine, LEVEL).tolist())
@@ -75,7 +82,10 @@ def test_cell_ids_as_text_in_either_spelling(tmp_path):
         ("lat,lng,value\n91.0,9.5,1\n47.1,9.5,2\n", r"values of 'lat' outside \[-90, 90\] \(rows \[0\]\)"),
         ("lat,lng,value\n47.1,9.5,1\n47.1,-181,2\n", r"values of 'lng' outside \[-180, 180\] \(rows \[1\]\)"),
         ("lat,lng,value\n47.1,9.5,1\n47.2,9.5,abc\n", r"'value' has 1 non-numeric values \(row 1: 'abc'\)"),
-        ("lat,lng,value\n47.1,9.5,1\n47.2,9.5,\n", r"'value' has 1 missing or non-finite values \(rows \[1\]\)"),
+        (
+            "lat,lng,value\n47.1,9.5,1\n47.2,9.5,\n",
+            r"'value' has 1 missing or non-finite values \(rows \[1\]\)",
+        ),
         ("lat,lng,value\n47.1,9.5,1\n47.1,9.5,1\n", r"2 rows duplicate lat/lng/value"),
         ("token,value\n47a1,1\n47a1,2\n", "duplicate cell_id"),
         ("token,value\nzzzz,1\n", "invalid S2 tokens"),

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import dagster as dg
 import polars as pl
 from pydantic import Field
 
-import dagster as dg
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
@@ -27,9 +27,9 @@ from s2vec_core.taxonomy import CHANNEL_NAMES
 
 TABLE = "evaluation_metrics"
 TABLE_DESCRIPTION = (
-    "s2vec evaluation_metrics: scope (partition: region or cross_region), region, task, split (random | spatial "
-    "| transfer), feature_set, model (lightgbm | linear), metric (r2 | mae | rmse), value (mean over folds), std "
-    "(over folds), n_folds, n_cells, model_version (embeddings scored, '' if none), run_id."
+    "s2vec evaluation_metrics: scope (partition: region or cross_region), region, task, split (random | "
+    "spatial | transfer), feature_set, model (lightgbm | linear), metric (r2 | mae | rmse), value (mean over "
+    "folds), std (over folds), n_folds, n_cells, model_version (embeddings scored, '' if none), run_id."
 )
 EMBEDDINGS = dg.AssetKey("cell_embeddings")
 MODEL = dg.AssetKey("mae_model")
@@ -42,20 +42,28 @@ PROXY_NOTE = (
 
 class EvaluationConfig(dg.Config):
     image_level: int = Field(default=Grid().image_level, description="Level of the image cells (embeddings).")
-    targets: str | None = Field(default=None, description="Targets file (Parquet/CSV); overrides the catalog.")
+    targets: str | None = Field(
+        default=None, description="Targets file (Parquet/CSV); overrides the catalog."
+    )
     value_column: str | None = Field(default="value", description="Value column of the targets file.")
-    agg: Literal["mean", "sum", "density"] = Field(default="mean", description="Point targets per image cell.")
+    agg: Literal["mean", "sum", "density"] = Field(
+        default="mean", description="Point targets per image cell."
+    )
     model_version: str | None = Field(
-        default=None, description="Embeddings to score; default: the latest mae_model's, or the only one present."
+        default=None,
+        description="Embeddings to score; default: the latest mae_model's, or the only one present.",
     )
     external_embeddings: str | None = Field(
         default=None, description="Parquet of another embedding keyed by cell_id/token, for fusion."
     )
     k: int = Field(default=5, ge=2, description="Folds.")
-    block_levels_up: int = Field(default=3, ge=1, description="Spatial blocks: S2 parents this many levels up.")
+    block_levels_up: int = Field(
+        default=3, ge=1, description="Spatial blocks: S2 parents this many levels up."
+    )
     seed: int = 0
     reports_dir: str | None = Field(
-        default=None, description="Where report.md and the PNGs go; default S2VEC_REPORTS or beside the warehouse."
+        default=None,
+        description="Where report.md and the PNGs go; default S2VEC_REPORTS or beside the warehouse.",
     )
 
 
@@ -78,7 +86,9 @@ def _latest_model_version(context: dg.AssetExecutionContext) -> str | None:
     return str(value.value) if value is not None else None
 
 
-def _embeddings(context, config: EvaluationConfig, warehouse: WarehouseResource, region: str) -> pl.DataFrame | None:
+def _embeddings(
+    context, config: EvaluationConfig, warehouse: WarehouseResource, region: str
+) -> pl.DataFrame | None:
     if warehouse.version(EMBEDDINGS.path[-1]) is None:
         return None
     df = warehouse.read(EMBEDDINGS.path[-1], {"region": region}).filter(pl.col("level") == config.image_level)
@@ -87,8 +97,10 @@ def _embeddings(context, config: EvaluationConfig, warehouse: WarehouseResource,
     versions = df["model_version"].unique().to_list()
     wanted = config.model_version or (versions[0] if len(versions) == 1 else _latest_model_version(context))
     if wanted is None or wanted not in versions:
-        raise dg.Failure(f"{region}: cell_embeddings holds model versions {versions}; set `model_version` "
-                         f"(wanted {wanted!r})")
+        raise dg.Failure(
+            f"{region}: cell_embeddings holds model versions {versions}; set `model_version` "
+            f"(wanted {wanted!r})"
+        )
     return df.filter(pl.col("model_version") == wanted)
 
 
@@ -96,33 +108,52 @@ def _inputs(context, config, warehouse, osm_source, region: str, pca_source=None
     """(feature sets, tasks, notes, model_version, user targets?) of one region."""
     features = warehouse.read(feature_assets.TABLE, {"region": region})
     if features.filter(pl.col("level") == config.image_level).height == 0:
-        raise dg.Failure(f"{region}: cell_features has no rows at the image level {config.image_level}; "
-                         "materialise cell_features with that level")
+        raise dg.Failure(
+            f"{region}: cell_features has no rows at the image level {config.image_level}; "
+            "materialise cell_features with that level"
+        )
     embeddings = _embeddings(context, config, warehouse, region) if use_embeddings else None
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
-    sets = er.standard_feature_sets(features, config.image_level, embeddings, external, config.seed, pca_source)
-    notes = [] if embeddings is not None else [f"{region}: no S2Vec embeddings in cell_embeddings; baselines only"]
+    sets = er.standard_feature_sets(
+        features, config.image_level, embeddings, external, config.seed, pca_source
+    )
+    notes = (
+        []
+        if embeddings is not None
+        else [f"{region}: no S2Vec embeddings in cell_embeddings; baselines only"]
+    )
     targets_file = config.targets or osm_source.region(region).targets
     if targets_file:
         try:
-            tasks = {Path(targets_file).stem: load_targets(targets_file, config.image_level, config.value_column,
-                                                           config.agg)}
+            tasks = {
+                Path(targets_file).stem: load_targets(
+                    targets_file, config.image_level, config.value_column, config.agg
+                )
+            }
         except TargetsError as e:
             raise dg.Failure(description=str(e)) from e
     else:
-        tasks, skipped = er.proxy_tasks(osm_source.resolve(region), config.image_level,
-                                        sets["raw"]["cell_id"].to_numpy())
+        tasks, skipped = er.proxy_tasks(
+            osm_source.resolve(region), config.image_level, sets["raw"]["cell_id"].to_numpy()
+        )
         notes += [f"{region}: {n}" for n in skipped]
     version = embeddings["model_version"][0] if embeddings is not None else ""
     return sets, tasks, notes, version, bool(targets_file)
 
 
-def _publish(context, config, warehouse, scope: str, title: str, result, plots, intro: str) -> dg.MaterializeResult:
+def _publish(
+    context, config, warehouse, scope: str, title: str, result, plots, intro: str
+) -> dg.MaterializeResult:
     metrics = result.metrics
     if metrics.height:
         version = warehouse.write_partition(metrics, TABLE, {"scope": scope}, description=TABLE_DESCRIPTION)
-        meta = table_metadata(metrics, warehouse.table_uri(TABLE), version, TABLE,
-                              preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"])
+        meta = table_metadata(
+            metrics,
+            warehouse.table_uri(TABLE),
+            version,
+            TABLE,
+            preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
+        )
     else:
         meta = {"dagster/row_count": dg.MetadataValue.int(0)}
     report = write_report(_reports_dir(config, warehouse, scope), title, metrics, result.notes, plots, intro)
@@ -159,9 +190,17 @@ def evaluation_report(
 ) -> dg.MaterializeResult:
     region = context.partition_key
     sets, tasks, notes, version, user_targets = _inputs(context, config, warehouse, osm_source, region)
-    result = er.evaluate_region(region, sets, tasks, config.image_level, k=config.k,
-                                block_levels_up=config.block_levels_up, seed=config.seed,
-                                model_version=version, run_id=context.run_id)
+    result = er.evaluate_region(
+        region,
+        sets,
+        tasks,
+        config.image_level,
+        k=config.k,
+        block_levels_up=config.block_levels_up,
+        seed=config.seed,
+        model_version=version,
+        run_id=context.run_id,
+    )
     result.notes[:0] = notes
     intro = f"Region `{region}`, image level {config.image_level}, embeddings `{version or 'none'}`."
     if not user_targets:
@@ -187,14 +226,26 @@ def evaluation_cross_region(
     osm_source: OsmSourceResource,
 ) -> dg.MaterializeResult:
     regions = region_partitions.get_partition_keys()
-    present = warehouse.read(feature_assets.TABLE, columns=["region", "level"]).filter(
-        pl.col("level") == config.image_level)["region"].unique().to_list()
+    present = (
+        warehouse.read(feature_assets.TABLE, columns=["region", "level"])
+        .filter(pl.col("level") == config.image_level)["region"]
+        .unique()
+        .to_list()
+    )
     regions = [r for r in regions if r in present]
     notes = [f"regions with features at level {config.image_level}: {regions}"]
-    pooled = pl.concat([
-        raw_channel_totals(warehouse.read(feature_assets.TABLE, {"region": r}), config.image_level, CHANNEL_NAMES)
-        for r in regions
-    ]) if regions else None
+    pooled = (
+        pl.concat(
+            [
+                raw_channel_totals(
+                    warehouse.read(feature_assets.TABLE, {"region": r}), config.image_level, CHANNEL_NAMES
+                )
+                for r in regions
+            ]
+        )
+        if regions
+        else None
+    )
     # Transfer needs the same features everywhere: S2Vec only if every region has embeddings.
     with_embeddings = [r for r in regions if _embeddings(context, config, warehouse, r) is not None]
     use_embeddings = bool(regions) and len(with_embeddings) == len(regions)
@@ -202,17 +253,28 @@ def evaluation_cross_region(
         notes.append(f"only {with_embeddings} have S2Vec embeddings; transfer compares the baselines only")
     sets, tasks, versions = {}, {}, set()
     for r in regions:
-        sets[r], tasks[r], region_notes, version, _ = _inputs(context, config, warehouse, osm_source, r, pooled,
-                                                              use_embeddings)
+        sets[r], tasks[r], region_notes, version, _ = _inputs(
+            context, config, warehouse, osm_source, r, pooled, use_embeddings
+        )
         notes += region_notes
         versions |= {version} if version else set()
     if len(versions) > 1:
-        raise dg.Failure(f"regions have embeddings of different models {sorted(versions)}; set `model_version`")
-    result = er.evaluate_cross_region(tasks, sets, seed=config.seed, model_version=next(iter(versions), ""),
-                                      run_id=context.run_id)
+        raise dg.Failure(
+            f"regions have embeddings of different models {sorted(versions)}; set `model_version`"
+        )
+    result = er.evaluate_cross_region(
+        tasks, sets, seed=config.seed, model_version=next(iter(versions), ""), run_id=context.run_id
+    )
     result.notes[:0] = notes
     plots = er.report_plots(result, {}) if result.metrics.height else {}
     intro = f"Leave-one-region-out transfer over {regions}, image level {config.image_level}.\n\n{PROXY_NOTE}"
-    return _publish(context, config, warehouse, CROSS_REGION_SCOPE, "s2vec evaluation: cross-region transfer",
-                    result, plots, intro)
-
+    return _publish(
+        context,
+        config,
+        warehouse,
+        CROSS_REGION_SCOPE,
+        "s2vec evaluation: cross-region transfer",
+        result,
+        plots,
+        intro,
+    )
