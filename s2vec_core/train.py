@@ -26,7 +26,9 @@ from s2vec_core.raster import NormStats, ShardSet
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation knobs. `warmup_fraction` of all steps ramp the learning rate up linearly, the rest
-    follow a cosine to zero. `num_workers` applies on CUDA only (CPU reads batches in-process)."""
+    follow a cosine to zero. `num_workers` applies on CUDA only (CPU reads batches in-process).
+    Training sets up to `cache_mb` are normalised once and held in memory; larger ones stream from the
+    memory-mapped shards and are normalised per batch on the device."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -36,6 +38,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     num_workers: int = 4
+    cache_mb: int = 2048
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
@@ -90,16 +93,16 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Item b = raw tensors of the b-th batch of row indices (one vectorised read per batch)."""
+    """Item b = the tensors of the b-th batch of row indices (one vectorised read per batch)."""
 
-    def __init__(self, shards: ShardSet, batches: list[np.ndarray]) -> None:
-        self.shards, self.batches = shards, batches
+    def __init__(self, fetch: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray]) -> None:
+        self.fetch, self.batches = fetch, batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
-        return torch.from_numpy(self.shards.take(self.batches[b]))
+        return torch.from_numpy(self.fetch(self.batches[b]))
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -171,17 +174,27 @@ def train(
     if norm.channels != shards.channels:
         raise ValueError("the checkpoint's channels differ from the shards' channels")
 
+    image_mb = 4 * int(np.prod(shards.meta["shape"])) / 2**20
+    cached = len(shards) * image_mb <= train_config.cache_mb
+    if cached:
+        normalised = np.concatenate([norm.apply(chunk) for chunk in shards.chunks()])
+        fetch = normalised.__getitem__
+    else:
+        fetch = shards.take
+
     model.train()
     images = 0
     run_start = time.perf_counter()
     for epoch in range(start, train_config.epochs):
         t0 = time.perf_counter()
         loader = torch.utils.data.DataLoader(
-            _Batches(shards, epoch_batches(len(shards), train_config.batch_size, generator)),
+            _Batches(fetch, epoch_batches(len(shards), train_config.batch_size, generator)),
             batch_size=None, shuffle=False, **loader_options(dev, train_config.num_workers))
         total_loss, count = 0.0, 0
-        for raw in loader:
-            x = norm.apply_torch(raw.to(dev, non_blocking=True))
+        for batch in loader:
+            x = batch.to(dev, non_blocking=True)
+            if not cached:
+                x = norm.apply_torch(x)
             with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
                 loss = model(x, generator=generator)
             optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -63,10 +64,12 @@ def test_warmup_then_cosine():
     assert factors[-1] < 0.01
 
 
-def test_loss_decreases_on_real_rasters(shard_dir, tmp_path):
+@pytest.mark.parametrize("cache_mb", [0, 1024], ids=["streamed", "in-memory"])
+def test_loss_decreases_on_real_rasters(shard_dir, tmp_path, cache_mb):
     shards = open_shards(shard_dir)
     assert len(shards) > 300
-    result = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), TINY_TRAIN,
+    config = dataclasses.replace(TINY_TRAIN, cache_mb=cache_mb)
+    result = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), config,
                    taxonomy_version="tv", device="auto")
     assert result.device == "cpu" and len(result.losses) == TINY_TRAIN.epochs
     assert result.losses[-1] < result.losses[0]
@@ -77,7 +80,7 @@ def test_loss_decreases_on_real_rasters(shard_dir, tmp_path):
     assert state["grid"] == {"image_level": IMAGE_LEVEL, "pixel_level": PIXEL_LEVEL}
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     # A finished checkpoint resumes to a no-op with the same curve.
-    again = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), TINY_TRAIN)
+    again = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), config)
     assert again.losses == result.losses and again.resumed_from_epoch == TINY_TRAIN.epochs
 
 
