@@ -145,17 +145,15 @@ def _publish(
     context, config, warehouse, scope: str, title: str, result, plots, intro: str
 ) -> dg.MaterializeResult:
     metrics = result.metrics
-    if metrics.height:
-        version = warehouse.write_partition(metrics, TABLE, {"scope": scope}, description=TABLE_DESCRIPTION)
-        meta = table_metadata(
-            metrics,
-            warehouse.table_uri(TABLE),
-            version,
-            TABLE,
-            preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
-        )
-    else:
-        meta = {"dagster/row_count": dg.MetadataValue.int(0)}
+    # An empty result is written too: it clears this scope's rows from an earlier, scored run.
+    version = warehouse.write_partition(metrics, TABLE, {"scope": scope}, description=TABLE_DESCRIPTION)
+    meta = table_metadata(
+        metrics,
+        warehouse.table_uri(TABLE),
+        version,
+        TABLE,
+        preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
+    )
     report = write_report(_reports_dir(config, warehouse, scope), title, metrics, result.notes, plots, intro)
     meta["report"] = dg.MetadataValue.path(str(report))
     meta["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "-")
