@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from s2vec_core import s2
 from s2vec_core.embed import embed_shards, embeddings_frame, load_model
@@ -25,8 +24,6 @@ IMAGE_LEVEL, PIXEL_LEVEL = 14, 18
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("embed")
     features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "monaco")
     write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL), root / "rasters", shard_size=16)
@@ -35,7 +32,6 @@ def trained(tmp_path_factory):
                        heads=2, decoder_width=8, decoder_depth=1, decoder_heads=2)
     train(shards, root / "model.pt", config, TrainConfig(epochs=2, batch_size=16, seed=1), taxonomy_version="tv")
     yield root, shards
-    torch.set_num_threads(before)
 
 
 def test_embeddings_are_reproducible(trained):

@@ -11,13 +11,6 @@ TINY = MAEConfig(in_channels=3, image_size=8, patch_size=2, width=16, depth=1, h
                  decoder_width=8, decoder_depth=1, decoder_heads=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine it can cost 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(config: MAEConfig = TINY, seed: int = 0) -> MaskedAutoencoder:

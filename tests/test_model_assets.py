@@ -7,7 +7,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.model import assets as model_assets
@@ -31,8 +30,6 @@ TINY = {"patch_size": 4, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8
 def world(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -40,7 +37,6 @@ def world(tmp_path_factory):
             root = tmp_path_factory.mktemp("warehouse")
             resources = {**defs.resources, "warehouse": WarehouseResource(root=str(root))}
             yield defs, resources, instance, root
-    torch.set_num_threads(before)
 
 
 def _materialize(world, selection, partition=None, run_config=None):

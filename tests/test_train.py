@@ -28,14 +28,6 @@ def tiny_model(channels: int) -> MAEConfig:
                      decoder_width=8, decoder_depth=1, decoder_heads=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Bit-exact comparisons across processes need the same intra-op split; one thread also avoids
-    # oversubscribing a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
