@@ -342,9 +342,9 @@ def e2e_table(results: list[StageResult]) -> list[str]:
         dm, dp = mine.detail, peer.detail
         em = statistics.median(dm["epoch_s"]) / dm["images"]
         ep = statistics.median(dp["epoch_s"]) / dp["images"]
-        out += ["", f"Ratios (srai / s2vec): PBF -> raster tensors {dp['data_s'] / dm['data_s']:.1f}x faster, "
+        out += ["", f"Ratios: s2vec turns the PBF into raster tensors {dp['data_s'] / dm['data_s']:.1f}x faster than srai, "
                 f"process peak RSS {mine.peak_rss_mb / peer.peak_rss_mb:.2f} of srai's; "
-                f"training seconds per image (median epoch) {ep / em:.2f}x."]
+                f"trains {ep / em:.2f}x faster per image (median epoch)."]
     return out + _footnotes(errors)
 
 
