@@ -40,13 +40,8 @@ def defs() -> dg.Definitions:
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(home))
-        with dg.DagsterInstance.from_config(str(home)) as inst:
-            yield inst
+def instance(dagster_instance):
+    return dagster_instance
 
 
 def resources_for(defs: dg.Definitions, root: Path, **overrides) -> dict:

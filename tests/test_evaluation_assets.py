@@ -1,6 +1,5 @@
 """evaluation_report / evaluation_cross_region run through Dagster on the real bundled regions."""
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -19,15 +18,12 @@ from s2vec_core.grid import Grid
 from s2vec_core.taxonomy import CHANNEL_NAMES
 from s2vec_core.warehouse import table_uri, write_partition
 
-REPO = Path(__file__).resolve().parent.parent
 LEVEL = Grid().image_level
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+def env(tmp_path_factory, dagster_instance):
     root = tmp_path_factory.mktemp("warehouse")
     # Only the assets this exercises (the full code location is tested elsewhere).
     defs = dg.Definitions(
@@ -40,13 +36,10 @@ def env(tmp_path_factory):
         resources=default_resources().resources,
     )
     resources = {**defs.resources, "warehouse": WarehouseResource(root=str(root))}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(home))
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            for region in ("liechtenstein", "monaco"):
-                res = run(defs, resources, instance, ["osm_extract", "cell_features"], region)
-                assert res.success
-            yield defs, resources, instance, root
+    for region in ("liechtenstein", "monaco"):
+        res = run(defs, resources, dagster_instance, ["osm_extract", "cell_features"], region)
+        assert res.success
+    return defs, resources, dagster_instance, root
 
 
 def run(defs, resources, instance, selection, region=None, config=None):

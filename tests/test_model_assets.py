@@ -1,6 +1,5 @@
 """The model assets run for real through Dagster: rasters -> mae_model -> cell_embeddings, with GX checks."""
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +17,6 @@ from s2vec_core.catalog import sha256_file
 # Two Dagster runs per stage plus GX take ~30 s on 2 shared cores.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 REGION = "monaco"
 # Monaco at 14/18 gives a few dozen images: enough for a two-epoch tiny model in seconds.
 LEVELS = {"image_level": 14, "pixel_level": 18}
@@ -27,16 +25,11 @@ TINY = {"patch_size": 4, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(home))
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            defs = load_defs()
-            root = tmp_path_factory.mktemp("warehouse")
-            resources = {**defs.resources, "warehouse": WarehouseResource(root=str(root))}
-            yield defs, resources, instance, root
+def world(tmp_path_factory, dagster_instance):
+    defs = load_defs()
+    root = tmp_path_factory.mktemp("warehouse")
+    resources = {**defs.resources, "warehouse": WarehouseResource(root=str(root))}
+    return defs, resources, dagster_instance, root
 
 
 def _materialize(world, selection, partition=None, run_config=None):
