@@ -7,20 +7,27 @@ each full chunk into `(cell, channel, value)` rows with numpy and folds them int
 memory stays bounded by the number of non-empty (cell, channel) pairs, not by the number of features.
 
 - points: count at the cell of the location;
-- ways: length (haversine) split over the cells they cross: each segment is cut into pieces shorter
-  than half the smallest cell edge and each piece's length goes to the cell of its midpoint;
+- ways: length (haversine) split over the cells they cross: each segment is cut where its straight
+  line in S2 face coordinates crosses a cell edge, and each piece gets its share of the length
+  (segments over a cube-face edge are cut into pieces shorter than half a cell instead);
 - areas: counts and building footprints at the cell of the area centroid; land-use-like channels
-  (`spread`) spread the area over the cells of a scanline sample grid inside the polygon, finer than
-  the cell (areas too small to hold a sample fall back to the centroid).
+  (`spread`) spread the area over the cells it covers: scanline rows through the face grid, two per
+  cell row, give each cell the span length inside it (areas too small to meet a row fall back to the
+  centroid).
 Ways with missing node locations (clipped extracts) keep their located runs; the rest is counted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import os
 import struct
+import subprocess
+import sys
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +36,7 @@ import numpy as np
 import osmium
 import polars as pl
 
-from s2vec_core.s2 import latlng_to_cell_id
+from s2vec_core.s2 import face_ij_to_cell_id, latlng_to_cell_id, latlng_to_face_xy
 from s2vec_core.taxonomy import (
     AREA_KEYS,
     AREA_LOOKUP,
@@ -49,8 +56,10 @@ _M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 S2_MIN_EDGE = 2.0 * math.sqrt(2.0) / 3.0
 # Pieces / samples per smallest cell edge: finer than the cell so the split follows cell boundaries.
 SAMPLES_PER_EDGE = 2
-# One polygon never yields more samples than this (a huge polygon gets a coarser grid instead).
-MAX_SAMPLES_PER_AREA = 2_000_000
+# Scanline rows per cell row when spreading an area over the cells it covers.
+SUBROWS = 2
+# One polygon never yields more (row, cell) pieces than about this (a huge one gets sparser rows).
+MAX_PIECES_PER_AREA = 2_000_000
 # Chunk sizes: how many buffered objects trigger a flush into the aggregate.
 FLUSH_POINTS = 100_000
 FLUSH_LINES = 10_000
@@ -59,6 +68,8 @@ FLUSH_AREAS = 10_000
 MAX_LEVEL = 26
 # Chunks queued for the worker thread before the reader waits.
 MAX_PENDING = 2
+# Files from this size on are read by two processes (see extract_cells_long).
+PARALLEL_MIN_BYTES = 16 << 20
 # Aggregate rows held before they are re-aggregated.
 REAGGREGATE_ROWS = 2_000_000
 
@@ -228,6 +239,93 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return xy[:, 0], xy[:, 1], ring, ring_area, ring_outer
 
 
+def _split_on_grid(face, x0, y0, x1, y1, use, level):
+    """Cut the segments marked `use` (both ends on one face, in `latlng_to_face_xy` grid coordinates)
+    where they cross cell edges: (segment index, cell id, fraction of the segment) per piece.
+
+    A straight line in face coordinates is how S2 draws the segment's cells; the piece lengths are
+    fractions of the segment's haversine length, so they sum to it exactly."""
+    idx = np.flatnonzero(use)
+    x0, y0, x1, y1 = x0[idx], y0[idx], x1[idx], y1[idx]
+    cuts = []
+    for a0, a1 in ((x0, x1), (y0, y1)):
+        f0, f1 = np.floor(a0), np.floor(a1)
+        seg, k = _ranges(np.abs(f1 - f0).astype(np.int64))
+        edge = np.minimum(f0, f1)[seg] + 1 + k
+        cuts.append((seg, (edge - a0[seg]) / (a1 - a0)[seg]))
+    n = idx.size
+    seg = np.concatenate([np.arange(n), cuts[0][0], cuts[1][0]])
+    t = np.concatenate([np.zeros(n), cuts[0][1], cuts[1][1]])
+    order = np.lexsort((t, seg))
+    seg, t = seg[order], t[order]
+    t_end = np.empty_like(t)
+    t_end[:-1] = t[1:]
+    last = np.ones(seg.size, bool)
+    np.not_equal(seg[1:], seg[:-1], out=last[:-1])
+    t_end[last] = 1.0
+    mid = 0.5 * (t + t_end)
+    i = np.floor(x0[seg] + mid * (x1 - x0)[seg]).astype(np.int64)
+    j = np.floor(y0[seg] + mid * (y1 - y0)[seg]).astype(np.int64)
+    cells = face_ij_to_cell_id(face[idx][seg], i, j, level)
+    return idx[seg], cells, t_end - t
+
+
+def _scanline_spans(x0, y0, x1, y1, e_area, y_origin, spacing):
+    """Even-odd scanline fill: rows at y_origin + (r + 0.5) * spacing of each edge's area; sorted
+    crossings of one (area, row) pair up as enter / exit. Returns (area, row, x_enter, x_exit) per span."""
+    s = spacing[e_area]
+    # Row r lies at y = origin + (r + 0.5) * s; an edge crosses rows with lo <= y < hi.
+    y_lo = (np.minimum(y0, y1) - y_origin[e_area]) / s
+    y_hi = (np.maximum(y0, y1) - y_origin[e_area]) / s
+    r_lo = np.ceil(y_lo - 0.5).astype(np.int64)
+    r_hi = np.ceil(y_hi - 0.5).astype(np.int64)
+    edge, pos = _ranges(np.maximum(r_hi - r_lo, 0))
+    row = r_lo[edge] + pos
+    yr = y_origin[e_area[edge]] + (row + 0.5) * s[edge]
+    xi = x0[edge] + (yr - y0[edge]) * (x1 - x0)[edge] / (y1 - y0)[edge]
+    xa = e_area[edge]
+    order = np.lexsort((xi, row, xa))
+    xi, row, xa = xi[order], row[order], xa[order]
+    grp_start = np.flatnonzero(np.r_[True, (row[1:] != row[:-1]) | (xa[1:] != xa[:-1])])
+    grp_len = np.diff(np.r_[grp_start, row.size])
+    g, gpos = _ranges(grp_len)
+    i_in = np.flatnonzero((gpos % 2 == 0) & (gpos + 1 < grp_len[g]))
+    return xa[i_in], row[i_in], xi[i_in], xi[i_in + 1]
+
+
+def _spread_on_grid(face, gx, gy, ring, pa, wanted, area_m2, level):
+    """Spread the `wanted` areas (all points on one face; `gx, gy` grid coordinates, `pa` the area of
+    each point) over the cells they cover: scanline rows, SUBROWS per cell row, give every cell of a
+    span the span length inside it; each area's value is shared out by those lengths.
+    Returns (cells, area, value) per (span, cell) piece."""
+    n_areas = area_m2.size
+    same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
+    x0, y0, x1, y1 = gx[:-1][same], gy[:-1][same], gx[1:][same], gy[1:][same]
+    e_area = pa[:-1][same]
+    lo = np.full((2, n_areas), np.inf)
+    hi = np.full((2, n_areas), -np.inf)
+    for k, (a0, a1) in enumerate(((x0, x1), (y0, y1))):
+        np.minimum.at(lo[k], e_area, np.minimum(a0, a1))
+        np.maximum.at(hi[k], e_area, np.maximum(a0, a1))
+    # Rows on a grid anchored at 0, so they sit at the same heights inside every cell row. A huge
+    # polygon gets sparser rows (bounded pieces); its shares still sum to its area.
+    extent = np.where(wanted, (hi[1] - lo[1]) * (hi[0] - lo[0] + 1), 0.0)
+    spacing = np.maximum(1.0 / SUBROWS, extent / MAX_PIECES_PER_AREA)
+    span_area, span_row, xs, xe = _scanline_spans(x0, y0, x1, y1, e_area, np.zeros(n_areas), spacing)
+    c_lo = np.floor(xs).astype(np.int64)
+    span, k = _ranges(np.floor(xe).astype(np.int64) - c_lo + 1)
+    c = c_lo[span] + k
+    weight = np.minimum(xe[span], c + 1) - np.maximum(xs[span], c)
+    s_area = span_area[span]
+    cy = np.floor((span_row[span] + 0.5) * spacing[s_area]).astype(np.int64)
+    first = np.searchsorted(pa, np.arange(n_areas))
+    cells = face_ij_to_cell_id(face[np.minimum(first, pa.size - 1)][s_area], c, cy, level)
+    keep = weight > 0
+    s_area, cells, weight = s_area[keep], cells[keep], weight[keep]
+    total = np.bincount(s_area, weight, n_areas)
+    return cells, s_area, area_m2[s_area] * weight / total[s_area]
+
+
 # ---------------------------------------------------------------- accumulation
 
 
@@ -296,9 +394,19 @@ class _Aggregate:
             return key, values
         return key[starts], np.add.reduceat(values, starts)
 
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """All rows as one sorted, reduced (key, value) pair."""
+        return self._fold() if self.parts else (np.zeros(0, np.uint64), np.zeros(0))
+
+    def add_folded(self, key: np.ndarray, values: np.ndarray) -> None:
+        """Add another aggregate's `folded()` rows (same level)."""
+        if key.size:
+            self.parts.append((key, values))
+            self.rows += key.size
+
     def long(self) -> pl.DataFrame:
         """Columns cell_id (UInt64), channel (UInt16, index into CHANNEL_NAMES), value (Float64), sorted."""
-        key, values = self._fold() if self.parts else (np.zeros(0, np.uint64), np.zeros(0))
+        key, values = self.folded()
         nz = values != 0
         key, values = key[nz], values[nz]
         channel = (key & self.low).astype(np.uint16)
@@ -359,14 +467,18 @@ _NODE_KEYS = tuple(k for k, _, _ in _NODE_TABLE)
 _WAY_KEYS = tuple(k for k, _, _ in _WAY_TABLE)
 
 
-def _channels(tags, table) -> tuple[int, ...]:
-    """Channels (sorted, unique) that `tags` (a pyosmium TagList) feed under `table`."""
+def _channels(obj, table) -> tuple[int, ...]:
+    """Channels (sorted, unique) that the tags of `obj` (a pyosmium object) feed under `table`.
+
+    Reads the tags through the C++ object behind pyosmium 4's Python wrapper: TagList adds a Python
+    frame to every probe, a fifth of the callback time at ~3 probes per object."""
     found: tuple[int, ...] = ()
     several = False
-    left = len(tags)
-    get = tags.get
+    data = obj._pyosmium_data
+    get = data.tags_get_value_by_key
+    left = data.tags_size()
     for key, per_value, wild in table:
-        v = get(key)
+        v = get(key, None)
         if v is None:
             continue
         hit = per_value.get(v, wild)
@@ -382,16 +494,20 @@ def _channels(tags, table) -> tuple[int, ...]:
     return found
 
 
-class _Reader(osmium.SimpleHandler):
-    """pyosmium callbacks: match tags and append to the extractor's buffers (the only per-object Python)."""
+class _ReaderBase(osmium.SimpleHandler):
+    """pyosmium callbacks: match tags and append to the extractor's buffers (the only per-object Python).
+    pyosmium reads a file once per handler and assembles areas only if the handler has `area`, so the
+    geometry kinds a pass handles are chosen by class: `_PointLineReader`, `_AreaReader` or both."""
 
     def __init__(self, ex: "_Extractor") -> None:
         super().__init__()
         self.ex = ex
         self.fab = osmium.geom.WKBFactory()
 
+
+class _PointLineReader(_ReaderBase):
     def node(self, n) -> None:
-        chans = _channels(n.tags, _NODE_TABLE)
+        chans = _channels(n, _NODE_TABLE)
         if not chans:
             return
         ex = self.ex
@@ -405,12 +521,11 @@ class _Reader(osmium.SimpleHandler):
             ex.flush_points()
 
     def way(self, w) -> None:
-        tags = w.tags
-        chans = _channels(tags, _WAY_TABLE)
+        chans = _channels(w, _WAY_TABLE)
         if not chans:
             return
         ex = self.ex
-        if w.is_closed() and tags.get("area") == "yes":
+        if w.is_closed() and w.tags.get("area") == "yes":
             ex.stats["ways_skipped"] += 1
             return
         try:
@@ -422,8 +537,9 @@ class _Reader(osmium.SimpleHandler):
         if len(ex.l_wkb) >= FLUSH_LINES:
             ex.flush_lines()
 
+class _AreaReader(_ReaderBase):
     def area(self, a) -> None:
-        chans = _channels(a.tags, _AREA_TABLE)
+        chans = _channels(a, _AREA_TABLE)
         if not chans:
             return
         ex = self.ex
@@ -435,6 +551,13 @@ class _Reader(osmium.SimpleHandler):
             ex.stats["areas_invalid"] += 1
         if len(ex.a_wkb) >= FLUSH_AREAS:
             ex.flush_areas()
+
+
+class _Reader(_PointLineReader, _AreaReader):
+    pass
+
+
+_READERS = {"all": _Reader, "points_lines": _PointLineReader, "areas": _AreaReader}
 
 
 class _Extractor:
@@ -495,21 +618,33 @@ class _Extractor:
 
     def _lines(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
         lon, lat, line = _wkb_lines(hexes)
-        same = line[1:] == line[:-1]
-        lon0, lat0, lon1, lat1 = lon[:-1][same], lat[:-1][same], lon[1:][same], lat[1:][same]
-        seg_line = line[:-1][same]
-        length = _haversine_m(lat0, lon0, lat1, lon1)
+        a = np.flatnonzero(line[1:] == line[:-1])
+        b = a + 1
+        length = _haversine_m(lat[a], lon[a], lat[b], lon[b])
+        face, gx, gy = latlng_to_face_xy(lat, lon, self.level)
+        on_face = face[a] == face[b]
+        seg, cells, frac = _split_on_grid(face[a], gx[a], gy[a], gx[b], gy[b], on_face, self.level)
+        across = np.flatnonzero(~on_face)
+        if across.size:  # segments over a cube-face edge (rare): short pieces, each at its midpoint
+            x_seg, x_cells, x_frac = self._split_in_pieces(lat[a[across]], lon[a[across]], lat[b[across]],
+                                                           lon[b[across]], length[across])
+            seg = np.concatenate([seg, across[x_seg]])
+            cells = np.concatenate([cells, x_cells])
+            frac = np.concatenate([frac, x_frac])
+        ch_start, ch_count, ch_flat = _flat_channels(chans)
+        rep, ch = _expand_channels(line[a][seg], ch_start, ch_count, ch_flat)
+        self.agg.add(cells[rep], ch, (length[seg] * frac)[rep])
+
+    def _split_in_pieces(self, lat0, lon0, lat1, lon1, length):
+        """Segments -> pieces shorter than half the smallest cell edge: (segment, cell of the piece's
+        midpoint, fraction of the segment)."""
         pieces = np.maximum(1, np.ceil(length / self.step)).astype(np.int64)
         seg, pos = _ranges(pieces)
         t = (pos + 0.5) / pieces[seg]
         plat = lat0[seg] + t * (lat1 - lat0)[seg]
         # Longitude differences wrap so segments across the antimeridian take the short way round.
         plon = lon0[seg] + t * _wrap_deg(lon1 - lon0)[seg]
-        cells = self.cells(plat, plon)
-        value = (length / pieces)[seg]
-        ch_start, ch_count, ch_flat = _flat_channels(chans)
-        rep, ch = _expand_channels(seg_line[seg], ch_start, ch_count, ch_flat)
-        self.agg.add(cells[rep], ch, value[rep])
+        return seg, self.cells(plat, plon), 1.0 / pieces[seg]
 
     def _areas(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
         lon, lat, ring, ring_area, ring_outer = _wkb_polygons(hexes)
@@ -546,15 +681,25 @@ class _Extractor:
         owner, ch = _expand_channels(np.arange(n_areas), ch_start, ch_count, ch_flat)
         spread = _SPREAD[ch]
         n_samples = np.zeros(n_areas, np.int64)
-        spread_areas = np.unique(owner[spread])
-        if spread_areas.size:
-            s_cells, s_area, s_value, n_samples = self._spread(
-                x, y, ring, ring_area, spread_areas, area_m2, lon_ref, lat_ref, kx
-            )
+        wanted = np.zeros(n_areas, bool)
+        wanted[owner[spread]] = True
+        if wanted.any():
+            face, gx, gy = latlng_to_face_xy(lat, lon, self.level)
+            # An area lies on one cube face unless a face edge runs through it (rare).
+            face_lo = np.full(n_areas, 6, np.int8)
+            face_hi = np.full(n_areas, -1, np.int8)
+            np.minimum.at(face_lo, pa, face)
+            np.maximum.at(face_hi, pa, face)
+            on_face = wanted & (face_lo == face_hi)
+            across = wanted & ~on_face
+            parts = [_spread_on_grid(face, gx, gy, ring, pa, on_face, area_m2, self.level)]
+            if across.any():
+                parts.append(self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx))
+            s_cells, s_area, s_value = (np.concatenate(c) for c in zip(*parts))
+            n_samples = np.bincount(s_area, minlength=n_areas)
             sel = np.flatnonzero(spread)
             # Only rows of areas that got samples are spread; the others stay at the centroid below.
-            sampled = n_samples[owner[sel]] > 0
-            rows = sel[sampled]
+            rows = sel[n_samples[owner[sel]] > 0]
             if rows.size:
                 # Join sample rows (per area) with the spread channels of that area.
                 s_order = np.argsort(s_area, kind="stable")
@@ -569,12 +714,10 @@ class _Extractor:
         keep = _COUNT[ch] | at_centroid
         self.agg.add(c_cell[owner[keep]], ch[keep], value[keep])
 
-    def _spread(self, x, y, ring, ring_area, areas, area_m2, lon_ref, lat_ref, kx):
-        """Scanline-fill sample grids inside the given areas -> per sample (cell, area, share of area)."""
+    def _spread_sampled(self, x, y, ring, pa, wanted, area_m2, lon_ref, lat_ref, kx):
+        """Areas over a cube-face edge: scanline-fill a sample grid in local metres, finer than the
+        cell, and give each sample's cell an equal share -> (cells, area, value) per sample."""
         n_areas = area_m2.size
-        wanted = np.zeros(n_areas, bool)
-        wanted[areas] = True
-        pa = ring_area[ring]
         same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
         x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
         e_area = pa[:-1][same]
@@ -582,52 +725,35 @@ class _Extractor:
         ymin = np.full(n_areas, np.inf)
         np.minimum.at(xmin, e_area, np.minimum(x0, x1))
         np.minimum.at(ymin, e_area, np.minimum(y0, y1))
-        spacing = np.maximum(self.step, np.sqrt(area_m2 / MAX_SAMPLES_PER_AREA))
-        s = spacing[e_area]
-        # Row r of an area lies at y = ymin + (r + 0.5) * s; an edge crosses rows with lo <= y < hi.
-        ey_lo, ey_hi = np.minimum(y0, y1), np.maximum(y0, y1)
-        r_lo = np.ceil((ey_lo - ymin[e_area]) / s - 0.5).astype(np.int64)
-        r_hi = np.ceil((ey_hi - ymin[e_area]) / s - 0.5).astype(np.int64)
-        edge, pos = _ranges(np.maximum(r_hi - r_lo, 0))
-        row = r_lo[edge] + pos
-        yr = ymin[e_area[edge]] + (row + 0.5) * s[edge]
-        xi = x0[edge] + (yr - y0[edge]) * (x1 - x0)[edge] / (y1 - y0)[edge]
-        xa = e_area[edge]
-        order = np.lexsort((xi, row, xa))
-        xi, row, xa = xi[order], row[order], xa[order]
-        # Even-odd rule: sorted crossings of one (area, row) pair up as enter / exit.
-        grp_start = np.flatnonzero(np.r_[True, (row[1:] != row[:-1]) | (xa[1:] != xa[:-1])])
-        grp_len = np.diff(np.r_[grp_start, row.size])
-        g, gpos = _ranges(grp_len)
-        enter = (gpos % 2 == 0) & (gpos + 1 < grp_len[g])
-        i_in = np.flatnonzero(enter)
-        span_area, span_row = xa[i_in], row[i_in]
+        spacing = np.maximum(self.step, np.sqrt(area_m2 / MAX_PIECES_PER_AREA))
+        span_area, span_row, xs, xe = _scanline_spans(x0, y0, x1, y1, e_area, ymin, spacing)
         sp = spacing[span_area]
-        c_lo = np.ceil((xi[i_in] - xmin[span_area]) / sp - 0.5).astype(np.int64)
-        c_hi = np.ceil((xi[i_in + 1] - xmin[span_area]) / sp - 0.5).astype(np.int64)
+        c_lo = np.ceil((xs - xmin[span_area]) / sp - 0.5).astype(np.int64)
+        c_hi = np.ceil((xe - xmin[span_area]) / sp - 0.5).astype(np.int64)
         span, cpos = _ranges(np.maximum(c_hi - c_lo, 0))
         s_area = span_area[span]
         sx = xmin[s_area] + (c_lo[span] + cpos + 0.5) * spacing[s_area]
         sy = ymin[s_area] + (span_row[span] + 0.5) * spacing[s_area]
-        s_lat = lat_ref[s_area] + sy / _M_PER_DEG
-        s_lon = lon_ref[s_area] + sx / kx[s_area]
+        cells = self.cells(lat_ref[s_area] + sy / _M_PER_DEG, lon_ref[s_area] + sx / kx[s_area])
         n_samples = np.bincount(s_area, minlength=n_areas)
-        cells = self.cells(s_lat, s_lon)
-        # Each sample carries an equal share of its area.
-        return cells, s_area, area_m2[s_area] / n_samples[s_area], n_samples
+        return cells, s_area, area_m2[s_area] / n_samples[s_area]
 
-    def run(self, path: Path) -> None:
+    def run(self, path: Path, part: str = "all") -> None:
+        """Read the file with the reader for `part` (see _READERS) and fold everything into self.agg."""
+        # Per-type C++ filters: only objects with a key that can feed a channel of their geometry
+        # reach Python (relations only feed the area assembler, which sees them before these).
+        filters = {
+            "points_lines": [
+                osmium.filter.KeyFilter(*_NODE_KEYS).enable_for(osmium.osm.NODE),
+                osmium.filter.KeyFilter(*_WAY_KEYS).enable_for(osmium.osm.WAY),
+            ],
+            "areas": [osmium.filter.KeyFilter(*AREA_KEYS).enable_for(osmium.osm.AREA | osmium.osm.RELATION)],
+        }
         try:
-            _Reader(self).apply_file(
+            _READERS[part](self).apply_file(
                 str(path),
                 locations=True,
-                # Per-type C++ filters: only objects with a key that can feed a channel of their geometry
-                # reach Python (relations only feed the area assembler, which sees them before these).
-                filters=[
-                    osmium.filter.KeyFilter(*_NODE_KEYS).enable_for(osmium.osm.NODE),
-                    osmium.filter.KeyFilter(*_WAY_KEYS).enable_for(osmium.osm.WAY),
-                    osmium.filter.KeyFilter(*AREA_KEYS).enable_for(osmium.osm.AREA | osmium.osm.RELATION),
-                ],
+                filters=[f for k, fs in filters.items() if part in ("all", k) for f in fs],
             )
             self.flush_points()
             self.flush_lines()
@@ -661,22 +787,81 @@ class _Extractor:
                 self.l_ch.append(chans)
 
 
-def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = None) -> pl.DataFrame:
+def _default_workers(path: Path) -> int:
+    """Two processes (areas in the second) where there are two cores and the file is big enough to
+    repay starting a Python process (~0.4 s)."""
+    return 2 if (os.cpu_count() or 1) >= 2 and path.stat().st_size >= PARALLEL_MIN_BYTES else 1
+
+
+def _start_area_worker(path: Path, level: int, out: Path) -> subprocess.Popen:
+    """A separate interpreter (not multiprocessing: no re-import of the caller's __main__, no fork of
+    a process that may hold polars or torch threads) that extracts the areas into `out`."""
+    code = "import sys; from s2vec_core.osm import _area_worker; _area_worker(*sys.argv[1:])"
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _area_worker(path: str, level: str, out: str) -> None:
+    """Entry point of the area worker process: summed (key, value) rows to `out` (.npy pair), stats as
+    JSON on stdout; an unreadable file exits with status 3 and the message on stderr."""
+    ex = _Extractor(int(level))
+    try:
+        ex.run(Path(path), "areas")
+    except RuntimeError as e:
+        sys.stderr.write(f"{path}: unreadable OSM file ({e})")
+        sys.exit(3)
+    key, values = ex.agg.folded()
+    np.save(f"{out}.key.npy", key)
+    np.save(f"{out}.value.npy", values)
+    sys.stdout.write(json.dumps(ex.stats))
+
+
+def _finish_area_worker(proc: subprocess.Popen, path: Path, out: Path, ex: _Extractor) -> None:
+    stdout, stderr = proc.communicate()
+    message = stderr.decode(errors="replace").strip()
+    if proc.returncode == 3:
+        raise OSMFileError(message.splitlines()[-1])
+    if proc.returncode:
+        raise RuntimeError(f"{path}: area worker failed (exit {proc.returncode}): {message[-2000:]}")
+    ex.agg.add_folded(np.load(f"{out}.key.npy"), np.load(f"{out}.value.npy"))
+    for k, v in json.loads(stdout).items():
+        ex.stats[k] += v
+
+
+def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = None,
+                       workers: int | None = None) -> pl.DataFrame:
     """Non-zero channel values per S2 cell at `level`, long form: `cell_id` (UInt64), `channel` (UInt16,
     index into CHANNEL_NAMES), `value` (Float64), sorted by cell then channel.
 
     Sparse, so it stays small where the wide frame would not (most cells feed few channels). If `stats`
-    is given it receives counts of tagged objects and of skipped geometry.
+    is given it receives counts of tagged objects and of skipped geometry. `workers=2` reads areas in a
+    second process while this one reads points and lines (default: 2 on big files with 2+ cores).
     """
     if not 0 <= level <= MAX_LEVEL:
         # Above 26 (cells < 15 cm) the channel index no longer fits below the cell id's trailing bit.
         raise ValueError(f"extraction level must be within 0..{MAX_LEVEL}, got {level}")
     path = _check_path(pbf_path)
+    if workers is None:
+        workers = _default_workers(path)
+    if workers not in (1, 2):
+        raise ValueError(f"workers must be 1 or 2, got {workers}")
     ex = _Extractor(level)
-    try:
-        ex.run(path)
-    except RuntimeError as e:
-        raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
+    with tempfile.TemporaryDirectory(prefix="s2vec-osm-") as tmp:
+        out = Path(tmp) / "areas"
+        proc = _start_area_worker(path, level, out) if workers == 2 else None
+        try:
+            ex.run(path, "points_lines" if proc else "all")
+        except RuntimeError as e:
+            raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
+        finally:
+            if proc is not None and sys.exc_info()[0] is not None:
+                proc.kill()
+                proc.communicate()
+        if proc is not None:
+            _finish_area_worker(proc, path, out, ex)
     if ex.stats["ways_missing_nodes"] or ex.stats["areas_invalid"]:
         log.warning(
             "%s: %d ways with %d missing node locations kept only their located parts; "
@@ -688,10 +873,11 @@ def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = No
     return ex.agg.long()
 
 
-def extract_cells(pbf_path: str | Path, level: int, stats: dict | None = None) -> pl.DataFrame:
+def extract_cells(pbf_path: str | Path, level: int, stats: dict | None = None,
+                  workers: int | None = None) -> pl.DataFrame:
     """Channel values per S2 cell at `level` for the PBF at `pbf_path` (see module docstring).
 
     Returns `cell_id` (UInt64, unique, sorted) then one Float64 column per channel in CHANNEL_NAMES
-    order, only cells with some value. `stats` as in `extract_cells_long`.
+    order, only cells with some value. `stats` and `workers` as in `extract_cells_long`.
     """
-    return _wide(extract_cells_long(pbf_path, level, stats))
+    return _wide(extract_cells_long(pbf_path, level, stats, workers))

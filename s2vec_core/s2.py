@@ -288,6 +288,38 @@ def latlng_to_cell_id(lat: npt.ArrayLike, lng: npt.ArrayLike, level: int = MAX_L
     return (leaf & ~(new_lsb - _ONE)) | new_lsb
 
 
+def latlng_to_face_xy(lat: npt.ArrayLike, lng: npt.ArrayLike, level: int) -> tuple[np.ndarray, ...]:
+    """(face int8, x, y float64): each point's face and continuous position in that face's
+    2**level x 2**level cell grid, so the cell holding it is (floor(x), floor(y)) (see
+    `face_ij_to_cell_id`). Straight lines in (x, y) are how geometry is cut along cell edges."""
+    level = _check_level(level)
+    lat_a, lng_a = _latlng_arrays(lat, lng)
+    phi = np.radians(lat_a)
+    theta = np.radians(lng_a)
+    cosphi = np.cos(phi)
+    face, u, v = _xyz_to_face_uv(np.cos(theta) * cosphi, np.sin(theta) * cosphi, np.sin(phi))
+    # Scaling by a power of two is exact: floor(x) is the leaf i shifted down, as latlng_to_cell_id.
+    scale = float(1 << level)
+    return face, _uv_to_st(u) * scale, _uv_to_st(v) * scale
+
+
+def face_ij_to_cell_id(face: npt.ArrayLike, i: npt.ArrayLike, j: npt.ArrayLike, level: int) -> np.ndarray:
+    """Cell ids at `level` of cells (i, j) in their face's 2**level grid; i and j are clipped to it."""
+    level = _check_level(level)
+    size = 1 << level
+    face_a = np.asarray(face, dtype=np.int64)
+    if face_a.size and (face_a.min() < 0 or face_a.max() >= _NUM_FACES):
+        raise ValueError("face must be within 0..5")
+    shift = MAX_LEVEL - level
+    i_a = np.clip(np.asarray(i, dtype=np.int64), 0, size - 1) << shift
+    j_a = np.clip(np.asarray(j, dtype=np.int64), 0, size - 1) << shift
+    leaf = _face_ij_to_leaf(face_a, i_a, j_a)
+    if level == MAX_LEVEL:
+        return leaf
+    new_lsb = _lsb_for_level(level)
+    return (leaf & ~(new_lsb - _ONE)) | new_lsb
+
+
 def face_ij(ids: npt.ArrayLike, level: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(face int8, i int64, j int64) of each cell in the face's 2**level x 2**level grid.
 

@@ -230,9 +230,19 @@ def test_bad_files_raise_osm_file_error_naming_the_file(tmp_path, damage):
         bad.write_bytes(data[: len(data) * 6 // 10])
     elif damage == "garbage":
         bad.write_bytes(bytes(range(256)) * 100)
-    for fn in (lambda p: extract_cells(p, LEVEL), pbf_info):
+    for fn in (lambda p: extract_cells(p, LEVEL), lambda p: extract_cells(p, LEVEL, workers=2), pbf_info):
         with pytest.raises(OSMFileError, match=str(bad)):
             fn(bad)
+
+
+def test_two_processes_give_the_same_cells_as_one(extracted):
+    df, stats = extracted
+    two_stats = {}
+    two = extract_cells(PBF, LEVEL, stats=two_stats, workers=2)
+    assert two_stats == stats
+    assert two["cell_id"].to_list() == df["cell_id"].to_list()
+    np.testing.assert_allclose(two.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(),
+                               rtol=1e-9, atol=1e-6)
 
 
 def test_pbf_info_matches_the_file(tmp_path):
@@ -269,3 +279,45 @@ def test_geometry_across_the_antimeridian_takes_the_short_way(tmp_path):
     assert df["road_residential_m"].sum() == pytest.approx(width, rel=1e-6)
     assert df["forest_m2"].sum() == pytest.approx(width * haversine(-d, 0.0, d, 0.0), rel=0.01)
     assert (df["forest_m2"] > 0).sum() >= 4  # spread over the cells on both sides
+
+
+def test_geometry_across_a_cube_face_edge_is_split_on_both_faces(tmp_path):
+    # Faces 0 and 2 meet at lat 45 on lon 0: a road and a forest straddling that edge (synthetic).
+    pbf = tmp_path / "face_edge.osm.pbf"
+    south, north, d = 44.999, 45.001, 0.001
+    corners = [(-d, south), (d, south), (d, north), (-d, north)]
+    with osmium.SimpleWriter(str(pbf)) as w:
+        w.add_node(osmium.osm.mutable.Node(id=1, location=(0.0, south)))
+        w.add_node(osmium.osm.mutable.Node(id=2, location=(0.0, north)))
+        for i, loc in enumerate(corners, start=3):
+            w.add_node(osmium.osm.mutable.Node(id=i, location=loc))
+        w.add_way(osmium.osm.mutable.Way(id=1, nodes=[1, 2], tags={"highway": "residential"}))
+        w.add_way(osmium.osm.mutable.Way(id=2, nodes=[3, 4, 5, 6, 3], tags={"landuse": "forest"}))
+    df = extract_cells(pbf, LEVEL)
+    faces = s2.face_ij(df["cell_id"].to_numpy())[0]
+    road = df["road_residential_m"].to_numpy() > 0
+    forest = df["forest_m2"].to_numpy() > 0
+    assert set(faces[road]) == set(faces[forest]) == {0, 2}
+    assert df["road_residential_m"].sum() == pytest.approx(haversine(south, 0.0, north, 0.0), rel=1e-6)
+    width = haversine(45.0, -d, 45.0, d)
+    assert df["forest_m2"].sum() == pytest.approx(width * haversine(south, 0.0, north, 0.0), rel=0.01)
+
+
+def test_roads_and_areas_split_on_the_cell_grid_match_the_cells_they_cross(tmp_path):
+    # A straight road along a meridian inside one face: every piece's cell holds a point of the road
+    # and the pieces add up to the road; a forest's shares follow how much of each cell it covers.
+    pbf = tmp_path / "grid.osm.pbf"
+    lat0, lat1, lon = 47.10, 47.12, 9.5
+    with osmium.SimpleWriter(str(pbf)) as w:
+        w.add_node(osmium.osm.mutable.Node(id=1, location=(lon, lat0)))
+        w.add_node(osmium.osm.mutable.Node(id=2, location=(lon, lat1)))
+        w.add_way(osmium.osm.mutable.Way(id=1, nodes=[1, 2], tags={"highway": "residential"}))
+    df = extract_cells(pbf, LEVEL)
+    lats = np.linspace(lat0, lat1, 20_001)
+    crossed = set(s2.latlng_to_cell_id(lats, np.full_like(lats, lon), LEVEL).tolist())
+    assert set(df["cell_id"].to_list()) == crossed
+    lengths = df["road_residential_m"].to_numpy()
+    assert lengths.sum() == pytest.approx(haversine(lat0, lon, lat1, lon), rel=1e-9)
+    # Interior cells hold about one cell's worth of road; none more than a cell diagonal.
+    max_edge = math.sqrt(S2_MAX_AREA_DERIV / 4**LEVEL) * R
+    assert lengths.max() < 1.5 * max_edge

@@ -304,3 +304,22 @@ def test_as_uint64_refuses_non_integer_ids():
     with pytest.raises(ValueError, match="64-bit"):
         s2.as_uint64(np.array([1 << 64], dtype=object))
     np.testing.assert_array_equal(s2.as_uint64([(1 << 64) - 1]), [np.iinfo(np.uint64).max])
+
+
+def test_face_xy_and_face_ij_to_cell_id_agree_with_latlng_to_cell_id():
+    rng = np.random.default_rng(7)
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 50_000)))
+    lng = rng.uniform(-180, 180, 50_000)
+    for level in (0, 5, 13, 17, 30):
+        face, x, y = s2.latlng_to_face_xy(lat, lng, level)
+        assert ((x >= 0) & (x <= 2**level) & (y >= 0) & (y <= 2**level)).all()
+        got = s2.face_ij_to_cell_id(face, np.floor(x).astype(np.int64), np.floor(y).astype(np.int64), level)
+        np.testing.assert_array_equal(got, s2.latlng_to_cell_id(lat, lng, level))
+        f2, i2, j2 = s2.face_ij(got)
+        np.testing.assert_array_equal(f2, face)
+        np.testing.assert_array_equal(i2, np.floor(x).astype(np.int64))
+
+
+def test_face_ij_to_cell_id_refuses_bad_faces():
+    with pytest.raises(ValueError, match="face"):
+        s2.face_ij_to_cell_id([6], [0], [0], 10)
