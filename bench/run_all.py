@@ -320,21 +320,21 @@ def e2e_table(results: list[StageResult]) -> list[str]:
     rows = [r for r in results if r.stage == "e2e"]
     if not rows:
         return []
-    out = ["| tool | status | process wall s | peak RSS MB | PBF -> raster tensors s | images | channels | "
-           "model setup s | epoch s (each) | images/s (training) | inference s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| tool | status | process wall s | peak RSS MB | PBF -> raster tensors s | peak RSS MB by then | images | "
+           "channels | model setup s | epoch s (each) | images/s (training) | inference s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     errors: list[str] = []
     for r in rows:
         d = r.detail
         if r.status != "ok":
             errors.append(r.error)
             out.append(f"| {r.tool} | {r.status} [{len(errors)}] | {_fmt(r.wall_s)} | {_fmt(r.peak_rss_mb, '.0f')} |"
-                       " - | - | - | - | - | - | - |")
+                       " - | - | - | - | - | - | - | - |")
             continue
         ep = d.get("epoch_s", [])
         ips = (d["images"] * len(ep) / sum(ep)) if ep and d.get("images") else None
         out.append(f"| {r.tool} | ok | {r.wall_s:.1f} | {r.peak_rss_mb:.0f} | {_fmt(d.get('data_s'))} | "
-                   f"{d.get('images', '-')} | {d.get('channels', '-')} | {_fmt(d.get('setup_s'))} | "
+                   f"{_fmt(d.get('data_rss_mb'), '.0f')} | {d.get('images', '-')} | {d.get('channels', '-')} | {_fmt(d.get('setup_s'))} | "
                    f"{', '.join(f'{e:.1f}' for e in ep) or '-'} | {_fmt(ips)} | {_fmt(d.get('inference_s'))} |")
     mine = next((r for r in rows if r.tool == "s2vec" and r.status == "ok"), None)
     peer = next((r for r in rows if r.tool == "srai" and r.status == "ok"), None)
@@ -343,7 +343,8 @@ def e2e_table(results: list[StageResult]) -> list[str]:
         em = statistics.median(dm["epoch_s"]) / dm["images"]
         ep = statistics.median(dp["epoch_s"]) / dp["images"]
         out += ["", f"Ratios: s2vec turns the PBF into raster tensors {dp['data_s'] / dm['data_s']:.1f}x faster than srai, "
-                f"process peak RSS {mine.peak_rss_mb / peer.peak_rss_mb:.2f} of srai's; "
+                f"with {dm['data_rss_mb'] / dp['data_rss_mb']:.2f} of srai's peak RSS by then "
+                f"(whole process incl. training: {mine.peak_rss_mb / peer.peak_rss_mb:.2f}); "
                 f"trains {ep / em:.2f}x faster per image (median epoch)."]
     return out + _footnotes(errors)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import sys
 
 
@@ -12,3 +13,10 @@ def job() -> dict:
 
 def report(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def peak_rss_mb() -> float:
+    """High-water RSS so far of this process or of its largest finished child (spawned pools)."""
+    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(self_kib, children_kib) / 1024

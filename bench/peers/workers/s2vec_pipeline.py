@@ -4,7 +4,7 @@ training at srai's default model size (width 256, 6+2 layers, 8 heads, pixel pat
 import time
 from pathlib import Path
 
-from _result import job, report
+from _result import job, peak_rss_mb, report
 
 j = job()
 t0 = time.perf_counter()
@@ -28,6 +28,7 @@ rasters = rasterize(feats, il, pl_)
 write_shards(rasters, work / "shards")
 shards = open_shards(work / "shards")
 data_s = time.perf_counter() - t
+data_rss_mb = peak_rss_mb()
 n, c = rasters.tensors.shape[0], rasters.tensors.shape[1]
 
 size = 2 ** (pl_ - il)
@@ -40,6 +41,6 @@ train_s = time.perf_counter() - t
 t = time.perf_counter()
 emb = embed_shards(load_model(work / "model.pt", device="cpu"), shards)
 inference_s = time.perf_counter() - t
-report({"import_s": import_s, "extract_s": extract_s, "data_s": data_s, "images": int(n), "channels": int(c),
+report({"import_s": import_s, "extract_s": extract_s, "data_s": data_s, "data_rss_mb": data_rss_mb, "images": int(n), "channels": int(c),
         "setup_s": train_s - sum(res.epoch_seconds), "epoch_s": res.epoch_seconds, "inference_s": inference_s,
         "embeddings": list(emb.shape), "threads": torch.get_num_threads()})

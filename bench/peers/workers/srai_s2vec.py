@@ -10,7 +10,7 @@ import sys
 import time
 import types
 
-from _result import job, report
+from _result import job, peak_rss_mb, report
 
 # torchvision from PyPI is a CUDA build whose op registration fails on the CPU torch; S2Vec uses no
 # torchvision ops, so skip that registration (PEERS.md).
@@ -62,6 +62,7 @@ def main() -> None:
         with timed("prepare_dataset_s"):
             out = prepare(*a, **kw)
         marks["prepared"] = time.perf_counter()
+        marks["data_rss_mb"] = peak_rss_mb()
         marks["channels"] = out[0].shape[1]
         marks["images"] = len(out[2])
         return out
@@ -88,7 +89,7 @@ def main() -> None:
         data_s=timings["area_s"] + timings["load_s"] + timings["prepare_dataset_s"],
         setup_s=marks["epoch_start"][0] - marks["prepared"],
         epoch_s=[e - s for s, e in zip(marks["epoch_start"], marks["epoch_end"])],
-        images=int(marks["images"]), channels=int(marks["channels"]), image_cells=len(regions),
+        images=int(marks["images"]), data_rss_mb=marks["data_rss_mb"], channels=int(marks["channels"]), image_cells=len(regions),
         features=len(features), embeddings=list(out.shape),
     )
     report(timings)
