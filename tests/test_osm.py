@@ -321,3 +321,23 @@ def test_roads_and_areas_split_on_the_cell_grid_match_the_cells_they_cross(tmp_p
     # Interior cells hold about one cell's worth of road; none more than a cell diagonal.
     max_edge = math.sqrt(S2_MAX_AREA_DERIV / 4**LEVEL) * R
     assert lengths.max() < 1.5 * max_edge
+
+
+def test_segments_ending_on_cell_edges_keep_their_length():
+    # Grid coordinates chosen to land exactly on cell edges, increasing and decreasing.
+    from s2vec_core.osm import _split_on_grid
+
+    x0 = np.array([0.5, 3.0, 2.0, 7.25])
+    y0 = np.array([0.5, 1.0, 2.0, 5.5])
+    x1 = np.array([2.0, 1.0, 2.0, 4.0])
+    y1 = np.array([3.0, 1.0, 5.0, 2.0])
+    face = np.full(4, 2, np.int8)
+    seg, cells, frac = _split_on_grid(face, x0, y0, x1, y1, np.ones(4, bool), 10)
+    np.testing.assert_allclose(np.bincount(seg, frac, 4), 1.0)
+    assert np.all(frac >= 0) and np.all(np.diff(seg) >= 0)
+    # Every piece's cell is a cell the segment passes through: its (i, j) within the segment's box.
+    _, i, j = s2.face_ij(cells)
+    lo_i, hi_i = np.floor(np.minimum(x0, x1)), np.floor(np.maximum(x0, x1))
+    lo_j, hi_j = np.floor(np.minimum(y0, y1)), np.floor(np.maximum(y0, y1))
+    live = frac > 0
+    assert np.all((i >= lo_i[seg]) & (i <= hi_i[seg]) & (j >= lo_j[seg]) & (j <= hi_j[seg]) | ~live)
