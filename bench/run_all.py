@@ -9,7 +9,7 @@ BENCHMARKS.md with the machine, date, load and command.
 Stages:
 - s2: lat/lng -> S2 cell id, s2vec on `--s2-points` vs s2sphere on the first `--s2-peer-points`
   of the same seeded points (ids checked equal).
-- extract (every input): s2vec `extract_cells(pbf, level)` vs a plain pyosmium handler (way centroids),
+- extract (every input): s2vec `extract_cells_long(pbf, level)` vs a plain pyosmium handler (way centroids),
   pyrosm (pois + buildings + network), quackosm (GeoParquet), osmium-tool `export -f geojsonseq`.
   Throughput is in tagged features (objects with a taxonomy key, counted by the pyosmium peer).
 - e2e (`--e2e-input`): srai S2VecEmbedder vs s2vec, PBF -> raster tensors and training epochs at the
@@ -73,7 +73,8 @@ def machine() -> str:
 def s2vec_revision() -> str:
     """The commit the s2vec side ran at, and any uncommitted changes under s2vec_core/ (teammates edit it)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        # Only trailing whitespace: porcelain lines start with a space-padded status column.
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.rstrip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "s2vec_core").splitlines()]
@@ -354,7 +355,7 @@ def section(suite: Suite, command: str) -> str:
     load = f"{min(suite.loads):.1f}-{max(suite.loads):.1f}" if suite.loads else "-"
     lines = [SECTION, "",
              "Written by `bench/run_all.py` (`make bench`); every tool runs in its own process (peers in their own "
-             "venvs under bench/venvs/), wall = the whole process, peak RSS from `wait4`. Throughput in tagged "
+             "venvs under bench/venvs/), wall = the whole process, peak RSS = the larger of `wait4`'s largest process and the summed RSS of the process tree sampled every 20 ms. Throughput in tagged "
              "features = objects carrying a taxonomy key, as counted by the pyosmium peer. \"s2vec speed-up\" = "
              "peer wall / s2vec wall; \"s2vec RSS share\" = s2vec peak RSS / peer peak RSS. The CPU is shared with "
              "teammates' jobs: the load column is the 1-minute load average when each stage ended (2 cores).",
@@ -368,7 +369,7 @@ def section(suite: Suite, command: str) -> str:
     if s2:
         lines += ["### S2 cell ids (lat/lng -> level-30 id, seeded points uniform on the sphere)", "", *s2, ""]
     if "extract" in a.stages:
-        lines += [f"### Extraction (s2vec `extract_cells(pbf, {a.level})` vs the peers)", ""]
+        lines += [f"### Extraction (s2vec `extract_cells_long(pbf, {a.level})` vs the peers)", ""]
         for inp in a.inputs:
             lines += [*extract_table(suite.results, inp, INPUTS[inp][0].stat().st_size / 1e6), ""]
     e2e = e2e_table(suite.results)

@@ -23,39 +23,71 @@ def schema() -> pl.Schema:
 def cell_features(pixel_cells: pl.DataFrame, levels: Iterable[int], region: str) -> pl.DataFrame:
     """Long table over `levels` from an extraction at the finest of them.
 
-    `pixel_cells` has `cell_id` (UInt64, all at the finest level) and the channel columns, as
-    `s2vec_core.osm.extract_cells` returns. Coarser levels are sums over parents, so every channel's
-    total is the same at every level.
+    `pixel_cells` is either the long extraction (`cell_id` UInt64, `channel` index into CHANNEL_NAMES,
+    `value`), as `s2vec_core.osm.extract_cells_long` returns, or the wide one (`cell_id` and the
+    channel columns) of `extract_cells`; all cells at the finest level. Coarser levels are sums over
+    parents, so every channel's total is the same at every level.
     """
     levels = sorted(set(int(lv) for lv in levels))
     if not levels:
         raise ValueError("need at least one level")
-    missing = [c for c in CHANNEL_NAMES if c not in pixel_cells.columns]
-    if "cell_id" not in pixel_cells.columns or missing:
-        raise ValueError(f"pixel_cells lacks columns: {(['cell_id'] if 'cell_id' not in pixel_cells.columns else []) + missing}")
+    long = _as_long(pixel_cells)
     finest = levels[-1]
-    ids = pixel_cells["cell_id"].cast(pl.UInt64).to_numpy()
+    ids = long["cell_id"].to_numpy()
     if len(ids) and not np.all(s2.cell_level(ids) == finest):
         raise ValueError(f"pixel_cells must all be at the finest level {finest}")
-    values = pixel_cells.select(pl.col(list(CHANNEL_NAMES)).cast(pl.Float64))
-    frames = [_at_level(ids, values, level, region) for level in reversed(levels)]
+    frames = [_at_level(long, level, finest, region) for level in reversed(levels)]
     return pl.concat(frames).select(schema().names()).cast(dict(schema()))
 
 
-def _at_level(ids: np.ndarray, values: pl.DataFrame, level: int, region: str) -> pl.DataFrame:
-    parents = s2.parent(ids, level) if len(ids) else ids
-    grouped = (
-        values.with_columns(cell=pl.Series(parents, dtype=pl.UInt64))
-        .group_by("cell")
-        .agg(pl.all().sum())
-        .sort("cell")
+def _as_long(pixel_cells: pl.DataFrame) -> pl.DataFrame:
+    if "cell_id" not in pixel_cells.columns:
+        raise ValueError("pixel_cells lacks columns: ['cell_id']")
+    if {"channel", "value"} <= set(pixel_cells.columns):
+        long = pixel_cells.select(pl.col("cell_id").cast(pl.UInt64), pl.col("channel").cast(pl.UInt16),
+                                  pl.col("value").cast(pl.Float64))
+        if long.height and long["channel"].max() >= len(CHANNEL_NAMES):
+            raise ValueError(f"channel index beyond the taxonomy's {len(CHANNEL_NAMES)} channels")
+        return long
+    missing = [c for c in CHANNEL_NAMES if c not in pixel_cells.columns]
+    if missing:
+        raise ValueError(f"pixel_cells lacks columns: {missing}")
+    return (
+        pixel_cells.select(pl.col("cell_id").cast(pl.UInt64), *(pl.col(c).cast(pl.Float64) for c in CHANNEL_NAMES))
+        .unpivot(index="cell_id", variable_name="name", value_name="value")
+        .filter(pl.col("value") != 0)
+        .with_columns(channel=pl.col("name").replace_strict(CHANNEL_NAMES, list(range(len(CHANNEL_NAMES))),
+                                                            return_dtype=pl.UInt16))
+        .select("cell_id", "channel", "value")
     )
-    cells = grouped["cell"].to_numpy()
-    return grouped.drop("cell").with_columns(
+
+
+def _at_level(long: pl.DataFrame, level: int, finest: int, region: str) -> pl.DataFrame:
+    """Sum the long rows per parent cell and channel, then one Float64 column per channel: the wide
+    frame is built once per level, never for the whole pixel table plus copies."""
+    ids = long["cell_id"].to_numpy()
+    cells = s2.parent(ids, level) if level != finest and len(ids) else ids
+    summed = (
+        long.with_columns(cell_id=pl.Series(cells, dtype=pl.UInt64))
+        .group_by("cell_id", "channel")
+        .agg(pl.col("value").sum())
+    )
+    unique, row = np.unique(summed["cell_id"].to_numpy(), return_inverse=True)
+    channel = summed["channel"].to_numpy()
+    value = summed["value"].to_numpy()
+    order = np.argsort(channel, kind="stable")
+    bounds = np.searchsorted(channel[order], np.arange(len(CHANNEL_NAMES) + 1))
+    columns = {}
+    for i, name in enumerate(CHANNEL_NAMES):
+        pick = order[bounds[i]:bounds[i + 1]]
+        col = np.zeros(unique.size)
+        col[row[pick]] = value[pick]
+        columns[name] = col
+    return pl.DataFrame(columns).with_columns(
         region=pl.lit(region, pl.String),
         level=pl.lit(level, pl.Int8),
-        cell_id=pl.Series(s2.as_int64(cells), dtype=pl.Int64),
-        token=pl.Series(s2.to_token(cells), dtype=pl.String),
+        cell_id=pl.Series(s2.as_int64(unique), dtype=pl.Int64),
+        token=pl.Series(s2.to_token(unique), dtype=pl.String),
         taxonomy_version=pl.lit(TAXONOMY_VERSION, pl.String),
     )
 

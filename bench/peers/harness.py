@@ -85,7 +85,9 @@ def run_stage(tool: str, stage: str, input_name: str, cmd: list[str], *, timeout
         proc.returncode = os.waitstatus_to_exitcode(reaped["status"])  # keeps Popen from reaping again
     if usage_path.exists():  # the wrapper's figures: the command alone
         usage = json.loads(usage_path.read_text())
-        res.wall_s, res.peak_rss_mb = usage["wall_s"], usage["maxrss_kib"] / 1024  # Linux reports KiB
+        # Linux reports KiB; the tree sum counts helper processes alive at the same time.
+        res.wall_s = usage["wall_s"]
+        res.peak_rss_mb = max(usage["maxrss_kib"], usage.get("tree_rss_kib", 0)) / 1024
     else:  # killed, or the command could not start: the wrapper's own figures
         res.wall_s, res.peak_rss_mb = reaped["t"] - t0, reaped["usage"].ru_maxrss / 1024
     stdout = out_path.read_text(errors="replace")

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from s2vec_core.embed import embed_shards, load_model  # noqa: E402
 from s2vec_core.features import cell_features  # noqa: E402
 from s2vec_core.model import MAEConfig  # noqa: E402
-from s2vec_core.osm import extract_cells  # noqa: E402
+from s2vec_core.osm import extract_cells_long  # noqa: E402
 from s2vec_core.raster import open_shards, rasterize, write_shards  # noqa: E402
 from s2vec_core.train import TrainConfig, train  # noqa: E402
 
@@ -21,7 +21,7 @@ import_s = time.perf_counter() - t0
 work = Path(j["workdir"])
 il, pl_ = j["image_level"], j["pixel_level"]
 t = time.perf_counter()
-cells = extract_cells(j["pbf"], pl_)
+cells = extract_cells_long(j["pbf"], pl_)
 extract_s = time.perf_counter() - t
 feats = cell_features(cells, (pl_,), "bench")
 rasters = rasterize(feats, il, pl_)

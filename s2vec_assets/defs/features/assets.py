@@ -72,7 +72,7 @@ def cell_features(
     region = context.partition_key
     path = osm_source.resolve(region)
     stats: dict[str, int] = {}
-    pixel_cells = osm.extract_cells(path, config.levels[-1], stats=stats)
+    pixel_cells = osm.extract_cells_long(path, config.levels[-1], stats=stats)
     df = features.cell_features(pixel_cells, config.levels, region)
     version = warehouse.write_partition(df, TABLE, {"region": region}, description=TABLE_DESCRIPTION)
     context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
