@@ -1,6 +1,9 @@
-"""OSM extraction throughput: s2vec `extract_cells` vs a plain pyosmium SimpleHandler, side by side.
+"""OSM extraction throughput: s2vec `extract_cells_long` (two processes, and one) vs a plain pyosmium
+SimpleHandler, side by side.
 
-Each run is its own subprocess, so its peak RSS (from `os.wait4`) is its own. Throughput is counted in
+Each run is its own subprocess under bench/peers/rusage_wrap.py: wall, CPU seconds of the process and
+the helpers it waited for, and peak RSS (the larger of the largest process and the process tree's sum,
+sampled every 20 ms: s2vec's area worker runs beside the calling process). Throughput is counted in
 tagged objects: nodes, ways and relations carrying at least one taxonomy key (FILTER_KEYS), counted
 by the peer; every tool reads the same file, so the ratio of features/s is the ratio of walls.
 
@@ -11,6 +14,9 @@ osmium-tool's C++ `osmium export -f geojsonseq` (to /dev/null) runs too when it 
 
     python bench/tile_pbf.py data/osm/liechtenstein-2013-08-03.osm.pbf bench/data/liechtenstein-x256.osm.pbf --copies 256
     python bench/bench_extract.py bench/data/liechtenstein-x256.osm.pbf --level 17 --runs 3
+
+Tools: `peer`, `s2vec` (extract_cells_long, default workers: 2 on this size), `s2vec-1proc` (workers=1),
+`osmium-export`.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WRAPPER = ROOT / "bench" / "peers" / "rusage_wrap.py"
 
 
 def worker(tool: str, pbf: str, level: int) -> dict:
@@ -67,10 +75,7 @@ def worker(tool: str, pbf: str, level: int) -> dict:
     from s2vec_core import osm
 
     stats: dict = {}
-    if tool == "s2vec-long":
-        df = osm.extract_cells_long(pbf, level, stats=stats)
-    else:
-        df = osm.extract_cells(pbf, level, stats=stats)
+    df = osm.extract_cells_long(pbf, level, stats=stats, workers=1 if tool == "s2vec-1proc" else None)
     return {"wall_s": time.perf_counter() - t0, "rows": df.height, "stats": stats}
 
 
@@ -80,18 +85,18 @@ def run_one(tool: str, pbf: Path, level: int) -> dict:
         cmd = ["osmium", "export", "-f", "geojsonseq", "-o", "/dev/null", "--overwrite", str(pbf)]
     else:
         cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise RuntimeError(f"{tool} failed with status {status}")
-    res = json.loads(out) if tool != "osmium-export" else {"wall_s": wall}
-    res["process_wall_s"] = wall
-    res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
-    # CPU seconds (user + sys, all threads): less sensitive than wall to other jobs on a shared machine.
-    res["cpu_s"] = usage.ru_utime + usage.ru_stime
+    with tempfile.TemporaryDirectory() as tmp:
+        usage_path = Path(tmp) / "usage.json"
+        proc = subprocess.run([sys.executable, "-I", "-S", str(WRAPPER), str(usage_path), *cmd],
+                              stdout=subprocess.PIPE, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{tool} failed with exit {proc.returncode}")
+        usage = json.loads(usage_path.read_text())
+    res = json.loads(proc.stdout) if tool != "osmium-export" else {"wall_s": usage["wall_s"]}
+    res["process_wall_s"] = usage["wall_s"]
+    res["peak_rss_mb"] = max(usage["maxrss_kib"], usage["tree_rss_kib"]) / 1024  # Linux: KiB
+    # CPU seconds (user + sys, all threads and waited-for helpers): steadier than wall on a shared machine.
+    res["cpu_s"] = usage["cpu_s"]
     return res
 
 
@@ -113,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pbf", type=Path)
     ap.add_argument("--level", type=int, default=17)
     ap.add_argument("--runs", type=int, default=1, help="runs per tool; the median wall is reported")
-    ap.add_argument("--tools", default="peer,s2vec-long,s2vec-wide,osmium-export",
+    ap.add_argument("--tools", default="peer,s2vec,s2vec-1proc,osmium-export",
                     help="osmium-export needs osmium-tool (Debian package osmium-tool) on PATH")
-    ap.add_argument("--wide-level", type=int, default=None, help="level for s2vec-wide (default --level)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -129,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     for _ in range(args.runs):
         for t in tools:  # interleaved, so load from other users of the machine hits all tools alike
-            level = args.wide_level if (t == "s2vec-wide" and args.wide_level is not None) else args.level
-            r = run_one(t, args.pbf, level)
-            r["level"] = level
+            r = run_one(t, args.pbf, args.level)
+            r["level"] = args.level
             results[t].append(r)
             print(t, json.dumps({k: v for k, v in r.items() if k != "stats"}), file=sys.stderr)
     tagged = results["peer"][0]["tagged_objects"]
