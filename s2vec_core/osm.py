@@ -28,6 +28,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain
@@ -61,6 +63,8 @@ SAMPLES_PER_EDGE = 2
 SUBROWS = 2
 # One polygon never yields more (row, cell) pieces than about this (a huge one gets sparser rows).
 MAX_PIECES_PER_AREA = 2_000_000
+# Areas of a chunk are spread in batches of about this many pieces (bounds memory at fine levels).
+SPREAD_BATCH_PIECES = 4_000_000
 # Chunk sizes: how many buffered objects trigger a flush into the aggregate.
 FLUSH_POINTS = 100_000
 FLUSH_LINES = 10_000
@@ -298,24 +302,34 @@ def _scanline_spans(x0, y0, x1, y1, e_area, y_origin, spacing):
     return xa[i_in], row[i_in], xi[i_in], xi[i_in + 1]
 
 
-def _spread_on_grid(face, gx, gy, ring, pa, wanted, area_m2, level):
+def _grid_box(gx, gy, pa, n_areas):
+    """Per area (x min, x max, y min, y max) of its points in grid coordinates."""
+    box = np.empty((4, n_areas))
+    box[0::2] = np.inf
+    box[1::2] = -np.inf
+    for k, a in enumerate((gx, gy)):
+        np.minimum.at(box[2 * k], pa, a)
+        np.maximum.at(box[2 * k + 1], pa, a)
+    return box
+
+
+def _grid_spacing(box) -> np.ndarray:
+    """Scanline row spacing per area: SUBROWS rows per cell row; a huge polygon gets sparser rows so its
+    (row, cell) pieces stay near MAX_PIECES_PER_AREA (its shares still sum to its area)."""
+    extent = (box[3] - box[2]) * (box[1] - box[0] + 1)
+    return np.maximum(1.0 / SUBROWS, extent / MAX_PIECES_PER_AREA)
+
+
+def _spread_on_grid(face, gx, gy, ring, pa, wanted, area_m2, level, spacing):
     """Spread the `wanted` areas (all points on one face; `gx, gy` grid coordinates, `pa` the area of
-    each point) over the cells they cover: scanline rows, SUBROWS per cell row, give every cell of a
-    span the span length inside it; each area's value is shared out by those lengths.
+    each point) over the cells they cover: scanline rows `spacing` apart (in cell rows) give every
+    cell of a span the span length inside it; each area's value is shared out by those lengths.
     Returns (cells, area, value) per (span, cell) piece."""
     n_areas = area_m2.size
     same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
     x0, y0, x1, y1 = gx[:-1][same], gy[:-1][same], gx[1:][same], gy[1:][same]
     e_area = pa[:-1][same]
-    lo = np.full((2, n_areas), np.inf)
-    hi = np.full((2, n_areas), -np.inf)
-    for k, (a0, a1) in enumerate(((x0, x1), (y0, y1))):
-        np.minimum.at(lo[k], e_area, np.minimum(a0, a1))
-        np.maximum.at(hi[k], e_area, np.maximum(a0, a1))
-    # Rows on a grid anchored at 0, so they sit at the same heights inside every cell row. A huge
-    # polygon gets sparser rows (bounded pieces); its shares still sum to its area.
-    extent = np.where(wanted, (hi[1] - lo[1]) * (hi[0] - lo[0] + 1), 0.0)
-    spacing = np.maximum(1.0 / SUBROWS, extent / MAX_PIECES_PER_AREA)
+    # Rows on a grid anchored at 0, so they sit at the same heights inside every cell row.
     span_area, span_row, xs, xe = _scanline_spans(x0, y0, x1, y1, e_area, np.zeros(n_areas), spacing)
     c_lo = np.floor(xs).astype(np.int64)
     span, k = _ranges(np.floor(xe).astype(np.int64) - c_lo + 1)
@@ -697,27 +711,39 @@ class _Extractor:
             np.maximum.at(face_hi, pa, face)
             on_face = wanted & (face_lo == face_hi)
             across = wanted & ~on_face
-            parts = [_spread_on_grid(face, gx, gy, ring, pa, on_face, area_m2, self.level)]
+            box = _grid_box(gx, gy, pa, n_areas)
+            spacing = _grid_spacing(box)
+            # Areas in batches of about SPREAD_BATCH_PIECES (row, cell) pieces: fine levels and big
+            # polygons would otherwise hold tens of millions of pieces of one chunk at once.
+            pieces = np.where(on_face, ((box[3] - box[2]) / spacing + 1) * (box[1] - box[0] + 2), 0.0)
+            batch = (np.cumsum(pieces) // SPREAD_BATCH_PIECES).astype(np.int64)
+            for b in np.unique(batch[on_face]):
+                self._add_spread(_spread_on_grid(face, gx, gy, ring, pa, on_face & (batch == b), area_m2,
+                                                 self.level, spacing), owner, ch, spread, n_samples)
             if across.any():
-                parts.append(self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx))
-            s_cells, s_area, s_value = (np.concatenate(c) for c in zip(*parts))
-            n_samples = np.bincount(s_area, minlength=n_areas)
-            sel = np.flatnonzero(spread)
-            # Only rows of areas that got samples are spread; the others stay at the centroid below.
-            rows = sel[n_samples[owner[sel]] > 0]
-            if rows.size:
-                # Join sample rows (per area) with the spread channels of that area.
-                s_order = np.argsort(s_area, kind="stable")
-                s_area_sorted = s_area[s_order]
-                lo = np.searchsorted(s_area_sorted, owner[rows], "left")
-                hi = np.searchsorted(s_area_sorted, owner[rows], "right")
-                rep, pos = _ranges(hi - lo)
-                k = s_order[lo[rep] + pos]
-                self.agg.add(s_cells[k], ch[rows][rep], s_value[k])
+                self._add_spread(self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx),
+                                 owner, ch, spread, n_samples)
         at_centroid = _CENTROID_AREA[ch] | (spread & (n_samples[owner] == 0))
         value = np.where(_COUNT[ch], 1.0, area_m2[owner])
         keep = _COUNT[ch] | at_centroid
         self.agg.add(c_cell[owner[keep]], ch[keep], value[keep])
+
+    def _add_spread(self, pieces, owner, ch, spread, n_samples) -> None:
+        """Fold spread pieces (cells, area, value) into the aggregate under each spread channel of their
+        area, and count them per area in `n_samples` (areas left at 0 stay at their centroid)."""
+        s_cells, s_area, s_value = pieces
+        n_samples += np.bincount(s_area, minlength=n_samples.size)
+        sel = np.flatnonzero(spread)
+        rows = sel[np.isin(owner[sel], s_area)]
+        if rows.size:
+            # Join piece rows (per area) with the spread channels of that area.
+            s_order = np.argsort(s_area, kind="stable")
+            s_area_sorted = s_area[s_order]
+            lo = np.searchsorted(s_area_sorted, owner[rows], "left")
+            hi = np.searchsorted(s_area_sorted, owner[rows], "right")
+            rep, pos = _ranges(hi - lo)
+            k = s_order[lo[rep] + pos]
+            self.agg.add(s_cells[k], ch[rows][rep], s_value[k])
 
     def _spread_sampled(self, x, y, ring, pa, wanted, area_m2, lon_ref, lat_ref, kx):
         """Areas over a cube-face edge: scanline-fill a sample grid in local metres, finer than the
@@ -805,13 +831,21 @@ def _start_area_worker(path: Path, level: int, out: Path) -> subprocess.Popen:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out)],
+    return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out), str(os.getpid())],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def _area_worker(path: str, level: str, out: str) -> None:
+def _area_worker(path: str, level: str, out: str, parent: str) -> None:
     """Entry point of the area worker process: summed (key, value) rows to `out` (.npy pair), stats as
-    JSON on stdout; an unreadable file exits with status 3 and the message on stderr."""
+    JSON on stdout; an unreadable file exits with status 3 and the message on stderr. It exits too once
+    `parent` (the caller's pid) is no longer its parent: a caller killed outright cannot stop it."""
+
+    def exit_with_parent() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     ex = _Extractor(int(level))
     try:
         ex.run(Path(path), "areas")

@@ -341,3 +341,64 @@ def test_segments_ending_on_cell_edges_keep_their_length():
     lo_j, hi_j = np.floor(np.minimum(y0, y1)), np.floor(np.maximum(y0, y1))
     live = frac > 0
     assert np.all((i >= lo_i[seg]) & (i <= hi_i[seg]) & (j >= lo_j[seg]) & (j <= hi_j[seg]) | ~live)
+
+
+def _area_workers_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"_area_worker" in cmdline and ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_area_worker_exits_when_its_caller_is_killed():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # At level 22 the area worker needs ~3 s for this file; its caller is killed as soon as it starts.
+    code = f"from s2vec_core.osm import extract_cells_long; extract_cells_long({str(PBF)!r}, 22, workers=2)"
+    caller = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 30
+    workers = []
+    while not workers and time.monotonic() < deadline:
+        workers = _area_workers_of(caller.pid)
+        time.sleep(0.05)
+    assert workers, "the area worker never started"
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in workers:
+            try:
+                os.kill(pid, 0)
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    alive.append(pid)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"area worker(s) {alive} outlived their killed caller")
+
+
+def test_spreading_in_small_batches_gives_the_same_cells(extracted, monkeypatch):
+    import s2vec_core.osm as osm_module
+
+    df, _ = extracted
+    monkeypatch.setattr(osm_module, "SPREAD_BATCH_PIECES", 500)  # many batches per chunk
+    batched = extract_cells(PBF, LEVEL, workers=1)
+    assert batched["cell_id"].to_list() == df["cell_id"].to_list()
+    np.testing.assert_allclose(batched.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(),
+                               rtol=1e-9, atol=1e-6)
