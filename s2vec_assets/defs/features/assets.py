@@ -55,8 +55,9 @@ class CellFeaturesConfig(dg.Config):
     deps=[osm_assets.osm_extract],
     group_name="features",
     kinds={"python", "delta", "polars"},
-    # The taxonomy decides every column: changing it makes the features stale.
-    code_version=f"1+taxonomy.{TAXONOMY_VERSION}",
+    # The taxonomy decides every column: changing it makes the features stale. 2: lines cut and areas
+    # spread on the S2 face grid.
+    code_version=f"2+taxonomy.{TAXONOMY_VERSION}",
     description=(
         "Built-environment feature vectors per S2 cell (one Float64 column per taxonomy channel) at "
         "every configured level, in the Delta table `cell_features` partitioned by region. A run "
