@@ -831,13 +831,15 @@ def _start_area_worker(path: Path, level: int, out: Path) -> subprocess.Popen:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out), str(os.getpid())],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # Output goes to files, not pipes: nothing the worker prints can block it while this process reads.
+    with open(f"{out}.err", "wb") as err:
+        return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out), str(os.getpid())],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
 def _area_worker(path: str, level: str, out: str, parent: str) -> None:
-    """Entry point of the area worker process: summed (key, value) rows to `out` (.npy pair), stats as
-    JSON on stdout; an unreadable file exits with status 3 and the message on stderr. It exits too once
+    """Entry point of the area worker process: summed (key, value) rows and stats to files at `out`; an
+    unreadable file exits with status 3 and the message on stderr. It exits too once
     `parent` (the caller's pid) is no longer its parent: a caller killed outright cannot stop it."""
 
     def exit_with_parent() -> None:
@@ -855,18 +857,18 @@ def _area_worker(path: str, level: str, out: str, parent: str) -> None:
     key, values = ex.agg.folded()
     np.save(f"{out}.key.npy", key)
     np.save(f"{out}.value.npy", values)
-    sys.stdout.write(json.dumps(ex.stats))
+    Path(f"{out}.stats.json").write_text(json.dumps(ex.stats))
 
 
 def _finish_area_worker(proc: subprocess.Popen, path: Path, out: Path, ex: _Extractor) -> None:
-    stdout, stderr = proc.communicate()
-    message = stderr.decode(errors="replace").strip()
+    proc.wait()
+    message = Path(f"{out}.err").read_text(errors="replace").strip()
     if proc.returncode == 3:
         raise OSMFileError(message.splitlines()[-1])
     if proc.returncode:
         raise RuntimeError(f"{path}: area worker failed (exit {proc.returncode}): {message[-2000:]}")
     ex.agg.add_folded(np.load(f"{out}.key.npy"), np.load(f"{out}.value.npy"))
-    for k, v in json.loads(stdout).items():
+    for k, v in json.loads(Path(f"{out}.stats.json").read_text()).items():
         ex.stats[k] += v
 
 
@@ -898,7 +900,7 @@ def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = No
         finally:
             if proc is not None and sys.exc_info()[0] is not None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
         if proc is not None:
             _finish_area_worker(proc, path, out, ex)
     if ex.stats["ways_missing_nodes"] or ex.stats["areas_invalid"]:
