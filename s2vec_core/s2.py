@@ -268,11 +268,15 @@ def _latlng_arrays(lat: npt.ArrayLike, lng: npt.ArrayLike) -> tuple[np.ndarray, 
     return lat_a, lng_a
 
 
-def _leaf_ids(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+def _latlng_to_face_uv(lat: np.ndarray, lng: np.ndarray) -> tuple[np.ndarray, ...]:
     phi = np.radians(lat)
     theta = np.radians(lng)
     cosphi = np.cos(phi)
-    face, u, v = _xyz_to_face_uv(np.cos(theta) * cosphi, np.sin(theta) * cosphi, np.sin(phi))
+    return _xyz_to_face_uv(np.cos(theta) * cosphi, np.sin(theta) * cosphi, np.sin(phi))
+
+
+def _leaf_ids(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+    face, u, v = _latlng_to_face_uv(lat, lng)
     return _face_ij_to_leaf(face, _st_to_ij(_uv_to_st(u)), _st_to_ij(_uv_to_st(v)))
 
 
@@ -293,11 +297,7 @@ def latlng_to_face_xy(lat: npt.ArrayLike, lng: npt.ArrayLike, level: int) -> tup
     2**level x 2**level cell grid, so the cell holding it is (floor(x), floor(y)) (see
     `face_ij_to_cell_id`). Straight lines in (x, y) are how geometry is cut along cell edges."""
     level = _check_level(level)
-    lat_a, lng_a = _latlng_arrays(lat, lng)
-    phi = np.radians(lat_a)
-    theta = np.radians(lng_a)
-    cosphi = np.cos(phi)
-    face, u, v = _xyz_to_face_uv(np.cos(theta) * cosphi, np.sin(theta) * cosphi, np.sin(phi))
+    face, u, v = _latlng_to_face_uv(*_latlng_arrays(lat, lng))
     # Scaling by a power of two is exact: floor(x) is the leaf i shifted down, as latlng_to_cell_id.
     scale = float(1 << level)
     return face, _uv_to_st(u) * scale, _uv_to_st(v) * scale
