@@ -104,15 +104,18 @@ def _embeddings(
     return df.filter(pl.col("model_version") == wanted)
 
 
-def _inputs(context, config, warehouse, osm_source, region: str, pca_source=None, use_embeddings=True):
-    """(feature sets, tasks, notes, model_version, user targets?) of one region."""
+def _features(config, warehouse, region: str) -> pl.DataFrame:
     features = warehouse.read(feature_assets.TABLE, {"region": region})
     if features.filter(pl.col("level") == config.image_level).height == 0:
         raise dg.Failure(
             f"{region}: cell_features has no rows at the image level {config.image_level}; "
             "materialise cell_features with that level"
         )
-    embeddings = _embeddings(context, config, warehouse, region) if use_embeddings else None
+    return features
+
+
+def _inputs(config, osm_source, region: str, features, embeddings, pca_source=None):
+    """(feature sets, tasks, notes, model_version, user targets?) of one region."""
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
     sets = er.standard_feature_sets(
         features, config.image_level, embeddings, external, config.seed, pca_source
@@ -187,7 +190,10 @@ def evaluation_report(
     osm_source: OsmSourceResource,
 ) -> dg.MaterializeResult:
     region = context.partition_key
-    sets, tasks, notes, version, user_targets = _inputs(context, config, warehouse, osm_source, region)
+    sets, tasks, notes, version, user_targets = _inputs(
+        config, osm_source, region, _features(config, warehouse, region),
+        _embeddings(context, config, warehouse, region),
+    )
     result = er.evaluate_region(
         region,
         sets,
@@ -232,27 +238,22 @@ def evaluation_cross_region(
     )
     regions = [r for r in regions if r in present]
     notes = [f"regions with features at level {config.image_level}: {regions}"]
+    features = {r: _features(config, warehouse, r) for r in regions}
     pooled = (
-        pl.concat(
-            [
-                raw_channel_totals(
-                    warehouse.read(feature_assets.TABLE, {"region": r}), config.image_level, CHANNEL_NAMES
-                )
-                for r in regions
-            ]
-        )
+        pl.concat([raw_channel_totals(features[r], config.image_level, CHANNEL_NAMES) for r in regions])
         if regions
         else None
     )
+    embeddings = {r: _embeddings(context, config, warehouse, r) for r in regions}
     # Transfer needs the same features everywhere: S2Vec only if every region has embeddings.
-    with_embeddings = [r for r in regions if _embeddings(context, config, warehouse, r) is not None]
-    use_embeddings = bool(regions) and len(with_embeddings) == len(regions)
-    if with_embeddings and not use_embeddings:
+    with_embeddings = [r for r in regions if embeddings[r] is not None]
+    if with_embeddings and len(with_embeddings) < len(regions):
         notes.append(f"only {with_embeddings} have S2Vec embeddings; transfer compares the baselines only")
+        embeddings = dict.fromkeys(regions)
     sets, tasks, versions = {}, {}, set()
     for r in regions:
         sets[r], tasks[r], region_notes, version, _ = _inputs(
-            context, config, warehouse, osm_source, r, pooled, use_embeddings
+            config, osm_source, r, features[r], embeddings[r], pooled
         )
         notes += region_notes
         versions |= {version} if version else set()
