@@ -302,12 +302,12 @@ def _scanline_spans(x0, y0, x1, y1, e_area, y_origin, spacing):
     return xa[i_in], row[i_in], xi[i_in], xi[i_in + 1]
 
 
-def _grid_box(gx, gy, pa, n_areas):
-    """Per area (x min, x max, y min, y max) of its points in grid coordinates."""
+def _area_box(x, y, pa, n_areas):
+    """Per area (x min, x max, y min, y max) of its points (`pa` = area of each point)."""
     box = np.empty((4, n_areas))
     box[0::2] = np.inf
     box[1::2] = -np.inf
-    for k, a in enumerate((gx, gy)):
+    for k, a in enumerate((x, y)):
         np.minimum.at(box[2 * k], pa, a)
         np.maximum.at(box[2 * k + 1], pa, a)
     return box
@@ -711,7 +711,7 @@ class _Extractor:
             np.maximum.at(face_hi, pa, face)
             on_face = wanted & (face_lo == face_hi)
             across = wanted & ~on_face
-            box = _grid_box(gx, gy, pa, n_areas)
+            box = _area_box(gx, gy, pa, n_areas)
             spacing = _grid_spacing(box)
             # Areas in batches of about SPREAD_BATCH_PIECES (row, cell) pieces: fine levels and big
             # polygons would otherwise hold tens of millions of pieces of one chunk at once.
@@ -752,10 +752,8 @@ class _Extractor:
         same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
         x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
         e_area = pa[:-1][same]
-        xmin = np.full(n_areas, np.inf)
-        ymin = np.full(n_areas, np.inf)
-        np.minimum.at(xmin, e_area, np.minimum(x0, x1))
-        np.minimum.at(ymin, e_area, np.minimum(y0, y1))
+        box = _area_box(x, y, pa, n_areas)
+        xmin, ymin = box[0], box[2]
         spacing = np.maximum(self.step, np.sqrt(area_m2 / MAX_PIECES_PER_AREA))
         span_area, span_row, xs, xe = _scanline_spans(x0, y0, x1, y1, e_area, ymin, spacing)
         sp = spacing[span_area]
