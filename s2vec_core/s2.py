@@ -336,6 +336,47 @@ def face_ij(ids: npt.ArrayLike, level: int | None = None) -> tuple[np.ndarray, n
     return face.astype(np.int8), i >> shift, j >> shift
 
 
+def grid_window(ids: npt.ArrayLike, level: int, start: int, size: int) -> np.ndarray:
+    """uint64[n, size, size]: the cells at `level` of a square window on each cell's face grid.
+
+    Cell (i0, j0) at its own level L spans `2**(level - L)` cells of `level` per side from
+    (i0, j0) * 2**(level - L); window entry [a, b] is the cell at offset (start + a, start + b) from
+    that corner. `start=0, size=2**(level - L)` are the cell's own children in face (i, j) order (an
+    image); a negative `start` reaches into the neighbours, so `grid_window(ids, L, -r, 2 * r + 1)` is
+    each cell with `r` rings around it. Offsets past the face edge take the cell at that place on the
+    sphere: the window's continuous face coordinates (the quadratic st->uv extended beyond the face)
+    projected onto the neighbouring face. Grid lines bend there, so a cell may repeat or be skipped near
+    cube corners, as on any flat map of the cube.
+    """
+    arr = _valid_ids(ids)
+    level = _check_level(level)
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    own = _levels(arr)
+    if arr.size and (own > level).any():
+        raise ValueError(f"grid_window: cells must be at or above level {level}")
+    face, i, j = _to_face_ij(arr)
+    shift = MAX_LEVEL - level
+    i0 = (i >> shift) & -(np.int64(1) << (level - own))
+    j0 = (j >> shift) & -(np.int64(1) << (level - own))
+    offsets = start + np.arange(size, dtype=np.int64)
+    wi = np.broadcast_to(i0[:, None, None] + offsets[None, :, None], (arr.size, size, size))
+    wj = np.broadcast_to(j0[:, None, None] + offsets[None, None, :], (arr.size, size, size))
+    wface = np.broadcast_to(face[:, None, None], wi.shape)
+    n = 1 << level
+    inside = (wi >= 0) & (wi < n) & (wj >= 0) & (wj < n)
+    out = np.empty(wi.shape, dtype=np.uint64)
+    out[inside] = face_ij_to_cell_id(wface[inside], wi[inside], wj[inside], level)
+    if not inside.all():
+        scale = 1.0 / n
+        u = _st_to_uv((wi[~inside] + 0.5) * scale)
+        v = _st_to_uv((wj[~inside] + 0.5) * scale)
+        x, y, z = _face_uv_to_xyz(wface[~inside], u, v)
+        f2, u2, v2 = _xyz_to_face_uv(x, y, z)
+        out[~inside] = face_ij_to_cell_id(f2, np.floor(_uv_to_st(u2) * n), np.floor(_uv_to_st(v2) * n), level)
+    return out
+
+
 def cell_center(ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(lat, lng) in degrees of each cell's centre, as s2sphere ``CellId.to_lat_lng()``."""
     arr = _valid_ids(ids)

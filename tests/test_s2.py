@@ -323,3 +323,64 @@ def test_face_xy_and_face_ij_to_cell_id_agree_with_latlng_to_cell_id():
 def test_face_ij_to_cell_id_refuses_bad_faces():
     with pytest.raises(ValueError, match="face"):
         s2.face_ij_to_cell_id([6], [0], [0], 10)
+
+
+def test_grid_window_of_own_children_is_the_image_in_face_ij_order():
+    cells = s2.latlng_to_cell_id([46.0, -33.9, 37.77], [8.0, 18.4, -122.42], 13)
+    window = s2.grid_window(cells, 17, 0, 16)
+    assert window.shape == (3, 16, 16)
+    assert (s2.parent(window.reshape(3, -1), 13) == cells[:, None]).all()
+    face, i, j = s2.face_ij(window.reshape(-1))
+    _, i0, j0 = s2.face_ij(np.repeat(cells, 256), 13)
+    rows, cols = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    assert (i - (i0 << 4) == np.tile(rows.ravel(), 3)).all()
+    assert (j - (j0 << 4) == np.tile(cols.ravel(), 3)).all()
+
+
+def test_grid_window_rings_are_the_neighbours_inside_a_face():
+    cell = s2.latlng_to_cell_id([46.0], [8.0], 13)
+    ring = s2.grid_window(cell, 13, -2, 5)[0]
+    face, i, j = s2.face_ij(cell)
+    expected = s2.face_ij_to_cell_id(
+        np.full((5, 5), face[0]), i[0] + np.arange(-2, 3)[:, None], j[0] + np.arange(-2, 3)[None, :], 13
+    )
+    assert (ring == expected).all()
+    assert ring[2, 2] == cell[0]
+
+
+@pytest.mark.parametrize(
+    "lat,lng", [(0.0, 44.999), (0.0, 45.001), (45.0, 0.0), (35.26, 45.0), (-89.9, 10.0)]
+)
+def test_grid_window_across_face_edges_continues_on_the_sphere(lat, lng):
+    """Across a cube-face edge the window keeps stepping one cell at a time over the sphere."""
+    cell = s2.latlng_to_cell_id([lat], [lng], 13)
+    window = s2.grid_window(cell, 13, -3, 7)[0]
+    assert s2.is_valid(window.ravel()).all() and (s2.cell_level(window.ravel()) == 13).all()
+    assert window[3, 3] == cell[0]
+    clat, clng = s2.cell_center(window.ravel())
+    xyz = np.stack(
+        [
+            np.cos(np.radians(clat)) * np.cos(np.radians(clng)),
+            np.cos(np.radians(clat)) * np.sin(np.radians(clng)),
+            np.sin(np.radians(clat)),
+        ],
+        -1,
+    ).reshape(7, 7, 3)
+    edge = 2 * np.pi / 4 / 2**13  # a level-13 cell is about a quarter face / 2^13 radians across
+    steps = np.concatenate(
+        [np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel(), np.linalg.norm(np.diff(xyz, axis=1), axis=-1).ravel()]
+    )
+    # Cells shrink to ~1/3 and grow to ~1.7 of the mean across a face; a wrap gone wrong jumps far.
+    assert steps.max() < 2.5 * edge
+    faces = s2.face_ij(window.ravel())[0]
+    if lat == 0.0:
+        assert len(np.unique(faces)) == 2  # the window really crossed an edge
+    assert len(np.unique(window)) >= 0.9 * window.size
+
+
+def test_grid_window_refuses_finer_cells_and_empty_windows():
+    cell = s2.latlng_to_cell_id([46.0], [8.0], 17)
+    with pytest.raises(ValueError, match="at or above level"):
+        s2.grid_window(cell, 13, 0, 1)
+    with pytest.raises(ValueError, match="size"):
+        s2.grid_window(cell, 17, 0, 0)
