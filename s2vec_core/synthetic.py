@@ -1,19 +1,26 @@
 """A synthetic world with known truth: latent fields -> OSM objects -> a PBF, plus the fields per image cell.
 
-Two smooth latent fields drive everything: `population` (people per km2: a few Gaussian urban cores on
-a rural background) and `income` (a log-normal random field, independent of population). OSM objects
-are inhomogeneous Poisson processes on the pixel cells whose intensities follow the fields:
+Three smooth latent fields (seeded, independent of each other) drive everything: `population` (people
+per km2: a few Gaussian urban cores on a rural background), `income` (a log-normal random field) and
+`arrangement` (in (0, 1), about uniform: a logistic of a Gaussian field). OSM objects are inhomogeneous
+Poisson processes on the pixel cells whose intensities follow the fields:
 
 - POIs (nodes): rate ~ population x income**e, with e > 0 for restaurants, fashion, offices, e < 0 for
-  fast food, convenience shops, bus stops: income shows in the *mix* of POIs, not in their number;
+  fast food, convenience shops, bus stops: income shows in the *mix* of POIs, not in their number.
+  `arrangement` changes only their *layout* inside each image cell: a share `arrangement_strength x
+  arrangement` of every POI type's intensity moves from the diffuse shape onto a few compact hot spots
+  ("high streets": peaks of a short-scale random field), at fixed expected counts per image cell. So
+  channel totals carry no trace of `arrangement`; only the arrangement of POIs over pixels does;
 - buildings (closed ways): count ~ population; apartments where dense, houses elsewhere; house footprint
   grows with income; `building:levels` and `addr:housenumber` (target-only tags) are set too;
 - roads (ways): short segments, length ~ population, class by density; footways/cycleways ~ income;
 - land cover (areas): forest and farmland where population is low, parks where income is high.
 
-Targets per image cell are the fields' means over the cell's pixel centres. So a test can ask whether a
-representation recovers `income` (compositional) beyond `population` (mostly a count). Everything is
-seeded; the same spec writes the same objects.
+Targets per image cell are the fields' means over the cell's pixel centres, plus `population_3km`: the
+mean population density within `neighbourhood_km` (3 km) of the cell's centre, from the analytic field.
+So a test can ask whether a representation recovers `income` (compositional) beyond `population` (mostly
+a count), `arrangement` (layout inside the cell, invisible in its totals) and `population_3km` (the
+neighbourhood beyond the cell). Everything is seeded; the same spec writes the same objects.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import osmium
@@ -30,6 +38,9 @@ from s2vec_core import s2
 
 _KM_PER_DEG = 6371.0088 * math.pi / 180.0
 _CHUNK = 512  # image cells generated at once: bounds memory at any world size
+_HOT_SCALE_KM = 0.2  # length scale of the hot-spot field: a few compact hot spots per image cell
+_HOT_SHARPNESS = 2.0  # hot-spot shape exp(2 z), z standardised per cell: top 10% of pixels hold ~2/3
+_DISC_POINTS = 144  # sunflower points averaging population over the neighbourhood disc
 
 # (tags, rate per 1000 people, income exponent)
 POI_TYPES: tuple[tuple[dict[str, str], float, float], ...] = (
@@ -65,6 +76,10 @@ class WorldSpec:
     """Urban cores; default one per ~80 image cells."""
     scale: float = 1.0
     """Multiplies every object intensity (size of the PBF, not of the world)."""
+    arrangement_strength: float = 1.0
+    """In [0, 1]: share of a cell's POI intensity on hot spots = strength x arrangement; 0 = no effect."""
+    neighbourhood_km: float = 3.0
+    """Radius of the disc that `population_<r>km` averages over."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,10 +91,15 @@ class WorldSpec:
             )
         if self.scale <= 0:
             raise ValueError("scale must be positive")
+        if not 0 <= self.arrangement_strength <= 1:
+            raise ValueError("arrangement_strength must be within [0, 1]")
+        if self.neighbourhood_km <= 0:
+            raise ValueError("neighbourhood_km must be positive")
 
 
 class LatentFields:
-    """`population(lat, lng)` in people/km2 and `income(lat, lng)` (currency units), smooth and seeded."""
+    """Smooth seeded fields: `population` (people/km2), `income` (currency units), `arrangement` (0..1),
+    and `hot_spots` (Gaussian, short scale: where POIs cluster when arranged)."""
 
     def __init__(self, spec: WorldSpec, half_width_km: float) -> None:
         rng = np.random.default_rng([spec.seed, 1])
@@ -93,22 +113,48 @@ class LatentFields:
         m = 64
         self.rff_w = rng.normal(0, 1 / 3.0, (2, m, 2))
         self.rff_b = rng.uniform(0, 2 * math.pi, (2, m))
+        # A separate stream, so population and income are the same as in worlds without arrangement.
+        rng = np.random.default_rng([spec.seed, 3])
+        self.arr_w, self.arr_b = rng.normal(0, 1 / 3.0, (m, 2)), rng.uniform(0, 2 * math.pi, m)
+        self.hot_w, self.hot_b = rng.normal(0, 1 / _HOT_SCALE_KM, (m, 2)), rng.uniform(0, 2 * math.pi, m)
 
     def _xy(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
         return np.stack([(lng - self.lng0) * self.kx, (lat - self.lat0) * _KM_PER_DEG], axis=-1)
 
-    def _grf(self, xy: np.ndarray, which: int) -> np.ndarray:
-        proj = xy @ self.rff_w[which].T + self.rff_b[which]
+    @staticmethod
+    def _grf(xy: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Standard Gaussian field (approximately) with squared-exponential covariance, scale 1/std(w)."""
+        proj = xy @ w.T + b
         return np.sqrt(2.0 / proj.shape[-1]) * np.cos(proj).sum(axis=-1)
 
-    def population(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
-        xy = self._xy(lat, lng)
+    def _population_xy(self, xy: np.ndarray) -> np.ndarray:
         d2 = ((xy[:, None, :] - self.city_xy[None]) ** 2).sum(-1)
         urban = (self.city_peak * np.exp(-d2 / (2 * self.city_sigma**2))).sum(-1)
-        return urban + 40.0 * np.exp(0.7 * self._grf(xy, 0))
+        return urban + 40.0 * np.exp(0.7 * self._grf(xy, self.rff_w[0], self.rff_b[0]))
+
+    def population(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+        return self._population_xy(self._xy(lat, lng))
+
+    def population_within(self, lat: np.ndarray, lng: np.ndarray, radius_km: float) -> np.ndarray:
+        """Mean population density over the disc of `radius_km` around each point (fixed sunflower
+        points: evenly spread by area, the same for every centre, so the mean is deterministic)."""
+        k = np.arange(_DISC_POINTS)
+        r = radius_km * np.sqrt((k + 0.5) / _DISC_POINTS)
+        theta = k * math.pi * (3 - math.sqrt(5))
+        offsets = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=-1)
+        xy = (self._xy(lat, lng)[:, None, :] + offsets[None]).reshape(-1, 2)
+        return self._population_xy(xy).reshape(len(lat), _DISC_POINTS).mean(1)
 
     def income(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
-        return 40_000.0 * np.exp(0.6 * self._grf(self._xy(lat, lng), 1))
+        return 40_000.0 * np.exp(0.6 * self._grf(self._xy(lat, lng), self.rff_w[1], self.rff_b[1]))
+
+    def arrangement(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+        """How clustered POIs are, in (0, 1): logistic(1.7 g) of a standard Gaussian field is ~uniform."""
+        return 1.0 / (1.0 + np.exp(-1.7 * self._grf(self._xy(lat, lng), self.arr_w, self.arr_b)))
+
+    def hot_spots(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+        """A short-scale Gaussian field whose peaks are where POIs cluster when arranged."""
+        return self._grf(self._xy(lat, lng), self.hot_w, self.hot_b)
 
 
 def _edge_km(level: int) -> float:
@@ -195,6 +241,39 @@ class _Objects:
         return {"nodes": len(lat), "ways": n_ways}
 
 
+class PixelModel(NamedTuple):
+    """The fields and POI intensities on the pixels of some image cells (rows: image cells, columns:
+    their pixels)."""
+
+    pixels: np.ndarray
+    population: np.ndarray
+    income: np.ndarray
+    arrangement: np.ndarray
+    poi: np.ndarray
+    """Poisson mean per POI type, pixel: (len(POI_TYPES), n_cells, n_pixels)."""
+
+
+def pixel_model(fields: LatentFields, spec: WorldSpec, image_cells: np.ndarray) -> PixelModel:
+    """Fields on the pixels, and POI intensities with a share strength x (cell's arrangement) of each
+    type moved onto the hot spots, rescaled so every image cell keeps its expected total per type."""
+    pixels = _pixels(image_cells, spec.pixel_level).reshape(len(image_cells), -1)
+    plat, plng = s2.cell_center(pixels.ravel())
+    shape = pixels.shape
+    pop, inc = fields.population(plat, plng).reshape(shape), fields.income(plat, plng).reshape(shape)
+    arr = fields.arrangement(plat, plng).reshape(shape)
+    rate = np.array([r for _, r, _ in POI_TYPES])[:, None, None]
+    expo = np.array([e for _, _, e in POI_TYPES])[:, None, None]
+    people = pop * _edge_km(spec.pixel_level) ** 2
+    diffuse = spec.scale * rate / 1000 * people * (inc / 40_000.0) ** expo
+    # Standardised per cell, so every cell's hot spots are about equally compact.
+    g = fields.hot_spots(plat, plng).reshape(shape)
+    g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
+    hot = diffuse * np.exp(_HOT_SHARPNESS * g)
+    hot *= diffuse.sum(-1, keepdims=True) / hot.sum(-1, keepdims=True)
+    w = spec.arrangement_strength * arr.mean(1)[:, None]
+    return PixelModel(pixels, pop, inc, arr, (1 - w) * diffuse + w * hot)
+
+
 def _poisson_points(rng, lam: np.ndarray) -> np.ndarray:
     """Pixel index of every point of an inhomogeneous Poisson process with per-pixel means `lam`."""
     return np.repeat(np.arange(len(lam)), rng.poisson(lam))
@@ -203,19 +282,16 @@ def _poisson_points(rng, lam: np.ndarray) -> np.ndarray:
 def _chunk(
     objs: _Objects, fields: LatentFields, spec: WorldSpec, image_cells: np.ndarray, rng
 ) -> pl.DataFrame:
-    pixels = _pixels(image_cells, spec.pixel_level)
-    per_image = len(pixels) // len(image_cells)
-    plat, plng = s2.cell_center(pixels)
-    vlat, vlng = s2.cell_vertices(pixels)
-    pop, inc = fields.population(plat, plng), fields.income(plat, plng)
+    model = pixel_model(fields, spec, image_cells)
+    vlat, vlng = s2.cell_vertices(model.pixels.ravel())
+    pop, inc = model.population.ravel(), model.income.ravel()
     rel_inc = inc / 40_000.0
     area_km2 = _edge_km(spec.pixel_level) ** 2
-    people = pop * area_km2
     s = spec.scale
 
     # POIs
-    for tags, rate, expo in POI_TYPES:
-        idx = _poisson_points(rng, s * rate / 1000 * people * rel_inc**expo)
+    for (tags, _, _), lam in zip(POI_TYPES, model.poi):
+        idx = _poisson_points(rng, lam.ravel())
         la, lo = _in_cells(vlat, vlng, idx, rng)
         objs.nodes(la, lo, np.full(len(idx), objs.tag(tags)))
 
@@ -304,13 +380,21 @@ def _chunk(
         corner_ids = objs.nodes(qlat.ravel(), qlng.ravel(), np.zeros(qlat.size, np.int64)).reshape(-1, 4)
         objs.ways(np.concatenate([corner_ids, corner_ids[:, :1]], axis=1), tag)
 
+    clat, clng = s2.cell_center(image_cells)
     return pl.DataFrame(
         {
             "cell_id": pl.Series(image_cells, dtype=pl.UInt64),
-            "population": pop.reshape(-1, per_image).mean(1),
-            "income": inc.reshape(-1, per_image).mean(1),
+            "population": model.population.mean(1),
+            "income": model.income.mean(1),
+            "arrangement": model.arrangement.mean(1),
+            neighbourhood_column(spec): fields.population_within(clat, clng, spec.neighbourhood_km),
         }
     )
+
+
+def neighbourhood_column(spec: WorldSpec) -> str:
+    """Name of the neighbourhood target: `population_3km` at the default radius."""
+    return f"population_{spec.neighbourhood_km:g}km"
 
 
 def _rectangles(objs: _Objects, lat, lng, w_m, h_m, rng) -> np.ndarray:
@@ -345,8 +429,9 @@ def _polyline(objs: _Objects, lat, lng, kx_km: float, rng) -> np.ndarray:
 
 
 def write_world(path: str | Path, spec: WorldSpec = WorldSpec()) -> pl.DataFrame:
-    """Write the world's PBF to `path` and return its targets per image cell:
-    `cell_id` (UInt64, image level), `population` (people/km2), `income`."""
+    """Write the world's PBF to `path` and return its targets per image cell: `cell_id` (UInt64, image
+    level), `population` (people/km2), `income`, `arrangement` (0..1) and `population_3km` (people/km2
+    within `neighbourhood_km` of the cell's centre; the name follows the radius)."""
     path = Path(path)
     half_km = world_half_width_km(spec)
     cells = _cover(spec, half_km)
