@@ -86,7 +86,7 @@ def measure(name: str, config: MAEConfig, shards, data: torch.Tensor, epochs: in
         ends: list[float] = []
         checkpoint = workdir / f"{name}-{rep}.pt"
         train(shards, checkpoint, config, TrainConfig(epochs=epochs + 1, batch_size=batch_size, seed=rep),
-              device=str(device), on_epoch_end=lambda e, loss: ends.append(time.perf_counter()))
+              device=str(device), on_epoch_end=lambda e, loss, held: ends.append(time.perf_counter()))
         ours += [len(shards) / (b - a) for a, b in zip(ends, ends[1:])]
         print(f"  {name} round {rep + 1}: bare {max(bare):.1f} img/s, s2vec {max(ours):.1f} img/s", flush=True)
 

@@ -1,4 +1,8 @@
-"""Embeddings of image cells from a trained checkpoint, and the `cell_embeddings` table rows.
+"""Embeddings from a trained checkpoint at two granularities, and the `cell_embeddings` table rows.
+
+- image cells: the encoder's output mean-pooled over every token (the image and its context window);
+- token cells: one embedding per image token, i.e. per patch cell at `pixel_level - log2(patch_size)`
+  (the pixel level itself with the paper's 1-pixel patches), each having attended to the whole input.
 
 `model_version` is the sha256 of the checkpoint file, so an embedding row names the exact weights.
 Inference runs in eval mode, fp32, without gradients and in a fixed batch order: the same checkpoint
@@ -26,6 +30,7 @@ from s2vec_core.train import load_checkpoint, select_device
 class TrainedModel:
     model: MaskedAutoencoder
     norm: NormStats
+    context_norm: NormStats | None
     model_version: str
     taxonomy_version: str
     image_level: int
@@ -34,6 +39,11 @@ class TrainedModel:
     @property
     def dim(self) -> int:
         return self.model.config.width
+
+    @property
+    def token_level(self) -> int:
+        """S2 level of one image token (a patch of pixels)."""
+        return self.pixel_level - (self.model.config.patch_size.bit_length() - 1)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedModel:
@@ -45,23 +55,41 @@ def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedMo
     model = MaskedAutoencoder(MAEConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(select_device(device)).eval()
-    return TrainedModel(model=model, norm=NormStats.from_dict(state["norm"]), model_version=sha256_file(path),
+    context_norm = NormStats.from_dict(state["context_norm"]) if state.get("context_norm") else None
+    return TrainedModel(model=model, norm=NormStats.from_dict(state["norm"]), context_norm=context_norm,
+                        model_version=sha256_file(path),
                         taxonomy_version=state["taxonomy_version"], image_level=int(state["grid"]["image_level"]),
                         pixel_level=int(state["grid"]["pixel_level"]))
 
 
 @torch.inference_mode()
-def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256) -> np.ndarray:
-    """float32 [len(shards), width]: mean-pooled encoder outputs, in the shards' row order."""
+def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
+                 tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """float32 [len(shards), width] pooled embeddings in the shards' row order (and, with `tokens`,
+    float32 [len(shards), N, width] per image token in row-major patch-grid order)."""
     if shards.channels != trained.norm.channels:
         raise ValueError("the shards' channels differ from the ones the model was trained on")
+    if shards.has_context != (trained.context_norm is not None):
+        raise ValueError("the model and the shards disagree on context windows: re-rasterise with the model's grid")
     dev = next(trained.model.parameters()).device
-    out = np.empty((len(shards), trained.dim), dtype=np.float32)
+    config = trained.model.config
+    pooled = np.empty((len(shards), trained.dim), dtype=np.float32)
+    per_token = np.empty((len(shards), config.num_patches, trained.dim), dtype=np.float32) if tokens else None
     for start in range(0, len(shards), batch_size):
-        raw = torch.from_numpy(shards.take(np.arange(start, min(start + batch_size, len(shards)))))
-        x = trained.norm.apply_torch(raw.to(dev))
-        out[start:start + raw.shape[0]] = trained.model.embed(x).float().cpu().numpy()
-    return out
+        rows = np.arange(start, min(start + batch_size, len(shards)))
+        x = trained.norm.apply_torch(torch.from_numpy(shards.take(rows)).to(dev))
+        ctx = (trained.context_norm.apply_torch(torch.from_numpy(shards.take_context(rows)).to(dev))
+               if trained.context_norm else None)
+        p, t = trained.model.embed(x, ctx, per_token=True)
+        pooled[rows] = p.float().cpu().numpy()
+        if per_token is not None:
+            per_token[rows] = t.float().cpu().numpy()
+    return (pooled, per_token) if tokens else pooled
+
+
+def token_cells(image_ids: np.ndarray, image_level: int, token_level: int) -> np.ndarray:
+    """uint64[n, N]: the cell of each image token, in the encoder's row-major patch-grid order."""
+    return s2.grid_window(image_ids, token_level, 0, 1 << (token_level - image_level)).reshape(len(image_ids), -1)
 
 
 def embeddings_frame(region: str, image_ids: np.ndarray, level: int, embeddings: np.ndarray,

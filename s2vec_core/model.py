@@ -1,9 +1,16 @@
 """A ViT masked autoencoder over raster tensors (S2Vec, after He et al. 2021 "Masked Autoencoders").
 
-Images [B, C, S, S] are cut into (S/p)^2 patches of p x p pixels; the encoder sees a random ~25% of the
-patches (with fixed 2-D sin-cos positions), a light decoder reconstructs all patches from the encoded
-ones plus mask tokens, and the loss is the MSE on the masked patches only (pixels already normalised).
-`embed()` runs the encoder on the whole image and mean-pools over the patch tokens.
+Two token streams share one encoder: the image [B, C, S, S] cut into (S/p)^2 patches of p x p pixels,
+and (optionally) the context window [B, C, W, W] around it cut into one token per image cell (its
+2 x 2 quadrants), each with fixed 2-D sin-cos positions and a learned stream embedding. The encoder
+sees a random ~25% of each stream's tokens; a light decoder reconstructs all of them from the encoded
+ones plus mask tokens. The loss is a channel-weighted MSE on the masked tokens only (weights from
+`NormStats`, so sparse POI channels count), plus a *summary* term: from the pooled visible tokens, a
+linear head predicts each channel's mean over the cell and over every ring of neighbours. The summary
+term is what makes the pooled embedding carry the counts of the cell and its surroundings, which
+reconstruction alone spreads over tokens.
+`embed()` runs the encoder on the whole input and mean-pools over all tokens (and returns the image
+tokens, one per p x p pixel block, for per-cell embeddings at the finer level).
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from torch import nn
 @dataclass(frozen=True)
 class MAEConfig:
     """Model shape. The defaults are the small CPU config (4x4 patches of 2x2 pixels for 16x16 images,
-    width 64, 2 encoder layers, 4 heads, decoder 32 x 1; 151k parameters with the 92 taxonomy channels),
-    sized so `make run` trains 10 epochs in ~20 s on 2 cores. `paper()` is the published scale."""
+    width 64, 2 encoder layers, 4 heads, decoder 32 x 1), sized so `make run` trains in well under a
+    minute on 2 cores. `context_size` is the context window's side in pixels (0: no context stream);
+    `context_patch` its pixels per token. `paper()` is the published scale."""
 
     in_channels: int
     image_size: int = 16
@@ -31,6 +39,9 @@ class MAEConfig:
     decoder_heads: int = 4
     mlp_ratio: float = 4.0
     mask_ratio: float = 0.75
+    context_size: int = 0
+    context_patch: int = 2
+    summary_weight: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -38,6 +49,10 @@ class MAEConfig:
             problems.append(f"in_channels={self.in_channels} < 1")
         if self.patch_size < 1 or self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.context_size and (self.context_patch < 1 or self.context_size % self.context_patch
+                                  or (self.context_size // self.context_patch) % 2 == 0):
+            problems.append(f"context_size {self.context_size} must be an odd number of context_patch "
+                            f"{self.context_patch} blocks (the cell in the middle)")
         for name, dim, heads in (("width", self.width, self.heads),
                                  ("decoder_width", self.decoder_width, self.decoder_heads)):
             if dim < 4 or dim % 4:
@@ -48,15 +63,17 @@ class MAEConfig:
             problems.append("depth and decoder_depth must be >= 1")
         if not 0.0 <= self.mask_ratio < 1.0 or self.visible_patches < 1:
             problems.append(f"mask_ratio={self.mask_ratio} must leave at least one of {self.num_patches} patches")
+        if self.summary_weight < 0:
+            problems.append(f"summary_weight={self.summary_weight} must be >= 0")
         if problems:
             raise ValueError("invalid MAEConfig: " + "; ".join(problems))
 
     @classmethod
-    def paper(cls, in_channels: int) -> MAEConfig:
+    def paper(cls, in_channels: int, context_size: int = 0) -> MAEConfig:
         """Paper scale (image level 8 / pixel level 12 = 16x16, pixel patches, width 256, 6 layers,
         8 heads, decoder 128 x 2, as srai's S2VecEmbedder): 5.2M parameters with 92 channels, meant for a GPU."""
         return cls(in_channels=in_channels, image_size=16, patch_size=1, width=256, depth=6, heads=8,
-                   decoder_width=128, decoder_depth=2, decoder_heads=8)
+                   decoder_width=128, decoder_depth=2, decoder_heads=8, context_size=context_size)
 
     @property
     def grid_size(self) -> int:
@@ -69,6 +86,19 @@ class MAEConfig:
     @property
     def visible_patches(self) -> int:
         return max(0, int(round(self.num_patches * (1.0 - self.mask_ratio))))
+
+    @property
+    def context_grid(self) -> int:
+        """Context tokens per side (2 * ring + 1), 0 without context."""
+        return self.context_size // self.context_patch if self.context_size else 0
+
+    @property
+    def context_ring(self) -> int:
+        return (self.context_grid - 1) // 2 if self.context_size else 0
+
+    @property
+    def visible_context(self) -> int:
+        return max(1, int(round(self.context_grid**2 * (1.0 - self.mask_ratio)))) if self.context_size else 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,24 +133,38 @@ def _blocks(width: int, heads: int, depth: int, mlp_ratio: float) -> nn.Transfor
 
 
 class MaskedAutoencoder(nn.Module):
-    """ViT MAE; `forward(x)` returns the masked-patch MSE, `embed(x)` the pooled encoder output."""
+    """ViT MAE; `forward(x, context)` returns the training loss, `losses` its parts, `embed` the encoder output."""
 
     def __init__(self, config: MAEConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        patch_dim = c.patch_size * c.patch_size * c.in_channels
-        self.patch_embed = nn.Linear(patch_dim, c.width)
+        self.patch_embed = nn.Linear(c.patch_size**2 * c.in_channels, c.width)
         self.encoder = _blocks(c.width, c.heads, c.depth, c.mlp_ratio)
         self.encoder_norm = nn.LayerNorm(c.width)
         self.decoder_embed = nn.Linear(c.width, c.decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_width))
         self.decoder = _blocks(c.decoder_width, c.decoder_heads, c.decoder_depth, c.mlp_ratio)
         self.decoder_norm = nn.LayerNorm(c.decoder_width)
-        self.decoder_pred = nn.Linear(c.decoder_width, patch_dim)
+        self.decoder_pred = nn.Linear(c.decoder_width, c.patch_size**2 * c.in_channels)
         # Positions follow from the config, so they are not part of the state dict.
         self.register_buffer("pos", sincos_2d(c.width, c.grid_size).unsqueeze(0), persistent=False)
         self.register_buffer("decoder_pos", sincos_2d(c.decoder_width, c.grid_size).unsqueeze(0), persistent=False)
+        if c.context_size:
+            context_dim = c.context_patch**2 * c.in_channels
+            self.context_embed = nn.Linear(context_dim, c.width)
+            self.context_pred = nn.Linear(c.decoder_width, context_dim)
+            # Which stream a token belongs to: positions alone would not tell an image patch from a neighbour.
+            self.stream = nn.Parameter(torch.zeros(2, c.width))
+            self.decoder_stream = nn.Parameter(torch.zeros(2, c.decoder_width))
+            self.register_buffer("context_pos", sincos_2d(c.width, c.context_grid).unsqueeze(0), persistent=False)
+            self.register_buffer("decoder_context_pos", sincos_2d(c.decoder_width, c.context_grid).unsqueeze(0),
+                                 persistent=False)
+        self.summary_head = nn.Linear(c.width, (c.context_ring + 1) * c.in_channels)
+        # Per-channel loss weights from the training data's NormStats (set by the trainer; saved with it).
+        self.register_buffer("channel_weight", torch.ones(c.in_channels))
+        self.register_buffer("context_weight", torch.ones(c.in_channels))
+        self.register_buffer("ring_of", _ring_index(c.context_grid), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -130,57 +174,151 @@ class MaskedAutoencoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.config.context_size:
+            nn.init.normal_(self.stream, std=0.02)
+            nn.init.normal_(self.decoder_stream, std=0.02)
 
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, S, S] -> [B, N, p*p*C], patches in row-major order of the patch grid."""
-        b, ch, _, _ = x.shape
-        p, g = self.config.patch_size, self.config.grid_size
+    def set_loss_weights(self, image: torch.Tensor, context: torch.Tensor | None = None) -> None:
+        """Per-channel weights of the reconstruction and summary losses (from the training NormStats)."""
+        self.channel_weight.copy_(image)
+        self.context_weight.copy_(image if context is None else context)
+
+    @staticmethod
+    def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
+        b, ch, size, _ = x.shape
+        g = size // p
         x = x.reshape(b, ch, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
         return x.reshape(b, g * g, p * p * ch)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, S, S] -> [B, N, p*p*C], patches in row-major order of the patch grid, channels fastest."""
+        return self._patches(x, self.config.patch_size)
+
+    def _check(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
         c = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
             raise ValueError(f"expected [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(x.shape)}")
+        if c.context_size:
+            want = (x.shape[0], c.in_channels, c.context_size, c.context_size)
+            if context is None or tuple(context.shape) != want:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(f"expected a context window {list(want)}, got {got}")
+        elif context is not None:
+            raise ValueError("this model has no context stream (context_size 0); pass context=None")
 
-    def random_mask(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Indices [B, N] of a random patch order; the first `visible_patches` are kept.
+    def random_mask(self, batch: int, tokens: int | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Indices [B, N] of a random token order; the first visible ones are kept.
 
         Drawn on the CPU (from `generator` if given) so masks are reproducible whatever the device."""
-        noise = torch.rand(batch, self.config.num_patches, generator=generator)
+        noise = torch.rand(batch, tokens or self.config.num_patches, generator=generator)
         return noise.argsort(dim=1).to(self.pos.device)
 
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(predicted patches [B, N, p*p*C], target patches, masked bool[B, N]) for one random mask."""
-        self._check(x)
+    def _streams(self, x: torch.Tensor, context: torch.Tensor | None) -> list[dict]:
         c = self.config
-        target = self.patchify(x)
-        b, n, _ = target.shape
-        keep = self.random_mask(b, generator)[:, :c.visible_patches]
-        tokens = self.patch_embed(target) + self.pos
-        visible = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, c.width))
-        encoded = self.encoder_norm(self.encoder(visible))
+        streams = [{"target": self.patchify(x), "embed": self.patch_embed, "pos": self.pos,
+                    "dpos": self.decoder_pos, "pred": self.decoder_pred, "visible": c.visible_patches,
+                    "weight": self.channel_weight, "repeat": c.patch_size**2}]
+        if c.context_size:
+            streams.append({"target": self._patches(context, c.context_patch), "embed": self.context_embed,
+                            "pos": self.context_pos, "dpos": self.decoder_context_pos, "pred": self.context_pred,
+                            "visible": c.visible_context, "weight": self.context_weight,
+                            "repeat": c.context_patch**2})
+            for n, s in enumerate(streams):
+                s["type"], s["dtype"] = self.stream[n], self.decoder_stream[n]
+        return streams
 
+    def losses(self, x: torch.Tensor, context: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, baseline: bool = False) -> dict[str, torch.Tensor]:
+        """The loss terms for one random mask per stream: `image`, `context` (masked-token weighted MSE),
+        `summary` and `total`; with `baseline`, also `image_baseline` / `context_baseline`: the same
+        error when every masked pixel is predicted as the mean of the image's visible pixels."""
+        self._check(x, context)
+        streams = self._streams(x, context)
+        b = x.shape[0]
+        visible, keeps = [], []
+        for s in streams:
+            n = s["target"].shape[1]
+            keep = self.random_mask(b, n, generator)[:, :s["visible"]]
+            tokens = s["embed"](s["target"]) + s["pos"] + s.get("type", 0)
+            visible.append(torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.config.width)))
+            keeps.append(keep)
+        encoded = self.encoder_norm(self.encoder(torch.cat(visible, dim=1)))
         dec = self.decoder_embed(encoded)
-        full = self.mask_token.to(dec.dtype).expand(b, n, -1)
-        full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, c.decoder_width), dec)
-        pred = self.decoder_pred(self.decoder_norm(self.decoder(full + self.decoder_pos)))
-        masked = torch.ones(b, n, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
-        return pred, target, masked
+        full, offset = [], 0
+        for s, keep in zip(streams, keeps):
+            n = s["target"].shape[1]
+            part = dec[:, offset:offset + keep.shape[1]]
+            offset += keep.shape[1]
+            slots = self.mask_token.to(dec.dtype).expand(b, n, -1)
+            slots = slots.scatter(1, keep.unsqueeze(-1).expand(-1, -1, part.shape[-1]), part)
+            full.append(slots + s["dpos"] + s.get("dtype", 0))
+        decoded = self.decoder_norm(self.decoder(torch.cat(full, dim=1)))
+        out, offset = {}, 0
+        for s, keep, name in zip(streams, keeps, ("image", "context")):
+            n = s["target"].shape[1]
+            pred = s["pred"](decoded[:, offset:offset + n]).float()
+            offset += n
+            masked = torch.ones(b, n, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
+            weight = s["weight"].repeat(s["repeat"])
+            target = s["target"].float()
+            out[name] = _weighted(pred, target, weight, masked)
+            if baseline:
+                out[f"{name}_baseline"] = _weighted(_visible_mean(target, masked, s["repeat"]), target, weight,
+                                                    masked)
+        summary = self.summary_head(encoded.mean(dim=1)).float()
+        truth = self._summary_target(x, context)
+        out["summary"] = ((summary - truth.flatten(1)).pow(2) * self.context_weight.repeat(truth.shape[1])).mean()
+        out["total"] = sum(out[k] for k in ("image", "context") if k in out) + self.config.summary_weight * out["summary"]
+        return out
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error over the masked patches of normalised images `x` (visible ones excluded)."""
-        pred, target, masked = self.reconstruct(x, generator)
-        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
-        return per_patch[masked].mean()
+    def _summary_target(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """[B, rings + 1, C]: each channel's mean over the cell (ring 0) and over each ring of neighbours."""
+        if context is None:
+            return x.float().mean(dim=(2, 3)).unsqueeze(1)
+        c = self.config
+        per_cell = context.float().reshape(x.shape[0], c.in_channels, c.context_grid, c.context_patch,
+                                           c.context_grid, c.context_patch).mean(dim=(3, 5)).flatten(2)
+        rings = torch.zeros(x.shape[0], c.context_ring + 1, c.in_channels, device=x.device)
+        rings.index_add_(1, self.ring_of, per_cell.transpose(1, 2))
+        return rings / torch.bincount(self.ring_of).to(rings.dtype).view(1, -1, 1)
 
-    def embed(self, x: torch.Tensor, per_token: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Encoder on the unmasked image: mean over tokens [B, width] (and the tokens [B, N, width])."""
-        self._check(x)
-        tokens = self.encoder_norm(self.encoder(self.patch_embed(self.patchify(x)) + self.pos))
-        pooled = tokens.mean(dim=1)
-        return (pooled, tokens) if per_token else pooled
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (`losses(...)["total"]`) of normalised images `x` (and context windows)."""
+        return self.losses(x, context, generator)["total"]
+
+    def embed(self, x: torch.Tensor, context: torch.Tensor | None = None,
+              per_token: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Encoder on the unmasked input: mean over all tokens [B, width] (and the image tokens
+        [B, N, width], one per patch in row-major patch-grid order)."""
+        self._check(x, context)
+        tokens = [s["embed"](s["target"]) + s["pos"] + s.get("type", 0) for s in self._streams(x, context)]
+        encoded = self.encoder_norm(self.encoder(torch.cat(tokens, dim=1)))
+        pooled = encoded.mean(dim=1)
+        return (pooled, encoded[:, :self.config.num_patches]) if per_token else pooled
+
+
+def _weighted(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean over masked tokens of the channel-weighted squared error per token."""
+    return ((pred - target).pow(2) * weight).mean(dim=-1)[masked].mean()
+
+
+def _visible_mean(target: torch.Tensor, masked: torch.Tensor, repeat: int) -> torch.Tensor:
+    """Each token predicted as the per-channel mean of the image's visible pixels."""
+    b, n, d = target.shape
+    pixels = target.reshape(b, n, repeat, d // repeat)
+    seen = (~masked).to(pixels.dtype).view(b, n, 1, 1)
+    mean = (pixels * seen).sum(dim=(1, 2)) / (seen.sum(dim=(1, 2)) * repeat)
+    return mean.unsqueeze(1).repeat(1, n, repeat)
+
+
+def _ring_index(grid: int) -> torch.Tensor:
+    """Ring (Chebyshev distance from the centre) of each token of a grid x grid context, row-major."""
+    if grid == 0:
+        return torch.zeros(0, dtype=torch.long)
+    r = torch.arange(grid) - grid // 2
+    return torch.maximum(r.abs().view(-1, 1), r.abs().view(1, -1)).flatten()
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -1,9 +1,13 @@
-"""Image cells as raster tensors: `C x 2^k x 2^k`, each child cell at its S2 face (i, j) position.
+"""Image cells as raster tensors: `C x 2^k x 2^k`, each child cell at its S2 face (i, j) position,
+plus a coarser context window over the neighbouring image cells.
 
 Pixel (row, col) of an image cell is the child whose face coordinates are (i0 + row, j0 + col), where
-(i0, j0) is the image cell's corner at the pixel level. Tensors hold raw channel values (float32);
-`NormStats` (log1p then per-channel standardisation, fitted on training images) travels with the model.
-Shards are plain `.npy` files (memory-mappable) plus a parquet index image cell -> shard/row.
+(i0, j0) is the image cell's corner at the pixel level. The context of an image cell is the square of
+`2 * ring + 1` image cells centred on it at the context level (image level + 1: each cell as 2 x 2
+quadrants, pixel values summed), placed the same way by `s2.grid_window` and continued across face
+edges; it is what lets an embedding describe a place's surroundings. Tensors hold raw channel values
+(float32); `NormStats` (fitted on training images) travels with the model. Shards are plain `.npy` files
+(memory-mappable) plus a parquet index image cell -> shard/row.
 """
 
 from __future__ import annotations
@@ -33,13 +37,20 @@ class RasterError(ValueError):
 
 @dataclass(frozen=True)
 class Rasters:
-    """`image_ids` uint64[n] (sorted) and `tensors` float32[n, C, S, S] in `channels` order."""
+    """`image_ids` uint64[n] (sorted), `tensors` float32[n, C, S, S] in `channels` order, and
+    `context` float32[n, C, W, W] (W = (2 * context_ring + 1) * 2^(context_level - image_level)) or None."""
 
     image_ids: np.ndarray
     tensors: np.ndarray
     channels: tuple[str, ...]
     image_level: int
     pixel_level: int
+    context: np.ndarray | None = None
+    context_ring: int = 0
+
+    @property
+    def context_level(self) -> int:
+        return self.image_level + 1
 
 
 def channel_columns(frame: pl.DataFrame) -> tuple[str, ...]:
@@ -47,13 +58,16 @@ def channel_columns(frame: pl.DataFrame) -> tuple[str, ...]:
     return tuple(c for c in frame.columns if c not in KEY_COLUMNS)
 
 
-def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int) -> Rasters:
-    """One tensor per image cell that has pixel-level rows in `cell_features`.
+def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int, context_ring: int = 0) -> Rasters:
+    """One tensor per image cell that has pixel-level rows in `cell_features` (and its context window
+    of `context_ring` image cells on each side when > 0).
 
-    Uses only rows at `pixel_level`; an image cell's pixels without a row are zero.
+    Uses only rows at `pixel_level`; pixels without a row are zero, so are neighbours outside the region.
     """
     if not 0 <= image_level < pixel_level <= s2.MAX_LEVEL:
         raise RasterError(f"need 0 <= image_level < pixel_level <= 30, got {image_level}/{pixel_level}")
+    if context_ring < 0:
+        raise RasterError(f"context_ring must be >= 0, got {context_ring}")
     missing = [c for c in ("level", "cell_id") if c not in cell_features.columns]
     if missing:
         raise RasterError(f"cell_features lacks columns {missing}")
@@ -72,83 +86,108 @@ def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int) -
     if not np.isfinite(values).all():
         raise RasterError("cell_features holds non-finite channel values")
 
-    k = pixel_level - image_level
-    parents = s2.parent(ids, image_level)
-    image_ids, image_row = np.unique(parents, return_inverse=True)
-    _, i, j = s2.face_ij(ids)
-    _, i0, j0 = s2.face_ij(image_ids)
-    # The image cell's corner at the pixel level: its (i, j) scaled by 2^k.
-    row = i - (i0[image_row] << k)
-    col = j - (j0[image_row] << k)
-    size = 1 << k
-    tensors = np.zeros((image_ids.size, len(channels), size, size), dtype=np.float32)
-    tensors[image_row, :, row, col] = values
-    return Rasters(image_ids, tensors, channels, image_level, pixel_level)
+    image_ids = np.unique(s2.parent(ids, image_level))
+    tensors = _gather(ids, values, s2.grid_window(image_ids, pixel_level, 0, 1 << (pixel_level - image_level)))
+    context = None
+    if context_ring:
+        level = image_level + 1
+        per_cell = 1 << (level - image_level)
+        coarse, inverse = np.unique(s2.parent(ids, min(level, pixel_level)), return_inverse=True)
+        summed = np.zeros((coarse.size, len(channels)), np.float32)
+        np.add.at(summed, inverse, values)
+        window = s2.grid_window(image_ids, level, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
+        context = _gather(coarse, summed, window)
+    return Rasters(image_ids, tensors, channels, image_level, pixel_level, context, context_ring)
+
+
+def _gather(ids: np.ndarray, values: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """float32[n, C, S, S] of `values` rows (keyed by `ids`) at the cells of `window` [n, S, S]; 0 if absent."""
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+    flat = window.reshape(-1)
+    pos = np.minimum(np.searchsorted(sorted_ids, flat), sorted_ids.size - 1)
+    found = sorted_ids[pos] == flat
+    out = np.zeros((flat.size, values.shape[1]), np.float32)
+    out[found] = values[order[pos[found]]]
+    n, size, _ = window.shape
+    return np.ascontiguousarray(out.reshape(n, size, size, -1).transpose(0, 3, 1, 2))
 
 
 @dataclass(frozen=True)
 class NormStats:
-    """Per-channel mean and std of `log1p(x)` over all training pixels; standardised values are
-    clipped to +-`clip`, since a channel seen in a handful of pixels would otherwise put values of
-    hundreds of stds there and its few pixels would dominate the reconstruction loss."""
+    """Per-channel scale of `log1p(x)` and the channel's weight in the reconstruction loss.
+
+    `log1p(x) / scale` with `scale` the RMS of `log1p(x)` over the channel's non-zero training pixels:
+    zero stays zero and a typical non-zero value is ~1, so sparse channels (most POI counts) keep how
+    many objects a pixel holds instead of saturating at a clip. `weight` (mean 1 over active channels)
+    is `(median energy / energy) ** 0.5`, capped at `max_weight`, with energy = mean squared scaled value:
+    a channel seen in 1% of pixels would otherwise weigh ~1/100 of a dense one in the loss although it
+    carries as much about a place. Channels never seen get weight 0.
+    """
 
     channels: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    clip: float = 5.0
+    scale: tuple[float, ...]
+    weight: tuple[float, ...]
+    clip: float = 10.0
+    max_weight: float = 10.0
 
     @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], channels: tuple[str, ...], min_std: float = 1e-6,
-            clip: float = 5.0) -> NormStats:
+    def fit(cls, chunks: Iterable[np.ndarray], channels: tuple[str, ...], clip: float = 10.0,
+            max_weight: float = 10.0) -> NormStats:
         """Statistics over chunks of [n, C, S, S] raw training tensors (streamed, summed in float64)."""
-        total = np.zeros(len(channels))
         total_sq = np.zeros(len(channels))
+        nonzero = np.zeros(len(channels))
         count = 0
         for chunk in chunks:
             if chunk.ndim != 4 or chunk.shape[1] != len(channels):
                 raise RasterError(f"need [n, {len(channels)}, S, S] tensors, got {chunk.shape}")
             logged = np.log1p(chunk.astype(np.float64))
-            total += logged.sum(axis=(0, 2, 3))
             total_sq += np.square(logged).sum(axis=(0, 2, 3))
+            nonzero += (chunk != 0).sum(axis=(0, 2, 3))
             count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
         if count == 0:
             raise RasterError("no training tensors to fit normalisation statistics on")
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        # A channel that never varies in training carries no signal; std 1 keeps it at 0, not inf.
-        std = np.where(std < min_std, 1.0, std)
-        return cls(tuple(channels), tuple(float(m) for m in mean), tuple(float(s) for s in std), float(clip))
+        active = total_sq > 0
+        scale = np.where(active, np.sqrt(total_sq / np.maximum(nonzero, 1)), 1.0)
+        energy = np.where(active, total_sq / scale**2 / count, 0.0)
+        weight = np.zeros(len(channels))
+        if active.any():
+            weight[active] = np.minimum(np.sqrt(np.median(energy[active]) / energy[active]), max_weight)
+            weight /= weight[active].mean()
+        return cls(tuple(channels), tuple(float(x) for x in scale), tuple(float(w) for w in weight), float(clip),
+                   float(max_weight))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) as float32[C, 1, 1], ready to broadcast over [n, C, S, S]."""
-        shape = (len(self.channels), 1, 1)
-        return (np.asarray(self.mean, np.float32).reshape(shape), np.asarray(self.std, np.float32).reshape(shape))
+        """(scale float32[C, 1, 1], weight float32[C])."""
+        return np.asarray(self.scale, np.float32).reshape(-1, 1, 1), np.asarray(self.weight, np.float32)
 
     def apply(self, tensors: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of raw [n, C, S, S] tensors."""
-        mean, std = self.arrays()
-        return np.clip((np.log1p(tensors, dtype=np.float32) - mean) / std, -self.clip, self.clip)
+        scale, _ = self.arrays()
+        return np.minimum(np.log1p(tensors, dtype=np.float32) / scale, self.clip)
 
     def apply_torch(self, raw: torch.Tensor) -> torch.Tensor:
         """`apply` for a raw tensor batch, computed on the batch's device."""
-        mean, std = (torch.from_numpy(a).to(raw.device) for a in self.arrays())
-        return ((torch.log1p(raw) - mean) / std).clamp_(-self.clip, self.clip)
+        scale = torch.from_numpy(self.arrays()[0]).to(raw.device)
+        return (torch.log1p(raw) / scale).clamp_(max=self.clip)
 
     def to_dict(self) -> dict:
-        return {"channels": list(self.channels), "mean": list(self.mean), "std": list(self.std), "clip": self.clip}
+        return {"channels": list(self.channels), "scale": list(self.scale), "weight": list(self.weight),
+                "clip": self.clip, "max_weight": self.max_weight}
 
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
-        stats = cls(tuple(d["channels"]), tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
-                    float(d["clip"]))
-        if not len(stats.channels) == len(stats.mean) == len(stats.std):
-            raise RasterError("norm stats: channels, mean and std differ in length")
+        stats = cls(tuple(d["channels"]), tuple(float(x) for x in d["scale"]), tuple(float(x) for x in d["weight"]),
+                    float(d["clip"]), float(d["max_weight"]))
+        if not len(stats.channels) == len(stats.scale) == len(stats.weight):
+            raise RasterError("norm stats: channels, scale and weight differ in length")
         return stats
 
 
 def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int = 4096,
                  extra_meta: dict | None = None) -> pl.DataFrame:
-    """Write `rasters` as `shard-NNNNN.npy` files plus an index; replace `directory` atomically.
+    """Write `rasters` as `shard-NNNNN.npy` files (and `context-NNNNN.npy` for the context windows)
+    plus an index; replace `directory` atomically.
 
     Returns the index (cell_id Int64, token, shard, row). The new directory is built beside the old
     one and swapped in, so a failed write leaves the previous shards readable.
@@ -169,6 +208,10 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
         block = np.ascontiguousarray(rasters.tensors[start:start + shard_size])
         np.save(tmp / name, block)
         digest.update(block.data)
+        if rasters.context is not None:
+            block = np.ascontiguousarray(rasters.context[start:start + shard_size])
+            np.save(tmp / _context_name(name), block)
+            digest.update(block.data)
     rows = np.arange(n)
     index = pl.DataFrame({
         "cell_id": pl.Series(s2.as_int64(rasters.image_ids), dtype=pl.Int64),
@@ -179,6 +222,8 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
     index.write_parquet(tmp / INDEX_FILE)
     meta = {"channels": list(rasters.channels), "image_level": rasters.image_level,
             "pixel_level": rasters.pixel_level, "shape": list(rasters.tensors.shape[1:]), "images": n,
+            "context_ring": rasters.context_ring,
+            "context_shape": list(rasters.context.shape[1:]) if rasters.context is not None else None,
             # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
             "sha256": hashlib.sha256(digest.digest() + rasters.image_ids.tobytes()).hexdigest(),
             **(extra_meta or {})}
@@ -191,6 +236,10 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
     return index
 
 
+def _context_name(shard_name: str) -> str:
+    return shard_name.replace("shard-", "context-", 1)
+
+
 @dataclass(frozen=True)
 class ShardSet:
     """Memory-mapped shards of one or more raster directories, addressable by a global row."""
@@ -201,51 +250,70 @@ class ShardSet:
     shards: tuple[np.ndarray, ...]  # read-only memmaps [m, C, S, S]
     channels: tuple[str, ...]
     meta: dict
+    contexts: tuple[np.ndarray, ...] | None = None  # memmaps [m, C, W, W], one per shard
 
     def __len__(self) -> int:
         return int(self.image_ids.size)
 
+    @property
+    def has_context(self) -> bool:
+        return self.contexts is not None
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Raw float32 tensors [len(rows), C, S, S] for global `rows` (one fancy index per shard)."""
+        return self._take(self.shards, rows)
+
+    def take_context(self, rows: np.ndarray) -> np.ndarray:
+        """Raw float32 context windows [len(rows), C, W, W] for global `rows`."""
+        if self.contexts is None:
+            raise RasterError("these rasters have no context windows (written with context_ring 0)")
+        return self._take(self.contexts, rows)
+
+    def _take(self, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((rows.size, *self.shards[0].shape[1:]), dtype=np.float32)
+        out = np.empty((rows.size, *arrays[0].shape[1:]), dtype=np.float32)
         which = self.shard_of[rows]
         for s in np.unique(which):
             sel = np.flatnonzero(which == s)
             # Sorted reads are sequential on the memmap; the scatter back restores the requested order.
             local = self.row_of[rows[sel]]
             order = np.argsort(local, kind="stable")
-            out[sel[order]] = self.shards[s][local[order]]
+            out[sel[order]] = arrays[s][local[order]]
         return out
 
-    def chunks(self, size: int = 4096) -> Iterator[np.ndarray]:
-        """Consecutive blocks of at most `size` tensors in global row order."""
+    def chunks(self, size: int = 4096, context: bool = False) -> Iterator[np.ndarray]:
+        """Consecutive blocks of at most `size` tensors (or context windows) in global row order."""
+        take = self.take_context if context else self.take
         for start in range(0, len(self), size):
-            yield self.take(np.arange(start, min(start + size, len(self))))
+            yield take(np.arange(start, min(start + size, len(self))))
 
 
 def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> ShardSet:
-    """Open raster directories written by `write_shards`; they must agree on channels and shape."""
+    """Open raster directories written by `write_shards`; they must agree on channels and shapes."""
     if isinstance(directories, (str, os.PathLike)):
         directories = [directories]
     if not directories:
         raise RasterError("no raster directories given")
-    ids, shard_of, row_of, shards = [], [], [], []
+    ids, shard_of, row_of, shards, contexts = [], [], [], [], []
     meta = None
     for d in map(Path, directories):
         if not (d / INDEX_FILE).exists() or not (d / META_FILE).exists():
             raise RasterError(f"{d} is not a raster shard directory (no {INDEX_FILE} / {META_FILE})")
         m = json.loads((d / META_FILE).read_text())
+        m.setdefault("context_shape", None)
         if meta is None:
             meta = m
-        elif (m["channels"], m["shape"]) != (meta["channels"], meta["shape"]):
-            raise RasterError(f"{d}: channels or image shape differ from {directories[0]}")
+        elif (m["channels"], m["shape"], m["context_shape"]) != (meta["channels"], meta["shape"],
+                                                                  meta["context_shape"]):
+            raise RasterError(f"{d}: channels, image or context shape differ from {directories[0]}")
         index = pl.read_parquet(d / INDEX_FILE)
         names = index["shard"].unique(maintain_order=True).to_list()
         local = {name: len(shards) + n for n, name in enumerate(names)}
         shards.extend(np.load(d / name, mmap_mode="r") for name in names)
+        if m["context_shape"] is not None:
+            contexts.extend(np.load(d / _context_name(name), mmap_mode="r") for name in names)
         ids.append(s2.as_uint64(index["cell_id"].to_numpy()))
         shard_of.append(index["shard"].replace_strict(local, return_dtype=pl.Int32).to_numpy())
         row_of.append(index["row"].to_numpy().astype(np.int64))
     return ShardSet(np.concatenate(ids), np.concatenate(shard_of), np.concatenate(row_of), tuple(shards),
-                    tuple(meta["channels"]), meta)
+                    tuple(meta["channels"]), meta, tuple(contexts) if meta["context_shape"] is not None else None)

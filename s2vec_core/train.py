@@ -1,7 +1,12 @@
-"""Self-supervised MAE training on raster shards: AdamW, warmup + cosine, clipping, resumable checkpoints.
+"""Self-supervised MAE training on raster shards: AdamW, warmup + cosine, clipping, early stopping on a
+held-out split, resumable checkpoints.
 
+A seeded `holdout_fraction` of the images never trains; after every epoch the held-out masked loss is
+measured with fixed masks, next to the *mean-of-visible* predictor on the same masks (every masked
+pixel = its image's visible mean, per channel), so the curve says whether the model learned more than
+the trivial answer. Training stops when the held-out loss has not improved for `patience` epochs.
 One checkpoint file holds everything needed to resume or embed (model, optimiser, scheduler, epoch,
-norm stats, configs, taxonomy version, the data/mask RNG state, the loss curve); it is rewritten
+norm stats, configs, taxonomy version, the data/mask RNG state, the loss curves); it is rewritten
 atomically after every epoch and read with `torch.load(weights_only=True)`, so it holds only tensors
 and plain containers. The same seed gives the same weights on CPU whether or not a run was interrupted.
 """
@@ -26,11 +31,12 @@ from s2vec_core.raster import NormStats, ShardSet
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation knobs. `warmup_fraction` of all steps ramp the learning rate up linearly, the rest
-    follow a cosine to zero. `num_workers` applies on CUDA only (CPU reads batches in-process).
-    Training sets up to `cache_mb` are normalised once and held in memory; larger ones stream from the
-    memory-mapped shards and are normalised per batch on the device."""
+    follow a cosine to zero over `epochs` (the most that run); `patience` epochs without a `min_delta`
+    relative gain on the held-out loss stop early. `num_workers` applies on CUDA only (CPU reads
+    batches in-process). Training sets up to `cache_mb` are normalised once and held in memory; larger
+    ones stream from the memory-mapped shards and are normalised per batch on the device."""
 
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -39,9 +45,13 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 4
     cache_mb: int = 2048
+    holdout_fraction: float = 0.1
+    patience: int = 4
+    min_delta: float = 0.005
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
+        if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_fraction < 1
+                or not 0 <= self.holdout_fraction < 0.5 or self.patience < 1):
             raise ValueError(f"invalid TrainConfig {self}")
 
     def to_dict(self) -> dict:
@@ -61,6 +71,34 @@ class TrainResult:
     parameters: int
     checkpoint: Path
     resumed_from_epoch: int      # 0 for a fresh run
+    holdout: list[dict[str, float]]  # per epoch: held-out loss terms and the mean-of-visible baselines
+    stopped_early: bool
+
+    @property
+    def baseline_ratio(self) -> float | None:
+        """Final held-out masked loss / the mean-of-visible predictor's (< 1: better than trivial)."""
+        return baseline_ratio(self.holdout[-1]) if self.holdout else None
+
+
+def baseline_ratio(holdout: dict[str, float]) -> float:
+    """Held-out masked reconstruction loss over the mean-of-visible predictor's, image and context summed."""
+    parts = [k for k in ("image", "context") if k in holdout]
+    return sum(holdout[k] for k in parts) / sum(holdout[f"{k}_baseline"] for k in parts)
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): a seeded `fraction` of `n` images held out (none below 10 images)."""
+    held = int(round(n * fraction)) if n >= 10 else 0
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def should_stop(holdout_losses: list[float], patience: int, min_delta: float) -> bool:
+    """True when none of the last `patience` epochs beat the best before them by `min_delta` (relative)."""
+    if len(holdout_losses) <= patience:
+        return False
+    best_before = min(holdout_losses[:-patience])
+    return min(holdout_losses[-patience:]) > best_before * (1 - min_delta)
 
 
 def select_device(requested: str = "auto", cuda_available: bool | None = None) -> torch.device:
@@ -92,17 +130,21 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item b = the tensors of the b-th batch of row indices (one vectorised read per batch)."""
+Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
-    def __init__(self, fetch: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray]) -> None:
+
+class _Batches(torch.utils.data.Dataset):
+    """Item b = (images, context windows or None) of the b-th batch of rows (one vectorised read each)."""
+
+    def __init__(self, fetch: Fetch, batches: list[np.ndarray]) -> None:
         self.fetch, self.batches = fetch, batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> torch.Tensor:
-        return torch.from_numpy(self.fetch(self.batches[b]))
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, ctx = self.fetch(self.batches[b])
+        return torch.from_numpy(x), None if ctx is None else torch.from_numpy(ctx)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -122,6 +164,63 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
+def default_model_config(shards: ShardSet) -> MAEConfig:
+    """The small CPU config for the shards' channels, image size and context window."""
+    context = shards.meta.get("context_shape")
+    return MAEConfig(in_channels=len(shards.channels), image_size=int(shards.meta["shape"][-1]),
+                     context_size=int(context[-1]) if context else 0)
+
+
+def _check_shapes(shards: ShardSet, config: MAEConfig) -> None:
+    size = int(shards.meta["shape"][-1])
+    context = shards.meta.get("context_shape")
+    have = (len(shards.channels), size, int(context[-1]) if context else 0)
+    want = (config.in_channels, config.image_size, config.context_size)
+    if have != want:
+        raise ValueError(f"model expects {want[0]} channels of {want[1]}px with a {want[2]}px context window, "
+                         f"shards hold {have[0]} of {have[1]}px with {have[2]}px context")
+
+
+def fit_norms(shards: ShardSet, rows: np.ndarray) -> tuple[NormStats, NormStats | None]:
+    """NormStats of the images (and of the context windows) over the training rows."""
+    def chunks(take):
+        for start in range(0, rows.size, 4096):
+            yield take(rows[start:start + 4096])
+
+    norm = NormStats.fit(chunks(shards.take), shards.channels)
+    context = NormStats.fit(chunks(shards.take_context), shards.channels) if shards.has_context else None
+    return norm, context
+
+
+def _fetcher(shards: ShardSet, norm: NormStats, context_norm: NormStats | None, cached: bool) -> Fetch:
+    """Batches as (images, context): normalised once in memory when `cached`, else raw from the memmaps."""
+    def raw(rows):
+        return shards.take(rows), shards.take_context(rows) if shards.has_context else None
+
+    if not cached:
+        return raw
+    chunks = [raw(np.arange(s, min(s + 4096, len(shards)))) for s in range(0, len(shards), 4096)]
+    images = np.concatenate([norm.apply(x) for x, _ in chunks])
+    context = np.concatenate([context_norm.apply(c) for _, c in chunks]) if context_norm else None
+    return lambda rows: (images[rows], None if context is None else context[rows])
+
+
+@torch.no_grad()
+def holdout_losses(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise, seed: int,
+                   batch_size: int = 256) -> dict[str, float]:
+    """Mean loss terms over held-out `rows` with fixed masks (seeded), plus the mean-of-visible baselines."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    totals: dict[str, float] = {}
+    for start in range(0, rows.size, batch_size):
+        x, ctx = normalise(*fetch(rows[start:start + batch_size]))
+        for key, value in model.losses(x, ctx, generator, baseline=True).items():
+            totals[key] = totals.get(key, 0.0) + float(value) * x.shape[0]
+    model.train(was_training)
+    return {k: v / rows.size for k, v in totals.items()}
+
+
 def train(
     shards: ShardSet,
     checkpoint: str | os.PathLike,
@@ -129,36 +228,33 @@ def train(
     train_config: TrainConfig = TrainConfig(),
     taxonomy_version: str = "",
     device: str = "auto",
-    on_epoch_end: Callable[[int, float], None] | None = None,
+    on_epoch_end: Callable[[int, float, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) the MAE on `shards`, checkpointing to `checkpoint` after every epoch.
 
     If `checkpoint` exists it is resumed; its model/training config must then equal the given ones
     (a mismatch raises instead of silently mixing runs). `model_config` defaults to the small CPU
-    config for the shards' channels and image size. Norm stats are fitted on `shards` on a fresh run.
+    config for the shards (`default_model_config`). Norm stats are fitted on the training split.
     """
     checkpoint = Path(checkpoint)
-    size = int(shards.meta["shape"][-1])
-    if model_config is None:
-        model_config = MAEConfig(in_channels=len(shards.channels), image_size=size)
-    if (model_config.in_channels, model_config.image_size) != (len(shards.channels), size):
-        raise ValueError(f"model expects {model_config.in_channels} channels of {model_config.image_size}px, "
-                         f"shards hold {len(shards.channels)} of {size}px")
+    model_config = model_config or default_model_config(shards)
+    _check_shapes(shards, model_config)
     if len(shards) == 0:
         raise ValueError("no training images")
     dev = select_device(device)
     amp = autocast_dtype(dev)
+    train_rows, held_rows = split_holdout(len(shards), train_config.holdout_fraction, train_config.seed)
 
     torch.manual_seed(train_config.seed)
     model = MaskedAutoencoder(model_config).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
-    steps_per_epoch = math.ceil(len(shards) / train_config.batch_size)
+    steps_per_epoch = math.ceil(train_rows.size / train_config.batch_size)
     total = steps_per_epoch * train_config.epochs
     warmup = max(1, int(total * train_config.warmup_fraction))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     generator = torch.Generator().manual_seed(train_config.seed)
 
-    start, losses, seconds = 0, [], []
+    start, losses, seconds, holdout = 0, [], [], []
     if checkpoint.exists():
         state = load_checkpoint(checkpoint)
         if state["model_config"] != model_config.to_dict() or state["train_config"] != train_config.to_dict():
@@ -168,35 +264,45 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
         norm = NormStats.from_dict(state["norm"])
+        context_norm = NormStats.from_dict(state["context_norm"]) if state["context_norm"] else None
         start, losses, seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
+        holdout = list(state["holdout"])
     else:
-        norm = NormStats.fit(shards.chunks(), shards.channels)
+        norm, context_norm = fit_norms(shards, train_rows)
+        model.set_loss_weights(torch.from_numpy(norm.arrays()[1]),
+                               torch.from_numpy(context_norm.arrays()[1]) if context_norm else None)
     if norm.channels != shards.channels:
         raise ValueError("the checkpoint's channels differ from the shards' channels")
 
-    image_mb = 4 * int(np.prod(shards.meta["shape"])) / 2**20
-    cached = len(shards) * image_mb <= train_config.cache_mb
-    if cached:
-        normalised = np.concatenate([norm.apply(chunk) for chunk in shards.chunks()])
-        fetch = normalised.__getitem__
-    else:
-        fetch = shards.take
+    per_image = int(np.prod(shards.meta["shape"])) + int(np.prod(shards.meta.get("context_shape") or [0]))
+    cached = len(shards) * 4 * per_image / 2**20 <= train_config.cache_mb
+    fetch = _fetcher(shards, norm, context_norm, cached)
 
+    def normalise(x: np.ndarray, ctx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xt = torch.as_tensor(x).to(dev, non_blocking=True)
+        ct = None if ctx is None else torch.as_tensor(ctx).to(dev, non_blocking=True)
+        if not cached:
+            xt = norm.apply_torch(xt)
+            ct = None if ct is None else context_norm.apply_torch(ct)
+        return xt, ct
+
+    stopped = bool(held_rows.size) and should_stop([h["total"] for h in holdout], train_config.patience,
+                                                    train_config.min_delta)
     model.train()
     images = 0
     run_start = time.perf_counter()
     for epoch in range(start, train_config.epochs):
+        if stopped:
+            break
         t0 = time.perf_counter()
-        loader = torch.utils.data.DataLoader(
-            _Batches(fetch, epoch_batches(len(shards), train_config.batch_size, generator)),
-            batch_size=None, shuffle=False, **loader_options(dev, train_config.num_workers))
+        batches = [train_rows[b] for b in epoch_batches(train_rows.size, train_config.batch_size, generator)]
+        loader = torch.utils.data.DataLoader(_Batches(fetch, batches), batch_size=None, shuffle=False,
+                                             **loader_options(dev, train_config.num_workers))
         total_loss, count = 0.0, 0
-        for batch in loader:
-            x = batch.to(dev, non_blocking=True)
-            if not cached:
-                x = norm.apply_torch(x)
+        for x, ctx in loader:
+            x, ctx = normalise(x, ctx)
             with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                loss = model(x, generator=generator)
+                loss = model(x, ctx, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
@@ -207,6 +313,9 @@ def train(
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"training loss became non-finite in epoch {epoch + 1}")
         losses.append(total_loss / count)
+        if held_rows.size:
+            holdout.append(holdout_losses(model, fetch, held_rows, normalise, train_config.seed))
+            stopped = should_stop([h["total"] for h in holdout], train_config.patience, train_config.min_delta)
         seconds.append(time.perf_counter() - t0)
         images += count
         _save_atomic({
@@ -216,16 +325,21 @@ def train(
             "rng": generator.get_state(),
             "epoch": epoch + 1,
             "losses": losses,
+            "holdout": holdout,
+            "stopped_early": stopped,
             "epoch_seconds": seconds,
             "norm": norm.to_dict(),
+            "context_norm": context_norm.to_dict() if context_norm else None,
             "model_config": model_config.to_dict(),
             "train_config": train_config.to_dict(),
             "taxonomy_version": taxonomy_version,
-            "grid": {"image_level": shards.meta["image_level"], "pixel_level": shards.meta["pixel_level"]},
+            "grid": {"image_level": shards.meta["image_level"], "pixel_level": shards.meta["pixel_level"],
+                     "context_ring": int(shards.meta.get("context_ring") or 0)},
         }, checkpoint)
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, losses[-1])
+            on_epoch_end(epoch + 1, losses[-1], holdout[-1] if holdout else {})
     wall = time.perf_counter() - run_start
     return TrainResult(losses=losses, epoch_seconds=seconds, images_per_s=images / wall if images else 0.0,
                        device=str(dev), parameters=sum(p.numel() for p in model.parameters()),
-                       checkpoint=checkpoint, resumed_from_epoch=start)
+                       checkpoint=checkpoint, resumed_from_epoch=start, holdout=holdout,
+                       stopped_early=stopped and len(losses) < train_config.epochs)

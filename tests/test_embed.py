@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from s2vec_core import s2
-from s2vec_core.embed import embed_shards, embeddings_frame, load_model
+from s2vec_core.embed import embed_shards, embeddings_frame, load_model, token_cells
 from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
 from s2vec_core.osm import extract_cells
@@ -26,10 +26,10 @@ IMAGE_LEVEL, PIXEL_LEVEL = 14, 18
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "monaco")
-    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL), root / "rasters", shard_size=16)
+    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=1), root / "rasters", shard_size=16)
     shards = open_shards(root / "rasters")
     config = MAEConfig(in_channels=len(shards.channels), image_size=16, patch_size=4, width=16, depth=1,
-                       heads=2, decoder_width=8, decoder_depth=1, decoder_heads=2)
+                       heads=2, decoder_width=8, decoder_depth=1, decoder_heads=2, context_size=6)
     train(shards, root / "model.pt", config, TrainConfig(epochs=2, batch_size=16, seed=1), taxonomy_version="tv")
     yield root, shards
 
@@ -46,6 +46,23 @@ def test_embeddings_are_reproducible(trained):
     np.testing.assert_allclose(embed_shards(first, shards, batch_size=5), a, rtol=1e-4, atol=1e-5)
     assert first.model_version == hashlib.sha256((root / "model.pt").read_bytes()).hexdigest()
     assert (first.image_level, first.pixel_level, first.taxonomy_version) == (IMAGE_LEVEL, PIXEL_LEVEL, "tv")
+
+
+def test_token_embeddings_are_one_per_patch_cell_inside_the_image(trained):
+    root, shards = trained
+    model = load_model(root / "model.pt", device="cpu")
+    pooled, tokens = embed_shards(model, shards, batch_size=8, tokens=True)
+    np.testing.assert_array_equal(pooled, embed_shards(model, shards, batch_size=8))
+    assert tokens.shape == (len(shards), 16, 16) and model.token_level == PIXEL_LEVEL - 2  # 4 x 4-pixel patches
+    cells = token_cells(shards.image_ids, IMAGE_LEVEL, model.token_level)
+    assert (s2.parent(cells.reshape(-1), IMAGE_LEVEL) == np.repeat(shards.image_ids, 16)).all()
+    assert (s2.cell_level(cells.reshape(-1)) == model.token_level).all() and len(np.unique(cells)) == cells.size
+    # Tokens of one image differ (each is its own place), and the context reaches them: pooling over the
+    # image tokens alone is not the pooled embedding (which includes the context tokens).
+    assert tokens.std(axis=1).mean() > 1e-3
+    assert not np.allclose(tokens.mean(axis=1), pooled, atol=1e-4)
+    frame = embeddings_frame("monaco", cells.reshape(-1), model.token_level, tokens.reshape(-1, 16), "v")
+    assert frame.height == cells.size and frame["level"].unique().to_list() == [model.token_level]
 
 
 def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count, sinc
 
 TINY = MAEConfig(in_channels=3, image_size=8, patch_size=2, width=16, depth=1, heads=2,
                  decoder_width=8, decoder_depth=1, decoder_heads=2)
-
+CONTEXT = dataclasses.replace(TINY, context_size=10, context_patch=2)  # 5 x 5 cells, 2 x 2 each
 
 
 
@@ -55,29 +57,52 @@ def test_patchify_keeps_pixels_of_each_patch():
     assert torch.equal(patches[1, 5].reshape(2, 2, 3).permute(2, 0, 1), x[1, :, 2:4, 2:4])
 
 
-def test_loss_counts_masked_patches_only():
-    m = _model()
-    x = torch.randn(4, 3, 8, 8)
-    pred, target, masked = m.reconstruct(x, torch.Generator().manual_seed(1))
-    assert masked.sum(dim=1).tolist() == [TINY.num_patches - TINY.visible_patches] * 4
-    loss = m(x, torch.Generator().manual_seed(1))
-    expected = (pred - target).pow(2).mean(dim=-1)[masked].mean()
-    torch.testing.assert_close(loss, expected)
-    # ...which is not the error over all patches.
-    assert not torch.isclose(loss, (pred - target).pow(2).mean())
+def test_loss_counts_masked_tokens_only_weighted_by_channel_with_a_mean_of_visible_baseline():
+    m = _model(CONTEXT)
+    m.set_loss_weights(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.5, 1.0, 1.5]))
+    x, ctx = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 10, 10)
+    captured = []
+    m.decoder_pred.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    terms = m.losses(x, ctx, torch.Generator().manual_seed(1), baseline=True)
+    # The same generator draws the image mask, then the context mask.
+    g = torch.Generator().manual_seed(1)
+    keep = m.random_mask(4, 16, g)[:, : CONTEXT.visible_patches]
+    masked = torch.ones(4, 16, dtype=torch.bool).scatter_(1, keep, False)
+    assert masked.sum(dim=1).tolist() == [16 - CONTEXT.visible_patches] * 4
+    target = m.patchify(x)
+    pred = captured[0][:, :16]
+    weight = torch.tensor([1.0, 0.0, 2.0]).repeat(4)
+    torch.testing.assert_close(terms["image"], ((pred - target) ** 2 * weight).mean(-1)[masked].mean())
+    # The baseline predicts every masked pixel as the image's mean over its visible pixels, per channel.
+    pixels = target.reshape(4, 16, 4, 3)
+    mean = torch.stack([pixels[b][~masked[b]].reshape(-1, 3).mean(0) for b in range(4)])
+    guess = mean[:, None, None, :].expand(4, 16, 4, 3).reshape(4, 16, 12)
+    torch.testing.assert_close(terms["image_baseline"], ((guess - target) ** 2 * weight).mean(-1)[masked].mean())
+    total = terms["image"] + terms["context"] + CONTEXT.summary_weight * terms["summary"]
+    torch.testing.assert_close(terms["total"], total)
+    torch.testing.assert_close(m(x, ctx, torch.Generator().manual_seed(1)), terms["total"])
 
 
-def test_embed_pools_tokens_without_masking():
-    m = _model().eval()
-    x = torch.randn(5, 3, 8, 8)
-    with torch.no_grad():
-        pooled, tokens = m.embed(x, per_token=True)
-        alone = m.embed(x[2:3])
-    assert pooled.shape == (5, 16) and tokens.shape == (5, 16, 16)
-    torch.testing.assert_close(pooled, tokens.mean(dim=1))
-    torch.testing.assert_close(alone[0], pooled[2], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="expected"):
-        m.embed(torch.zeros(1, 4, 8, 8))
+def test_summary_target_is_the_mean_of_the_cell_and_of_each_ring():
+    m = _model(CONTEXT)
+    ctx = torch.zeros(1, 3, 10, 10)
+    ctx[0, 0, 4:6, 4:6] = 4.0  # the cell itself (centre of 5 x 5 cells of 2 x 2)
+    ctx[0, 1, 2:4, 2:4] = 8.0  # one cell of ring 1 (8 cells)
+    ctx[0, 2, 0:2, :] = 16.0  # 5 cells of ring 2 (16 cells)
+    rings = m._summary_target(torch.zeros(1, 3, 8, 8), ctx)[0]
+    torch.testing.assert_close(rings, torch.tensor([[4.0, 0, 0], [0, 1.0, 0], [0, 0, 5.0]]))
+
+
+def test_context_stream_is_required_exactly_when_configured():
+    with pytest.raises(ValueError, match="odd number"):
+        dataclasses.replace(TINY, context_size=8, context_patch=2)
+    m = _model(CONTEXT)
+    with pytest.raises(ValueError, match="context window"):
+        m(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="no context stream"):
+        _model()(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 10, 10))
+    pooled, tokens = m.eval().embed(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 10, 10), per_token=True)
+    assert pooled.shape == (2, 16) and tokens.shape == (2, 16, 16)
 
 
 def test_a_few_steps_fit_a_fixed_batch():
@@ -87,7 +112,7 @@ def test_a_few_steps_fit_a_fixed_batch():
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(30):
-        loss = m(x, g)
+        loss = m(x, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

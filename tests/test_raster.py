@@ -100,24 +100,52 @@ def test_bad_input_is_refused(pattern):
         rasterize(wrong, IMAGE_LEVEL, PIXEL_LEVEL)
 
 
-def test_norm_stats_standardise_log1p_and_round_trip():
+def test_norm_stats_scale_log1p_keep_zeros_and_weigh_sparse_channels_up():
     rng = np.random.default_rng(0)
-    x = rng.poisson(3.0, (20, 3, 4, 4)).astype(np.float32)
-    x[:, 2] = 5.0  # a constant channel must not blow up
-    stats = NormStats.fit([x[:7], x[7:]], ("a", "b", "c"))
+    x = rng.poisson(3.0, (20, 4, 4, 4)).astype(np.float32)
+    x[:, 2] = 0.0  # a channel never seen
+    x[:, 3] = 0.0
+    x[:3, 3, 0, 0] = [1.0, 4.0, 9.0]  # a sparse channel: 3 of 320 pixels
+    stats = NormStats.fit([x[:7], x[7:]], ("a", "b", "c", "d"))
     z = stats.apply(x)
-    np.testing.assert_allclose(z[:, :2].mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(z[:, :2].std(axis=(0, 2, 3)), 1.0, atol=1e-4)
-    assert np.all(z[:, 2] == 0.0) and stats.std[2] == 1.0
+    assert (z[x == 0] == 0).all()  # zero stays zero: sparse images stay sparse
+    nonzero = np.log1p(x[:, :2][x[:, :2] > 0]) / np.repeat(stats.scale[0], 1)
+    assert abs(float(np.sqrt(np.mean(nonzero**2))) - 1.0) < 0.05
+    # The sparse channel keeps its counts apart (no clip to one value) and outweighs the dense ones.
+    assert len(set(z[:3, 3, 0, 0].tolist())) == 3
+    assert stats.weight[3] > 3 * stats.weight[0] and stats.weight[2] == 0.0
+    np.testing.assert_allclose(np.mean([w for w in stats.weight if w > 0]), 1.0)
     assert NormStats.from_dict(stats.to_dict()) == stats
     np.testing.assert_allclose(stats.apply_torch(torch.from_numpy(x)).numpy(), z, rtol=1e-6, atol=1e-6)
-    # A channel seen in one pixel gets a huge z there; it is clipped so it cannot dominate the loss.
-    rare = np.zeros((50, 1, 4, 4), np.float32)
-    rare[0, 0, 0, 0] = 100.0
-    rare_stats = NormStats.fit([rare], ("r",))
-    assert rare_stats.apply(rare).max() == rare_stats.clip == 5.0
     with pytest.raises(RasterError):
-        NormStats.fit([x[:, :2]], ("a", "b", "c"))
+        NormStats.fit([x[:, :2]], ("a", "b", "c", "d"))
+
+
+def test_context_window_centre_is_the_image_and_neighbours_are_placed_across_face_edges(pattern):
+    frame, _ = pattern
+    # Image cells next to an image in a face's middle and to one on a face edge (face 0, i = TOP, away
+    # from the corners, where grid lines bend), and that edge image itself.
+    ids = s2.as_uint64(frame.filter(pl.col("level") == PIXEL_LEVEL)["cell_id"].to_numpy())
+    anchors = np.unique(s2.parent(ids, IMAGE_LEVEL))
+    edge = np.array([_cell(0, TOP, 500, IMAGE_LEVEL)], dtype=np.uint64)
+    neighbours = s2.grid_window(np.concatenate([edge, anchors[:1]]), IMAGE_LEVEL, -1, 3)[:, 2, 1]  # i + 1
+    assert s2.face_ij(neighbours[:1])[0][0] != 0  # really on the next face
+    kids = s2.grid_window(np.concatenate([neighbours, edge]), PIXEL_LEVEL, 0, SIZE).reshape(-1)
+    extra = pl.DataFrame({
+        "region": "test", "level": pl.Series(np.full(kids.size, PIXEL_LEVEL, np.int8)),
+        "cell_id": pl.Series(kids.view(np.int64)), "token": s2.to_token(kids), "taxonomy_version": "t",
+        "a": np.arange(kids.size, dtype=np.float64), "b": 1.0, "c": 2.0,
+    })
+    r = rasterize(pl.concat([frame, extra]), IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2)
+    assert r.context.shape == (len(r.image_ids), 3, 10, 10)
+    quadrants = r.tensors.reshape(len(r.image_ids), 3, 2, SIZE // 2, 2, SIZE // 2).sum(axis=(3, 5))
+    np.testing.assert_allclose(r.context[:, :, 4:6, 4:6], quadrants, rtol=1e-6)  # every image, edges too
+    for anchor, neighbour in zip((edge[0], anchors[0]), neighbours):
+        a, n = np.searchsorted(r.image_ids, [anchor, neighbour])
+        np.testing.assert_allclose(r.context[a, :, 6:8, 4:6], quadrants[n], rtol=1e-6)
+    assert rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL).context is None
+    with pytest.raises(RasterError, match="context_ring"):
+        rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=-1)
 
 
 def test_shards_memory_map_and_index(pattern, tmp_path):
@@ -141,6 +169,15 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     assert open_shards(tmp_path / "changed").meta["sha256"] != digest
     assert sorted(p.name for p in (tmp_path / "rasters").glob("*.npy")) == ["shard-00000.npy"]
     assert not list(tmp_path.glob(".rasters*"))
+    with pytest.raises(RasterError, match="no context"):
+        shards.take_context(rows)
+    with_context = rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=1)
+    write_shards(with_context, tmp_path / "context", shard_size=4)
+    opened = open_shards(tmp_path / "context")
+    np.testing.assert_array_equal(opened.take_context(rows), with_context.context[rows])
+    np.testing.assert_array_equal(np.concatenate(list(opened.chunks(3, context=True))), with_context.context)
+    with pytest.raises(RasterError, match="context shape differ"):
+        open_shards([tmp_path / "rasters", tmp_path / "context"])
     two = open_shards([tmp_path / "rasters", tmp_path / "rasters"])
     assert len(two) == 2 * len(IMAGES)
     np.testing.assert_array_equal(two.take(np.array([len(IMAGES)])), r.tensors[:1])

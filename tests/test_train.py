@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from s2vec_core.model import MAEConfig
 from s2vec_core.osm import extract_cells
 from s2vec_core.raster import open_shards, rasterize, write_shards
 from s2vec_core.train import (TrainConfig, autocast_dtype, load_checkpoint, loader_options, lr_factor,
-                              select_device, train)
+                              select_device, should_stop, split_holdout, train)
 
 PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 IMAGE_LEVEL, PIXEL_LEVEL = 13, 17
@@ -25,7 +26,7 @@ TINY_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, seed=3)
 
 def tiny_model(channels: int) -> MAEConfig:
     return MAEConfig(in_channels=channels, image_size=16, patch_size=4, width=16, depth=1, heads=2,
-                     decoder_width=8, decoder_depth=1, decoder_heads=2)
+                     decoder_width=8, decoder_depth=1, decoder_heads=2, context_size=10)
 
 
 
@@ -34,7 +35,7 @@ def tiny_model(channels: int) -> MAEConfig:
 def shard_dir(tmp_path_factory) -> Path:
     features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "liechtenstein")
     d = tmp_path_factory.mktemp("rasters") / "liechtenstein"
-    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL), d, shard_size=128)
+    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2), d, shard_size=128)
     return d
 
 
@@ -69,7 +70,11 @@ def test_loss_decreases_on_real_rasters(shard_dir, tmp_path, cache_mb):
     state = load_checkpoint(tmp_path / "model.pt")  # weights_only=True inside
     assert state["epoch"] == TINY_TRAIN.epochs and state["taxonomy_version"] == "tv"
     assert state["norm"]["channels"] == list(shards.channels)
-    assert state["grid"] == {"image_level": IMAGE_LEVEL, "pixel_level": PIXEL_LEVEL}
+    assert state["grid"] == {"image_level": IMAGE_LEVEL, "pixel_level": PIXEL_LEVEL, "context_ring": 2}
+    # Every epoch was scored on held-out images against the mean-of-visible predictor.
+    assert len(result.holdout) == TINY_TRAIN.epochs and state["holdout"] == result.holdout
+    assert {"image", "image_baseline", "context", "context_baseline", "summary"} <= set(result.holdout[-1])
+    assert 0 < result.baseline_ratio < 5
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     # A finished checkpoint resumes to a no-op with the same curve.
     again = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), config)
@@ -86,7 +91,7 @@ def test_killed_run_resumes_to_identical_weights(shard_dir, tmp_path):
         from s2vec_core.train import TrainConfig, train
         from tests.test_train import TINY_TRAIN, tiny_model
         shards = open_shards({str(shard_dir)!r})
-        def die(epoch, loss):
+        def die(epoch, loss, holdout):
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
         train(shards, {str(killed)!r}, tiny_model(len(shards.channels)), TINY_TRAIN, on_epoch_end=die)
@@ -118,3 +123,23 @@ def test_resume_with_another_config_is_refused(shard_dir, tmp_path):
     with pytest.raises(ValueError, match="channels"):
         train(shards, tmp_path / "other.pt", MAEConfig(in_channels=3, image_size=16), TINY_TRAIN)
     assert (tmp_path / "m.pt").read_bytes() == before
+
+
+def test_holdout_split_and_early_stopping_rule():
+    train_rows, held = split_holdout(100, 0.1, seed=0)
+    assert held.size == 10 and np.intersect1d(train_rows, held).size == 0 and train_rows.size == 90
+    assert np.array_equal(split_holdout(100, 0.1, seed=0)[1], held)
+    assert split_holdout(9, 0.1, seed=0)[1].size == 0  # too few images to hold any out
+    assert not should_stop([1.0, 0.9, 0.8], patience=2, min_delta=0.01)
+    assert should_stop([1.0, 0.8, 0.81, 0.805], patience=2, min_delta=0.01)
+    assert not should_stop([1.0, 0.8, 0.81, 0.79], patience=2, min_delta=0.01)
+
+
+def test_training_stops_early_on_a_flat_holdout_curve(shard_dir, tmp_path):
+    shards = open_shards(shard_dir)
+    # A learning rate this small cannot move the held-out loss by 50% an epoch: patience 1 stops at epoch 2.
+    config = TrainConfig(epochs=6, batch_size=64, lr=1e-7, seed=3, patience=1, min_delta=0.5)
+    result = train(shards, tmp_path / "m.pt", tiny_model(len(shards.channels)), config)
+    assert result.stopped_early and len(result.losses) == 2
+    again = train(shards, tmp_path / "m.pt", tiny_model(len(shards.channels)), config)
+    assert again.losses == result.losses  # a stopped run stays stopped on resume

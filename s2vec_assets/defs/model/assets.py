@@ -173,8 +173,9 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
     checkpoint = local_root(warehouse) / "models" / "mae" / key / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
-    def log_epoch(epoch: int, loss: float) -> None:
-        context.log.info(f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}")
+    def log_epoch(epoch: int, loss: float, holdout: dict[str, float]) -> None:
+        held = f", held-out {train.baseline_ratio(holdout):.3f} of mean-of-visible" if holdout else ""
+        context.log.info(f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}{held}")
 
     started = time.perf_counter()
     result = train.train(shards, checkpoint, model_config, train_config, taxonomy_version=TAXONOMY_VERSION,
