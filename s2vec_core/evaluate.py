@@ -8,8 +8,12 @@ Splits:
 
 Feature sets are frames keyed by `cell_id` (UInt64) with numeric columns; builders here make the
 baselines: raw per-image-cell channel totals (log1p), PCA of those at the embedding's dimension, random
-vectors (the floor), S2Vec embeddings and their fusion with an external embedding table. Every set is
-scored on the same cells (the intersection of the targets and all sets), with the same folds and seeds.
+vectors (the floor), S2Vec embeddings and their fusion with an external embedding table (the
+hand-made neighbourhood and arrangement baselines are in `s2vec_core.baselines`). Every set is scored on
+the same cells (the intersection of the targets and all sets), with the same folds and seeds.
+
+`learning_curve` scores the sets on growing labelled subsets (what a user with few labels gets);
+`verdicts` says in words which set wins and whether the difference is larger than the fold noise.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ METRICS = ("r2", "mae", "rmse")
 MIN_CELLS = 20
 """Fewer cells with targets and features than this give no meaningful K-fold score; evaluation refuses."""
 CROSS_REGION_SCOPE = "cross_region"
+LEARNED = "s2vec"
+"""Feature sets named this or `s2vec+...` (fusions) are the learned ones; every other set is a baseline."""
+VERDICT_MIN_CELLS = 100
+VERDICT_MIN_BLOCKS = 10
+"""Below these many cells (or spatial blocks) a ranking of feature sets is noise whatever the fold std."""
 
 
 class InsufficientDataError(ValueError):
@@ -89,6 +98,8 @@ class Evaluation:
     """`predictions_schema()` rows (out-of-fold)."""
     notes: list[str] = field(default_factory=list)
     """What a reader should know (block level used, cells dropped), for the report."""
+    n_blocks: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Spatial blocks per (region, task), for `verdicts`."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,6 +224,19 @@ def spatial_folds(cells: np.ndarray, k: int, block_level: int, seed: int = 0) ->
     return block_fold[inverse]
 
 
+def split_folds(
+    cells: np.ndarray, split: str, k: int, image_level: int, block_levels_up: int = 3, seed: int = 0
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Fold index per cell for `split`, and (block level, number of blocks) for the spatial split."""
+    if split == "random":
+        return random_folds(len(cells), k, seed), None
+    if split == "spatial":
+        block_level = choose_block_level(cells, k, image_level, block_levels_up)
+        n_blocks = len(np.unique(s2.parent(cells, block_level)))
+        return spatial_folds(cells, k, block_level, seed), (block_level, n_blocks)
+    raise ValueError(f"unknown split {split!r}; choose from {SPLITS} (transfer: evaluate_transfer)")
+
+
 def choose_block_level(cells: np.ndarray, k: int, image_level: int, levels_up: int = 3) -> int:
     """`image_level - levels_up`, made finer only as far as needed to have at least `k` blocks."""
     for level in range(max(image_level - levels_up, 0), image_level):
@@ -279,6 +303,19 @@ def _aligned(df: pl.DataFrame, cells: np.ndarray) -> np.ndarray:
     return _matrix(keys.join(df, on="cell_id", how="left", maintain_order="left"))
 
 
+def _usable(
+    targets: pl.DataFrame, feature_sets: Mapping[str, pl.DataFrame], region: str, task: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, targets) every set covers; InsufficientDataError when too few for K-fold."""
+    cells = _common(targets, feature_sets)
+    if len(cells) < max(MIN_CELLS, 2 * k):
+        raise InsufficientDataError(
+            f"region {region!r}, task {task!r}: {len(cells)} image cells have both a target and every "
+            f"feature set; need at least {max(MIN_CELLS, 2 * k)}"
+        )
+    return cells, _aligned(targets.select("cell_id", "target"), cells)[:, 0]
+
+
 def _cross_validate(
     x: np.ndarray, y: np.ndarray, folds: np.ndarray, model: str, seed: int
 ) -> tuple[list[dict[str, float]], np.ndarray]:
@@ -330,29 +367,20 @@ def evaluate(
     `targets` has `cell_id` (UInt64, image level) and `target`; each feature set is a `cell_id`-keyed
     numeric frame. All sets see the same cells and the same folds.
     """
-    cells = _common(targets, feature_sets)
-    if len(cells) < max(MIN_CELLS, 2 * k):
-        raise InsufficientDataError(
-            f"region {region!r}, task {task!r}: {len(cells)} image cells have both a target and every "
-            f"feature set; need at least {max(MIN_CELLS, 2 * k)}"
-        )
-    y = _aligned(targets.select("cell_id", "target"), cells)[:, 0]
+    cells, y = _usable(targets, feature_sets, region, task, k)
     notes = [
         f"{region}/{task}: {len(cells)} image cells (of {targets.height} with targets) at level {image_level}"
     ]
     folds: dict[str, np.ndarray] = {}
+    n_blocks: dict[tuple[str, str], int] = {}
     for split in splits:
-        if split == "random":
-            folds[split] = random_folds(len(cells), k, seed)
-        elif split == "spatial":
-            block_level = choose_block_level(cells, k, image_level, block_levels_up)
-            folds[split] = spatial_folds(cells, k, block_level, seed)
+        folds[split], blocks = split_folds(cells, split, k, image_level, block_levels_up, seed)
+        if blocks:
+            block_level, n_blocks[(region, task)] = blocks
             notes.append(
                 f"{region}/{task}: spatial blocks are S2 cells at level {block_level} "
-                f"({len(np.unique(s2.parent(cells, block_level)))} blocks)"
+                f"({n_blocks[(region, task)]} blocks)"
             )
-        else:
-            raise ValueError(f"unknown split {split!r}; choose from {SPLITS} (transfer: evaluate_transfer)")
     rows, preds = [], []
     for name, df in feature_sets.items():
         x = _aligned(df, cells)
@@ -371,7 +399,7 @@ def evaluate(
                 }
                 rows += _metric_rows(per_fold, base, len(cells))
                 preds.append(_predictions(region, task, split, name, model, fold, cells, y, y_pred))
-    return Evaluation(_metrics_frame(rows), pl.concat(preds), notes)
+    return Evaluation(_metrics_frame(rows), pl.concat(preds), notes, n_blocks)
 
 
 def evaluate_transfer(
@@ -449,6 +477,97 @@ def evaluate_transfer(
     return Evaluation(_metrics_frame(rows), pl.concat(preds), notes)
 
 
+# ---------------------------------------------------------------------------------------------------
+# learning curves
+
+
+def learning_curve_schema() -> pl.Schema:
+    """One row per (region, task, split, feature set, model, training-set size): R2 mean and std over
+    folds x subsample seeds, scored on the full test folds."""
+    return pl.Schema(
+        {
+            "region": pl.String,
+            "task": pl.String,
+            "split": pl.String,
+            "feature_set": pl.String,
+            "model": pl.String,
+            "n_train": pl.Int64,
+            "r2": pl.Float64,
+            "std": pl.Float64,
+        }
+    )
+
+
+def _train_subsets(
+    folds: np.ndarray, size: int | None, n_seeds: int, seed: int
+) -> list[tuple[int, np.ndarray]]:
+    """(fold, training rows) pairs: all training rows for `size=None`, else `n_seeds` seeded subsets."""
+    out = []
+    for f in np.unique(folds):
+        train = np.flatnonzero(folds != f)
+        if size is None:
+            out.append((int(f), train))
+            continue
+        for s in range(n_seeds):
+            rng = np.random.default_rng([seed, int(f), s, size])
+            out.append((int(f), np.sort(rng.choice(train, size, replace=False))))
+    return out
+
+
+def learning_curve(
+    targets: pl.DataFrame,
+    feature_sets: Mapping[str, pl.DataFrame],
+    *,
+    task: str,
+    region: str,
+    image_level: int,
+    sizes: Sequence[int | None] = (25, 50, 100, 200, 500, None),
+    split: str = "spatial",
+    models: Sequence[str] = MODELS,
+    k: int = 5,
+    block_levels_up: int = 3,
+    n_seeds: int = 3,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """R2 against the number of labelled training cells (`learning_curve_schema()` rows).
+
+    Under `split`'s folds, each set trains on a seeded random subset of `size` training cells (`None`:
+    all; over `n_seeds` subsets, since a small sample is itself noisy) and is scored on the whole test
+    fold. Every set gets the same subsets. Sizes not below every fold's training count are left to `None`.
+    """
+    cells, y = _usable(targets, feature_sets, region, task, k)
+    folds, _ = split_folds(cells, split, k, image_level, block_levels_up, seed)
+    smallest = min(int((folds != f).sum()) for f in np.unique(folds))
+    usable = [s for s in sizes if s is not None and s < smallest] + [None]
+    variance = float(np.var(y))
+    rows = []
+    for size in usable:
+        subsets = _train_subsets(folds, size, n_seeds, seed)
+        n_train = size if size is not None else round(float(np.mean([len(t) for _, t in subsets])))
+        for name, df in feature_sets.items():
+            x = _aligned(df, cells)
+            for model in models:
+                r2s = []
+                for f, train in subsets:
+                    m = _model(model, len(train), seed)
+                    m.fit(x[train], y[train])
+                    test = folds == f
+                    r2s.append(scores(y[test], m.predict(x[test]), variance)["r2"])
+                rows.append(
+                    {
+                        "region": region,
+                        "task": task,
+                        "split": split,
+                        "feature_set": name,
+                        "model": model,
+                        "n_train": n_train,
+                        "r2": float(np.mean(r2s)),
+                        "std": float(np.std(r2s, ddof=1)) if len(r2s) > 1 else None,
+                    }
+                )
+    return pl.DataFrame(rows, schema=learning_curve_schema())
+
+
 def _predictions(region, task, split, name, model, fold, cells, y, y_pred) -> pl.DataFrame:
     n = len(cells)
     return pl.DataFrame(
@@ -489,3 +608,75 @@ def r2_table(metrics: pl.DataFrame, model: str = "lightgbm") -> pl.DataFrame:
         .pivot(on="split", index=["region", "task", "feature_set"], values="cell")
         .sort("region", "task", "feature_set")
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# verdicts
+
+
+def is_learned(feature_set: str) -> bool:
+    """S2Vec and its fusions; every other feature set is a baseline."""
+    return feature_set.split("+")[0] == LEARNED
+
+
+def _noise(*stds: float | None) -> float | None:
+    return None if any(s is None for s in stds) else max(stds)
+
+
+def _verdict(rows: pl.DataFrame, n_blocks: int | None) -> str:
+    """One sentence on one (scope, region, task, split, model): `rows` are its R2 rows, best first."""
+    region, task, split, model = rows.row(0)[:4]
+    sets = list(rows.select("feature_set", "value", "std").iter_rows())
+    (best, r2, std), (runner, r2_runner, std_runner) = sets[0], sets[1]
+    head = f"{region}/{task}, {split}/{model}"
+    n_cells = int(rows["n_cells"].max())
+    reasons = [f"only {n_cells} cells"] if n_cells < VERDICT_MIN_CELLS else []
+    if split == "spatial" and n_blocks is not None and n_blocks < VERDICT_MIN_BLOCKS:
+        reasons.append(f"only {n_blocks} spatial blocks")
+    if _noise(std, std_runner) is None:
+        reasons.append("one fold, no spread to judge the noise by")
+    if reasons:
+        return (
+            f"{head}: differences within noise ({'; '.join(reasons)}); {best} scores highest "
+            f"(R2 {r2:.2f}), but do not read this as a finding"
+        )
+    noise = _noise(std, std_runner)
+    lead = r2 - r2_runner
+    clear = [lead >= noise]
+    text = (
+        f"{best} wins (R2 {r2:.2f}), +{lead:.2f} over {runner}"
+        if clear[0]
+        else f"{best} leads (R2 {r2:.2f}) by {lead:.2f} over {runner}, within noise (fold std {noise:.2f})"
+    )
+    learned = [s for s in sets if is_learned(s[0])]
+    baseline = [s for s in sets if not is_learned(s[0])]
+    if learned and baseline:
+        (name, value, s_std), (b_name, b_value, b_std) = learned[0], baseline[0]
+        gap, gap_noise = value - b_value, _noise(s_std, b_std)
+        clear.append(abs(gap) >= gap_noise)
+        side = "above" if gap >= 0 else "below"
+        text += f"; {name} is {abs(gap):.2f} {side} the best baseline ({b_name})"
+        text += "" if clear[-1] else f", within noise (fold std {gap_noise:.2f})"
+    if not any(clear):
+        text += "; do not read this as a finding"
+    return f"{head}: {text}"
+
+
+def verdicts(metrics: pl.DataFrame, n_blocks: Mapping[tuple[str, str], int] | None = None) -> list[str]:
+    """Per (scope, region, task, split, model): the best feature set on R2, its lead over the runner-up
+    and how the best learned set compares with the best baseline, in words.
+
+    A difference smaller than the larger fold std of the two sets is called within noise; with fewer
+    than VERDICT_MIN_CELLS cells, fewer than VERDICT_MIN_BLOCKS spatial blocks (`n_blocks[(region,
+    task)]`) or one fold only, the whole ranking is, so a reader never takes noise for a finding.
+    """
+    r2 = metrics.filter(pl.col("metric") == "r2")
+    out = []
+    for _, rows in r2.group_by("scope", "region", "task", "split", "model", maintain_order=True):
+        if rows.height < 2:
+            continue
+        rows = rows.sort("value", descending=True).select(
+            "region", "task", "split", "model", "feature_set", "value", "std", "n_cells"
+        )
+        out.append(_verdict(rows, (n_blocks or {}).get((rows["region"][0], rows["task"][0]))))
+    return sorted(out)

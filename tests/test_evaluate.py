@@ -214,8 +214,91 @@ def test_plots_and_report(tmp_path, world, population):
     assert rgb.shape == (emb.height, 3) and rgb.min() >= 0 and rgb.max() <= 1
     report = write_report(tmp_path / "report", "Synthetic", population.metrics, population.notes, plots)
     text = report.read_text()
-    for caption in plots:
+    for caption, png in plots.items():
         name = caption.lower().replace(" ", "_") + ".png"
-        assert f"![{caption}]({name})" in text and (report.parent / name).read_bytes() == plots[caption]
+        assert f"![{caption}]({name})" in text and (report.parent / name).read_bytes() == png
     assert "| syn | population | embedding |" in text and "spatial blocks are S2 cells at level" in text
     assert pl.read_csv(report.parent / "metrics.csv").height == population.metrics.height
+
+
+def test_learning_curve_rises_with_labelled_cells():
+    rng = np.random.default_rng(0)
+    cells = np.unique(s2.latlng_to_cell_id(rng.uniform(47.0, 47.5, 4000), rng.uniform(9.0, 9.6, 4000), 13))
+    x = rng.standard_normal((len(cells), 3))
+    targets = pl.DataFrame(
+        {
+            "cell_id": pl.Series(cells, dtype=pl.UInt64),
+            "target": np.sin(2 * x[:, 0]) + np.abs(x[:, 1]) + 0.5 * x[:, 2],
+        }
+    )
+    sets = {"signal": ev._frame(cells, x, "x"), "random": ev.random_features(cells, 3)}
+    curve = ev.learning_curve(
+        targets,
+        sets,
+        task="t",
+        region="r",
+        image_level=13,
+        sizes=(25, 100, 10**6, None),
+        models=("lightgbm",),
+    )
+    assert curve.schema == ev.learning_curve_schema()
+    signal = curve.filter(pl.col("feature_set") == "signal").sort("n_train")
+    assert signal["n_train"].to_list()[:2] == [25, 100] and signal.height == 3  # 10**6 > any fold: skipped
+    assert signal["n_train"][-1] == pytest.approx(0.8 * len(cells), rel=0.1)
+    r2s = signal["r2"].to_list()
+    assert r2s[0] < r2s[1] < r2s[2] and r2s[2] > 0.7 and signal["std"].is_not_null().all()
+    assert curve.filter(pl.col("feature_set") == "random")["r2"].max() < 0.1
+
+
+def verdict_metrics(rows: list[tuple[str, float, float | None]], n_cells: int = 500, split: str = "spatial"):
+    return pl.DataFrame(
+        [
+            {
+                "scope": "a",
+                "region": "a",
+                "task": "t",
+                "split": split,
+                "feature_set": fs,
+                "model": "lightgbm",
+                "metric": "r2",
+                "value": v,
+                "std": s,
+                "n_folds": 5,
+                "n_cells": n_cells,
+                "model_version": "",
+                "run_id": "",
+            }
+            for fs, v, s in rows
+        ],
+        schema=ev.metrics_schema(),
+    )
+
+
+def test_verdicts_name_clear_winners_and_flag_noise():
+    clear = verdict_metrics([("raw", 0.7, 0.02), ("s2vec", 0.9, 0.01), ("random", 0.0, 0.02)])
+    [text] = ev.verdicts(clear, {("a", "t"): 20})
+    assert text == (
+        "a/t, spatial/lightgbm: s2vec wins (R2 0.90), +0.20 over raw; s2vec is 0.20 above the best baseline (raw)"
+    )
+    behind = verdict_metrics([("contextual", 0.91, 0.01), ("s2vec+raw", 0.88, 0.01), ("s2vec", 0.80, 0.02)])
+    [text] = ev.verdicts(behind, {("a", "t"): 20})
+    assert (
+        "contextual wins (R2 0.91), +0.03 over s2vec+raw; s2vec+raw is 0.03 below the best baseline" in text
+    )
+    noisy = verdict_metrics([("contextual", 0.62, 0.05), ("s2vec", 0.60, 0.04), ("raw", 0.59, 0.03)])
+    [text] = ev.verdicts(noisy, {("a", "t"): 20})
+    assert "within noise (fold std 0.05)" in text and text.endswith("do not read this as a finding")
+    for reason, frame, blocks in [
+        ("only 60 cells", verdict_metrics([("raw", 0.7, 0.02), ("s2vec", 0.9, 0.01)], n_cells=60), 20),
+        ("only 6 spatial blocks", clear, 6),
+        ("one fold", verdict_metrics([("raw", 0.7, None), ("s2vec", 0.9, None)], split="transfer"), None),
+    ]:
+        [text] = ev.verdicts(frame, {("a", "t"): blocks} if blocks else None)
+        assert "within noise" in text and reason in text and "do not read this as a finding" in text, text
+
+
+def test_block_counts_travel_with_the_evaluation(population):
+    assert population.n_blocks[("syn", "population")] >= 5
+    assert any(
+        "spatial blocks" in v or "wins" in v for v in ev.verdicts(population.metrics, population.n_blocks)
+    )
