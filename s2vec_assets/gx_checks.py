@@ -84,6 +84,7 @@ def gx_check_result(
     asset_key: dg.AssetKey,
     check_name: str,
     sample_columns: Sequence[str] = (),
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:
     """Run the suite and report it as a check result (passed only if every expectation passed)."""
     result = run_suite(frame, expectations, suite_name=check_name)
@@ -104,7 +105,7 @@ def gx_check_result(
     )
     return dg.AssetCheckResult(
         asset_key=asset_key, check_name=check_name, passed=bool(result.success), metadata=metadata,
-        description=summary,
+        description=summary, severity=severity,
     )
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from pydantic import Field
 
 import dagster as dg
@@ -27,7 +28,8 @@ from s2vec_core.taxonomy import TAXONOMY_VERSION
 
 EMBEDDINGS_TABLE = "cell_embeddings"
 EMBEDDINGS_DESCRIPTION = (
-    "s2vec cell_embeddings: region and model_version (partition keys), level (Int8, the image level), cell_id "
+    "s2vec cell_embeddings: region and model_version (partition keys), level (Int8: the image level for image-cell "
+    "rows, the token level for per-token rows), cell_id "
     "(Int64, the S2 id's uint64 bit pattern), token (S2 token), embedding (list of Float32, fixed length = model "
     "width; Delta stores it as a list). model_version = sha256 of the model checkpoint file."
 )
@@ -47,6 +49,8 @@ def raster_dir(warehouse: WarehouseResource, region: str) -> Path:
 class RasterConfig(dg.Config):
     image_level: int = Field(default=Grid().image_level, description="S2 level of an image cell.")
     pixel_level: int = Field(default=Grid().pixel_level, description="S2 level of a pixel (must be in cell_features).")
+    context_ring: int = Field(default=Grid().context_ring, ge=0,
+                              description="Image cells on each side of the context window (0: none).")
     shard_size: int = Field(default=4096, ge=1, description="Images per .npy shard.")
 
 
@@ -59,16 +63,18 @@ class RasterConfig(dg.Config):
     code_version="1",
     description=(
         "The region's image cells as float32 tensors [C, 2^k, 2^k] (raw channel values; each pixel cell at its "
-        "S2 face (i, j) offset in the image), in memory-mappable .npy shards with an index (cell_id -> shard, row)."
+        "S2 face (i, j) offset in the image), plus a context window of the neighbouring image cells at image "
+        "level + 1, in memory-mappable .npy shards with an index (cell_id -> shard, row)."
     ),
 )
 def raster_tensors(context: dg.AssetExecutionContext, config: RasterConfig,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
     region = context.partition_key
-    grid = Grid(config.image_level, config.pixel_level, (config.image_level, config.pixel_level))
+    grid = Grid(config.image_level, config.pixel_level, (config.image_level, config.pixel_level),
+                config.context_ring)
     pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
     try:
-        rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level)
+        rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level, grid.context_ring)
     except raster.RasterError as e:
         raise dg.Failure(f"{region}: {e}") from e
     directory = raster_dir(warehouse, region)
@@ -80,6 +86,8 @@ def raster_tensors(context: dg.AssetExecutionContext, config: RasterConfig,
         "dagster/row_count": dg.MetadataValue.int(index.height),
         "images": dg.MetadataValue.int(index.height),
         "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
+        "context_shape": dg.MetadataValue.json(list(rasters.context.shape[1:]) if rasters.context is not None else []),
+        "context_ring": grid.context_ring,
         "shards": dg.MetadataValue.int(index["shard"].n_unique()),
         "image_level": grid.image_level,
         "pixel_level": grid.pixel_level,
@@ -120,6 +128,8 @@ class ModelConfig(dg.Config):
     decoder_depth: int = _MODEL.decoder_depth
     decoder_heads: int = _MODEL.decoder_heads
     mask_ratio: float = _MODEL.mask_ratio
+    summary_weight: float = Field(default=_MODEL.summary_weight, ge=0,
+                                  description="Weight of the cell/ring channel-summary loss.")
     epochs: int = Field(default=_TRAIN.epochs, ge=1)
     batch_size: int = _TRAIN.batch_size
     lr: float = _TRAIN.lr
@@ -128,15 +138,24 @@ class ModelConfig(dg.Config):
     grad_clip: float = _TRAIN.grad_clip
     seed: int = _TRAIN.seed
     num_workers: int = Field(default=_TRAIN.num_workers, description="DataLoader workers (CUDA only).")
+    holdout_fraction: float = Field(default=_TRAIN.holdout_fraction, ge=0, lt=0.5,
+                                    description="Images held out for the early-stopping curve.")
+    patience: int = Field(default=_TRAIN.patience, ge=1, description="Epochs without held-out gain before stopping.")
+    min_delta: float = _TRAIN.min_delta
 
-    def configs(self, channels: int, image_size: int) -> tuple[MAEConfig, train.TrainConfig]:
+    def configs(self, shards: raster.ShardSet) -> tuple[MAEConfig, train.TrainConfig]:
+        base = train.default_model_config(shards)
         return (
-            MAEConfig(in_channels=channels, image_size=image_size, patch_size=self.patch_size, width=self.width,
-                      depth=self.depth, heads=self.heads, decoder_width=self.decoder_width,
-                      decoder_depth=self.decoder_depth, decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio),
+            MAEConfig(in_channels=base.in_channels, image_size=base.image_size, context_size=base.context_size,
+                      patch_size=self.patch_size, width=self.width, depth=self.depth, heads=self.heads,
+                      decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
+                      decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio,
+                      summary_weight=self.summary_weight),
             train.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction,
-                              grad_clip=self.grad_clip, seed=self.seed, num_workers=self.num_workers),
+                              grad_clip=self.grad_clip, seed=self.seed, num_workers=self.num_workers,
+                              holdout_fraction=self.holdout_fraction, patience=self.patience,
+                              min_delta=self.min_delta),
         )
 
 
@@ -164,7 +183,7 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
     if not regions:
         raise dg.Failure("no raster_tensors partition is materialised; materialise some regions first")
     shards = raster.open_shards([raster_dir(warehouse, r) for r in regions])
-    model_config, train_config = config.configs(len(shards.channels), int(shards.meta["shape"][-1]))
+    model_config, train_config = config.configs(shards)
     key_source = json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict(),
                              "taxonomy": TAXONOMY_VERSION, "rasters": {
                                  r: json.loads((raster_dir(warehouse, r) / raster.META_FILE).read_text())["sha256"]
@@ -192,7 +211,12 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
         "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
         "first_loss": float(result.losses[0]),
         "final_loss": float(result.losses[-1]),
-        "loss_curve": png_markdown(_loss_curve(result.losses), alt="training loss"),
+        "loss_curve": png_markdown(_loss_curve(result), alt="training loss"),
+        "stopped_early": result.stopped_early,
+        "holdout_images": dg.MetadataValue.int(len(train.split_holdout(len(shards), train_config.holdout_fraction,
+                                                                      train_config.seed)[1])),
+        "holdout": dg.MetadataValue.json([{k: round(v, 6) for k, v in h.items()} for h in result.holdout]),
+        **({"holdout_vs_mean_of_visible": float(result.baseline_ratio)} if result.holdout else {}),
         "wall_time_s": float(wall),
         "images_per_s": float(result.images_per_s),
         "training_images": dg.MetadataValue.int(len(shards)),
@@ -204,13 +228,22 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
     })
 
 
-def _loss_curve(losses: list[float]):
+def _loss_curve(result: train.TrainResult):
+    """Training loss, and the held-out reconstruction loss against the mean-of-visible predictor's."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3))
+    fig = Figure(figsize=(5.5, 3.2))
     ax = fig.add_subplot()
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
-    ax.set(xlabel="epoch", ylabel="masked-patch MSE", title="MAE training loss")
+    epochs = range(1, len(result.losses) + 1)
+    ax.plot(epochs, result.losses, marker="o", label="training (total)")
+    if result.holdout:
+        parts = [k for k in ("image", "context") if k in result.holdout[0]]
+        ax.plot(epochs, [sum(h[k] for k in parts) for h in result.holdout], marker="s",
+                label="held-out reconstruction")
+        ax.plot(epochs, [sum(h[f"{k}_baseline"] for k in parts) for h in result.holdout], ls="--",
+                label="mean-of-visible predictor")
+    ax.set(xlabel="epoch", ylabel="channel-weighted MSE", title="MAE training")
+    ax.legend(fontsize=8)
     return fig
 
 
@@ -230,8 +263,10 @@ def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
     kinds={"pytorch", "delta", "polars"},
     code_version="1",
     description=(
-        "S2Vec embeddings of the region's image cells (mean-pooled encoder output of the unmasked image) from the "
-        "latest mae_model, in the Delta table `cell_embeddings`, replacing only (region, model_version) rows."
+        "S2Vec embeddings from the latest mae_model at two granularities, told apart by `level`: per image cell "
+        "(encoder output on the unmasked image and its context window, mean-pooled) and per image token (one per "
+        "patch cell, the pixel level with 1-pixel patches). Delta table `cell_embeddings`; a run replaces only "
+        "its (region, model_version) rows."
     ),
 )
 def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -243,14 +278,21 @@ def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         raise dg.Failure(f"{region}: rasters at levels {shards.meta['image_level']}/{shards.meta['pixel_level']}, "
                          f"model trained at {trained.image_level}/{trained.pixel_level}")
     started = time.perf_counter()
-    vectors = embed.embed_shards(trained, shards)
+    vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
     seconds = time.perf_counter() - started
-    df = embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version)
+    cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
+    df = pl.concat([
+        embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version),
+        embed.embeddings_frame(region, cells.reshape(-1), trained.token_level, tokens.reshape(-1, trained.dim),
+                               trained.model_version),
+    ])
     version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
                                         description=EMBEDDINGS_DESCRIPTION)
     metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
                               preview_columns=["level", "cell_id", "token"])
     metadata.update(model_version=trained.model_version, dim=dg.MetadataValue.int(trained.dim),
+                    image_level=trained.image_level, token_level=trained.token_level,
+                    image_cells=dg.MetadataValue.int(len(shards)), token_cells=dg.MetadataValue.int(cells.size),
                     cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
                     mean_dimension_variance=float(vectors.var(axis=0).mean()))
     return dg.MaterializeResult(metadata=metadata)

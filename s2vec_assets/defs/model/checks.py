@@ -1,9 +1,11 @@
 """Great Expectations checks on the model assets; all blocking, since each feeds the next stage.
 
 - raster_tensors[region]: every image finite, with the shape the metadata states, index and shards agree.
-- mae_model: every weight finite; the final epoch's loss below the first's (needs >= 2 epochs).
-- cell_embeddings[region]: finite, the model's dimension, one row per image cell of the region's rasters,
-  no duplicates, and not collapsed (mean per-dimension variance above a floor).
+- mae_model: every weight finite; the final epoch's loss below the first's (needs >= 2 epochs); the
+  held-out masked loss below the mean-of-visible predictor's (non-blocking: a warning, since a
+  tiny region may not hold enough images to learn more than the trivial answer).
+- cell_embeddings[region]: finite, the model's dimension, one row per image cell of the region's rasters
+  and one per image token, no duplicates, and not collapsed (mean per-dimension variance above a floor).
 Per-row facts that are not plain GX expectations are computed as helper columns, which GX then checks.
 """
 
@@ -18,7 +20,7 @@ from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.gx_checks import Expect, gx_check_result
 from s2vec_core import embed, raster
-from s2vec_core.train import load_checkpoint
+from s2vec_core.train import baseline_ratio, load_checkpoint
 
 VARIANCE_FLOOR = 1e-6
 """Mean per-dimension variance of a region's embeddings below this means they collapsed to one point."""
@@ -32,7 +34,7 @@ with warnings.catch_warnings():
         for name, desc in (
             ("cell_embeddings_finite_and_sized", "Every embedding is finite and has the model's dimension."),
             ("cell_embeddings_one_row_per_image_cell",
-             "Exactly the region's image cells (from raster_tensors), each once."),
+             "Exactly the region's image cells (from raster_tensors), each once, and every image token once."),
             ("cell_embeddings_not_collapsed", f"Mean per-dimension variance above {VARIANCE_FLOOR}."),
         )
     ]
@@ -84,6 +86,8 @@ def raster_tensors_finite_and_shaped(context: dg.AssetCheckExecutionContext,
                           description="Every parameter tensor of the checkpoint is finite."),
         dg.AssetCheckSpec("mae_model_loss_decreased", asset=model_assets.mae_model, blocking=True,
                           description="The final epoch's loss is below the first epoch's."),
+        dg.AssetCheckSpec("mae_model_beats_mean_of_visible", asset=model_assets.mae_model, blocking=False,
+                          description="Held-out masked loss below the mean-of-visible predictor's on the same masks."),
     ],
     can_subset=True,
     name="mae_model_checks",
@@ -103,14 +107,24 @@ def mae_model_checks(context: dg.AssetCheckExecutionContext):
             losses, [Expect("expect_column_pair_values_a_to_be_greater_than_b", column_A="first_loss",
                             column_B="final_loss")],
             asset_key=model_assets.mae_model.key, check_name="mae_model_loss_decreased")
+    if "mae_model_beats_mean_of_visible" in selected:
+        ratio = baseline_ratio(state["holdout"][-1]) if state.get("holdout") else None
+        frame = pl.DataFrame({"holdout_vs_mean_of_visible": [ratio]}, schema={"holdout_vs_mean_of_visible": pl.Float64})
+        yield gx_check_result(
+            frame, [Expect("expect_column_values_to_not_be_null", column="holdout_vs_mean_of_visible"),
+                    Expect("expect_column_values_to_be_between", column="holdout_vs_mean_of_visible", max_value=1.0)],
+            asset_key=model_assets.mae_model.key, check_name="mae_model_beats_mean_of_visible",
+            severity=dg.AssetCheckSeverity.WARN)
 
 
 @dg.multi_asset_check(specs=EMBEDDING_SPECS, can_subset=True, name="cell_embeddings_checks")
 def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     region = context.partition_key
     trained = embed.load_model(model_assets.latest_checkpoint(context), device="cpu")
-    df = warehouse.read(model_assets.EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version})
+    both = warehouse.read(model_assets.EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version})
+    df = both.filter(pl.col("level") == trained.image_level)
     image_ids = raster.open_shards(model_assets.raster_dir(warehouse, region)).image_ids.view(np.int64)
+    tokens = both.filter(pl.col("level") == trained.token_level)
     selected = {key.name for key in context.selected_asset_check_keys}
     key = model_assets.cell_embeddings.key
     sample = ["region", "cell_id", "token"]
@@ -124,10 +138,14 @@ def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: Wa
         ], asset_key=key, check_name="cell_embeddings_finite_and_sized", sample_columns=sample)
     if "cell_embeddings_one_row_per_image_cell" in selected:
         frame = df.select(*sample, in_rasters=pl.col("cell_id").is_in(pl.Series(image_ids).implode()))
-        yield gx_check_result(frame, [
+        token_frame = tokens.select(pl.len().alias("token_rows"), pl.col("cell_id").n_unique().alias("unique"))
+        expected_tokens = len(image_ids) * trained.model.config.num_patches
+        yield gx_check_result(frame.join(token_frame, how="cross"), [
             Expect("expect_table_row_count_to_equal", value=len(image_ids)),
             Expect("expect_column_values_to_be_unique", column="cell_id"),
             Expect("expect_column_values_to_be_in_set", column="in_rasters", value_set=[True]),
+            Expect("expect_column_values_to_be_in_set", column="token_rows", value_set=[expected_tokens]),
+            Expect("expect_column_values_to_be_in_set", column="unique", value_set=[expected_tokens]),
         ], asset_key=key, check_name="cell_embeddings_one_row_per_image_cell", sample_columns=sample)
     if "cell_embeddings_not_collapsed" in selected:
         matrix = np.stack(df["embedding"].to_numpy()) if df.height else np.zeros((0, trained.dim))
