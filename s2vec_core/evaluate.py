@@ -42,6 +42,8 @@ LEARNED = "s2vec"
 VERDICT_MIN_CELLS = 100
 VERDICT_MIN_BLOCKS = 10
 """Below these many cells (or spatial blocks) a ranking of feature sets is noise whatever the fold std."""
+SMALL_TRAIN = 100
+"""Learning curves: training sets smaller than this are drawn several times (seeds), larger ones once."""
 
 
 class InsufficientDataError(ValueError):
@@ -501,14 +503,15 @@ def learning_curve_schema() -> pl.Schema:
 def _train_subsets(
     folds: np.ndarray, size: int | None, n_seeds: int, seed: int
 ) -> list[tuple[int, np.ndarray]]:
-    """(fold, training rows) pairs: all training rows for `size=None`, else `n_seeds` seeded subsets."""
+    """(fold, training rows) pairs: all training rows for `size=None`, else seeded subsets (`n_seeds` of
+    them below SMALL_TRAIN, where which cells are drawn matters most; one above)."""
     out = []
     for f in np.unique(folds):
         train = np.flatnonzero(folds != f)
         if size is None:
             out.append((int(f), train))
             continue
-        for s in range(n_seeds):
+        for s in range(n_seeds if size < SMALL_TRAIN else 1):
             rng = np.random.default_rng([seed, int(f), s, size])
             out.append((int(f), np.sort(rng.choice(train, size, replace=False))))
     return out
@@ -532,8 +535,8 @@ def learning_curve(
     """R2 against the number of labelled training cells (`learning_curve_schema()` rows).
 
     Under `split`'s folds, each set trains on a seeded random subset of `size` training cells (`None`:
-    all; over `n_seeds` subsets, since a small sample is itself noisy) and is scored on the whole test
-    fold. Every set gets the same subsets. Sizes not below every fold's training count are left to `None`.
+    all; below SMALL_TRAIN over `n_seeds` subsets, since a small sample is itself noisy) and is scored on
+    the whole test fold; `std` is over folds x subsets. Every set gets the same subsets. Sizes not below every fold's training count are left to `None`.
     """
     cells, y = _usable(targets, feature_sets, region, task, k)
     folds, _ = split_folds(cells, split, k, image_level, block_levels_up, seed)

@@ -1,4 +1,5 @@
-"""One evaluation run end to end: standard feature sets, tasks, per-region and cross-region scores, plots.
+"""One evaluation run end to end: standard feature sets, tasks, per-region and cross-region scores,
+learning curves, verdicts and plots.
 
 The Dagster assets and the bench script both call these, so the report on the bundled data and on a
 synthetic world are made the same way.
@@ -6,12 +7,15 @@ synthetic world are made the same way.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
+from s2vec_core import baselines as bl
 from s2vec_core import evaluate as ev
 from s2vec_core import evaluation_plots as plots
 from s2vec_core.proxy import PROXY_TARGETS, osm_proxy_targets
@@ -19,7 +23,13 @@ from s2vec_core.taxonomy import CHANNEL_NAMES
 
 DEFAULT_DIM = 16
 """PCA / random dimension when there is no embedding to match."""
-S2VEC = "s2vec"
+S2VEC = ev.LEARNED
+SPATIAL_STATS = "spatial_stats"
+BASELINES_NOTE = (
+    "baselines: raw = log1p channel totals; contextual = raw plus totals over 1 and 2 rings of "
+    "neighbouring image cells; spatial_stats = raw plus arrangement statistics inside the cell (occupancy, "
+    "dispersion, top-10% share, Moran's I, POI-road/building co-occurrence, distance to roads)"
+)
 
 
 def standard_feature_sets(
@@ -29,11 +39,16 @@ def standard_feature_sets(
     external: pl.DataFrame | None = None,
     seed: int = 0,
     pca_source: pl.DataFrame | None = None,
+    pixel_level: int | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """`s2vec` (if embeddings), `raw`, `pca` and `random` at the embedding's dimension, and with an
-    external table `external` and `s2vec+external` (fusion).
+    """The feature sets every run scores.
 
-    `pca_source` (raw totals of several regions) fits the PCA on more than this region, for transfer.
+    Baselines: `raw` (log1p channel totals), `contextual` (plus the totals of 1 and 2 rings of
+    neighbours), `spatial_stats` (raw plus arrangement statistics inside the cell; only with
+    `pixel_level` and pixel rows in `cell_features`), `pca` and `random` at the embedding's dimension,
+    and `external` with an external table. With embeddings: `s2vec` and its fusions `s2vec+raw`,
+    `s2vec+contextual` (and `s2vec+external`). `pca_source` (raw totals of several regions) fits the
+    PCA on more than this region, for transfer.
     """
     raw = ev.raw_channel_totals(cell_features, image_level, CHANNEL_NAMES)
     sets: dict[str, pl.DataFrame] = {}
@@ -44,17 +59,32 @@ def standard_feature_sets(
         )
         dim = sets[S2VEC].width - 1
     sets["raw"] = raw
+    sets["contextual"] = bl.contextual_counts(cell_features, image_level, CHANNEL_NAMES)
+    if pixel_level is not None and (cell_features["level"] == pixel_level).any():
+        stats = bl.spatial_statistics(cell_features, image_level, pixel_level, CHANNEL_NAMES)
+        sets[SPATIAL_STATS] = ev.fuse(raw, stats)
     if pca_source is None:
         sets["pca"] = ev.pca_features(raw, dim, seed)
     else:
         pooled = ev.pca_features(pca_source, dim, seed)
         sets["pca"] = raw.select("cell_id").join(pooled, on="cell_id", how="left")
     sets["random"] = ev.random_features(raw["cell_id"].to_numpy(), dim, seed)
+    if S2VEC in sets:
+        sets[f"{S2VEC}+raw"] = ev.fuse(sets[S2VEC], raw)
+        sets[f"{S2VEC}+contextual"] = ev.fuse(sets[S2VEC], sets["contextual"])
     if external is not None:
         sets["external"] = ev.embedding_features(external, prefix="x")
         if S2VEC in sets:
             sets[f"{S2VEC}+external"] = ev.fuse(sets[S2VEC], sets["external"])
     return sets
+
+
+def feature_set_notes(sets: Mapping[str, pl.DataFrame], pixel_level: int | None) -> list[str]:
+    """What the report should say about the sets `standard_feature_sets` made (or could not)."""
+    notes = [BASELINES_NOTE]
+    if SPATIAL_STATS not in sets:
+        notes.append(f"spatial_stats not scored: cell_features has no rows at the pixel level {pixel_level}")
+    return notes
 
 
 def proxy_tasks(
@@ -83,7 +113,7 @@ def evaluate_region(
     **kwargs,
 ) -> ev.Evaluation:
     """`evaluate` over every task; tasks without enough cells become notes, not failures."""
-    metrics, preds, notes = [], [], []
+    metrics, preds, notes, blocks = [], [], [], {}
     for task, targets in tasks.items():
         try:
             out = ev.evaluate(
@@ -95,7 +125,30 @@ def evaluate_region(
         metrics.append(out.metrics)
         preds.append(out.predictions)
         notes += out.notes
-    return _combine(metrics, preds, notes)
+        blocks |= out.n_blocks
+    return _combine(metrics, preds, notes, blocks)
+
+
+def learning_curves(
+    region: str,
+    feature_sets: Mapping[str, pl.DataFrame],
+    tasks: Mapping[str, pl.DataFrame],
+    image_level: int,
+    **kwargs,
+) -> pl.DataFrame:
+    """`learning_curve` over every task (`learning_curve_schema()` rows); tasks too small are skipped
+    (`evaluate_region` notes them)."""
+    curves = []
+    for task, targets in tasks.items():
+        try:
+            curves.append(
+                ev.learning_curve(
+                    targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs
+                )
+            )
+        except ev.InsufficientDataError:
+            continue
+    return pl.concat(curves) if curves else pl.DataFrame(schema=ev.learning_curve_schema())
 
 
 def evaluate_cross_region(
@@ -126,11 +179,17 @@ def evaluate_cross_region(
     return _combine(metrics, preds, notes)
 
 
-def _combine(metrics: list[pl.DataFrame], preds: list[pl.DataFrame], notes: list[str]) -> ev.Evaluation:
+def _combine(
+    metrics: list[pl.DataFrame],
+    preds: list[pl.DataFrame],
+    notes: list[str],
+    blocks: dict[tuple[str, str], int] | None = None,
+) -> ev.Evaluation:
     return ev.Evaluation(
         pl.concat(metrics) if metrics else pl.DataFrame(schema=ev.metrics_schema()),
         pl.concat(preds) if preds else pl.DataFrame(schema=ev.predictions_schema()),
         notes,
+        blocks or {},
     )
 
 
@@ -140,12 +199,16 @@ def report_plots(
     split: str = "spatial",
     model: str = "lightgbm",
     regions: Sequence[str] | None = None,
+    curves: pl.DataFrame | None = None,
 ) -> dict[str, bytes]:
-    """R2 bars, predicted vs actual, the embedding map and the residual map of the first task."""
+    """R2 bars, the learning curves, predicted vs actual, the embedding map and the residual map of the
+    first task."""
     out: dict[str, bytes] = {}
     if result.metrics.height == 0:
         return out
     out[f"R2 by feature set and split ({model})"] = plots.r2_bars(result.metrics, model)
+    if curves is not None and curves.height:
+        out["Learning curves: R2 vs labelled cells"] = learning_curve_png(curves)
     task = result.predictions["task"][0]
     preds = result.predictions.filter(pl.col("task") == task)
     if regions is not None:
@@ -172,3 +235,34 @@ def report_plots(
             one, title=f"{task}: residuals of {best} ({split} split, {model})"
         )
     return out
+
+
+def learning_curve_png(curves: pl.DataFrame) -> bytes:
+    """R2 against labelled training cells (log x), one line per feature set with a ±std band; one
+    panel per (region/task, split, model)."""
+    panels = curves.select("region", "task", "split", "model").unique(maintain_order=True).rows()
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False, layout="constrained")
+    for ax, (region, task, split, model) in zip(axes.flat, panels):
+        one = curves.filter(
+            (pl.col("region") == region)
+            & (pl.col("task") == task)
+            & (pl.col("split") == split)
+            & (pl.col("model") == model)
+        )
+        for (name,), line in one.sort("n_train").group_by("feature_set", maintain_order=True):
+            n, r2, std = (line[c].to_numpy().astype(float) for c in ("n_train", "r2", "std"))
+            ax.plot(n, r2, marker="o", ms=3, lw=1.8 if ev.is_learned(name) else 1.0, label=name)
+            ax.fill_between(n, r2 - np.nan_to_num(std), r2 + np.nan_to_num(std), alpha=0.12)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training cells")
+        ax.set_ylabel("R2 on the test folds")
+        ax.set_title(f"{region}/{task}: {split} split, {model}")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

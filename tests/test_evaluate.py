@@ -219,6 +219,32 @@ def test_plots_and_report(tmp_path, world, population):
         assert f"![{caption}]({name})" in text and (report.parent / name).read_bytes() == png
     assert "| syn | population | embedding |" in text and "spatial blocks are S2 cells at level" in text
     assert pl.read_csv(report.parent / "metrics.csv").height == population.metrics.height
+    # With block counts and learning curves: verdicts first, then the curves as a table, a CSV and a plot.
+    from s2vec_core.evaluation_run import learning_curve_png
+
+    curves = pl.DataFrame(
+        {
+            "region": "syn",
+            "task": "population",
+            "split": "spatial",
+            "feature_set": ["raw", "raw", "s2vec", "s2vec"],
+            "model": "lightgbm",
+            "n_train": [25, 240, 25, 240],
+            "r2": [0.2, 0.5, 0.3, 0.6],
+            "std": [0.1, 0.05, 0.1, 0.04],
+        },
+        schema=ev.learning_curve_schema(),
+    )
+    lines = ev.verdicts(population.metrics, population.n_blocks)
+    png = learning_curve_png(curves)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    report = write_report(tmp_path / "r2", "Synthetic", population.metrics, [], {}, "intro", lines, curves)
+    text = report.read_text()
+    assert text.startswith("# Synthetic\n\n## Verdicts\n\n- " + lines[0]) and text.index(
+        "intro"
+    ) > text.index(lines[-1])
+    assert "| syn | population | spatial | lightgbm | s2vec | 0.3 ± 0.1 | 0.6 ± 0.04 |" in text
+    assert pl.read_csv(report.parent / "learning_curves.csv").height == 4
 
 
 def test_learning_curve_rises_with_labelled_cells():

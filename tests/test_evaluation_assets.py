@@ -19,6 +19,7 @@ from s2vec_core.taxonomy import CHANNEL_NAMES
 from s2vec_core.warehouse import table_uri, write_partition
 
 LEVEL = Grid().image_level
+BASELINES = {"raw", "contextual", "spatial_stats", "pca", "random"}
 pytestmark = pytest.mark.slow
 
 
@@ -70,14 +71,20 @@ def test_report_on_proxy_targets_without_embeddings(env, tmp_path):
     table = pl.read_delta(table_uri(root, "evaluation_metrics"))
     assert table.schema == metrics_schema()
     assert set(table["scope"]) == {"liechtenstein"} and set(table["task"]) == {"log1p_address_density"}
-    assert set(table["feature_set"]) == {"raw", "pca", "random"} and set(table["split"]) == {
-        "random",
-        "spatial",
-    }
+    assert set(table["feature_set"]) == BASELINES and set(table["split"]) == {"random", "spatial"}
     report = Path(meta["report"].value)
     assert report == tmp_path / "evaluation" / "liechtenstein" / "report.md"
     text = report.read_text()
     assert "proxies" in text and "no S2Vec embeddings" in text
+    # Verdicts open the report; on a tiny region every ranking is flagged, none is presented as a finding.
+    assert text.split("\n", 2)[2].startswith("## Verdicts\n\n- liechtenstein/log1p_address_density, ")
+    verdict_lines = meta["verdicts"].value.splitlines()
+    assert len(verdict_lines) == 4 and all("do not read this as a finding" in v for v in verdict_lines)
+    assert " wins " not in meta["verdicts"].value
+    curves = pl.read_csv(report.parent / "learning_curves.csv")
+    assert set(curves["feature_set"]) == BASELINES and set(curves["split"]) == {"spatial"}
+    assert curves["n_train"].n_unique() >= 2 and "learning_curves" in meta and "## Learning curves" in text
+    assert "plot_learning_curves__r2_vs_labelled_cells" in meta
     assert (
         any(k.startswith("plot_") for k in meta)
         and "data:image/png;base64,"
@@ -118,12 +125,13 @@ def test_embeddings_user_targets_and_rerun_scope(env, tmp_path):
     pl.DataFrame(
         {"token": features["token"], "value": np.log1p(features["road_residential_m"].to_numpy())}
     ).write_csv(targets)
-    config = {"reports_dir": str(tmp_path), "targets": str(targets)}
+    # Learning curves are checked on the proxy run; skipping them here keeps the test fast.
+    config = {"reports_dir": str(tmp_path), "targets": str(targets), "learning_curves": False}
     res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein", config)
     assert res.success
     table = pl.read_delta(table_uri(root, "evaluation_metrics")).filter(pl.col("scope") == "liechtenstein")
     assert set(table["task"]) == {"road_length"}  # the earlier proxy rows of this scope were replaced
-    assert set(table["feature_set"]) == {"s2vec", "raw", "pca", "random"}
+    assert set(table["feature_set"]) == BASELINES | {"s2vec", "s2vec+raw", "s2vec+contextual"}
     assert set(table["model_version"]) == {"stand-in"}
     r2 = table.filter(
         (pl.col("metric") == "r2") & (pl.col("split") == "random") & (pl.col("model") == "lightgbm")
@@ -170,6 +178,9 @@ def test_cross_region_report(env, tmp_path):
     n_cells = dict(table.group_by("region").agg(pl.col("n_cells").first()).iter_rows())
     assert n_cells == dict(features.group_by("region").len().iter_rows())
     # The stand-in embeddings exist for Liechtenstein only, so transfer compares the baselines.
-    assert set(table["feature_set"]) == {"raw", "pca", "random"}
-    report = Path(metadata(res, "evaluation_cross_region")["report"].value)
+    assert set(table["feature_set"]) == BASELINES
+    meta = metadata(res, "evaluation_cross_region")
+    report = Path(meta["report"].value)
     assert "transfer compares the baselines only" in report.read_text()
+    # One test region per transfer: no fold spread, so no verdict is a finding.
+    assert all("one fold" in v for v in meta["verdicts"].value.splitlines())

@@ -3,7 +3,10 @@
 Targets per region come from run config (`targets`), else the catalog (`targets = "..."` in
 regions.toml), else the OSM proxy targets (address density, floor area density), which are documented
 as proxies. Embeddings come from the `cell_embeddings` table when it has rows for the region; without
-them the report scores the baselines only and says so. All scoring lives in s2vec_core.evaluation_run.
+them the report scores the baselines only and says so. The report and the metadata open with verdicts
+in words (which feature set wins, by how much, and whether that is more than fold noise); per region they
+add learning curves (R2 vs labelled cells, spatial split) as a table, a plot and `learning_curves.csv`
+beside the report (not in Delta). All scoring lives in s2vec_core.evaluation_run.
 """
 
 import os
@@ -19,8 +22,8 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, table_metadata
 from s2vec_core import evaluation_run as er
-from s2vec_core.evaluate import CROSS_REGION_SCOPE, r2_table, raw_channel_totals
-from s2vec_core.evaluation_report import data_uri, write_report
+from s2vec_core.evaluate import CROSS_REGION_SCOPE, r2_table, raw_channel_totals, verdicts
+from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
 from s2vec_core.grid import Grid
 from s2vec_core.targets import TargetsError, load_targets
 from s2vec_core.taxonomy import CHANNEL_NAMES
@@ -42,6 +45,9 @@ PROXY_NOTE = (
 
 class EvaluationConfig(dg.Config):
     image_level: int = Field(default=Grid().image_level, description="Level of the image cells (embeddings).")
+    pixel_level: int = Field(
+        default=Grid().pixel_level, description="Level of the pixel cells (for the spatial_stats baseline)."
+    )
     targets: str | None = Field(
         default=None, description="Targets file (Parquet/CSV); overrides the catalog."
     )
@@ -61,6 +67,9 @@ class EvaluationConfig(dg.Config):
         default=3, ge=1, description="Spatial blocks: S2 parents this many levels up."
     )
     seed: int = 0
+    learning_curves: bool = Field(
+        default=True, description="Per region: R2 vs labelled training cells (spatial split, LightGBM)."
+    )
     reports_dir: str | None = Field(
         default=None,
         description="Where report.md and the PNGs go; default S2VEC_REPORTS or beside the warehouse.",
@@ -118,13 +127,11 @@ def _inputs(config, osm_source, region: str, features, embeddings, pca_source=No
     """(feature sets, tasks, notes, model_version, user targets?) of one region."""
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
     sets = er.standard_feature_sets(
-        features, config.image_level, embeddings, external, config.seed, pca_source
+        features, config.image_level, embeddings, external, config.seed, pca_source, config.pixel_level
     )
-    notes = (
-        []
-        if embeddings is not None
-        else [f"{region}: no S2Vec embeddings in cell_embeddings; baselines only"]
-    )
+    notes = [f"{region}: {n}" for n in er.feature_set_notes(sets, config.pixel_level)]
+    if embeddings is None:
+        notes.append(f"{region}: no S2Vec embeddings in cell_embeddings; baselines only")
     targets_file = config.targets or osm_source.region(region).targets
     if targets_file:
         try:
@@ -145,9 +152,10 @@ def _inputs(config, osm_source, region: str, features, embeddings, pca_source=No
 
 
 def _publish(
-    context, config, warehouse, scope: str, title: str, result, plots, intro: str
+    context, config, warehouse, scope: str, title: str, result, plots, intro: str, curves=None
 ) -> dg.MaterializeResult:
     metrics = result.metrics
+    verdict_lines = verdicts(metrics, result.n_blocks)
     # An empty result is written too: it clears this scope's rows from an earlier, scored run.
     version = warehouse.write_partition(metrics, TABLE, {"scope": scope}, description=TABLE_DESCRIPTION)
     meta = table_metadata(
@@ -157,8 +165,22 @@ def _publish(
         TABLE,
         preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
     )
-    report = write_report(_reports_dir(config, warehouse, scope), title, metrics, result.notes, plots, intro)
+    report = write_report(
+        _reports_dir(config, warehouse, scope),
+        title,
+        metrics,
+        result.notes,
+        plots,
+        intro,
+        verdict_lines,
+        curves,
+    )
     meta["report"] = dg.MetadataValue.path(str(report))
+    meta["verdicts"] = dg.MetadataValue.md("\n".join(f"- {v}" for v in verdict_lines) or "-")
+    if curves is not None and curves.height:
+        meta["learning_curves"] = dg.MetadataValue.md(
+            markdown_table(learning_curve_table(curves), max_rows=100)
+        )
     meta["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "-")
     for model in metrics["model"].unique(maintain_order=True).to_list():
         meta[f"r2_{model}"] = dg.MetadataValue.md(markdown_table(r2_table(metrics, model), max_rows=50))
@@ -175,7 +197,7 @@ def _publish(
     deps=[feature_assets.cell_features, EMBEDDINGS],
     group_name="evaluation",
     kinds={"python", "lightgbm", "delta"},
-    code_version="1",
+    code_version="2",
     description=(
         "Downstream regression per region: LightGBM and a ridge probe on S2Vec embeddings vs raw channel "
         "totals, PCA of them and random vectors (and fusion with an external embedding), random and spatial "
@@ -191,7 +213,10 @@ def evaluation_report(
 ) -> dg.MaterializeResult:
     region = context.partition_key
     sets, tasks, notes, version, user_targets = _inputs(
-        config, osm_source, region, _features(config, warehouse, region),
+        config,
+        osm_source,
+        region,
+        _features(config, warehouse, region),
         _embeddings(context, config, warehouse, region),
     )
     result = er.evaluate_region(
@@ -206,18 +231,33 @@ def evaluation_report(
         run_id=context.run_id,
     )
     result.notes[:0] = notes
+    curves = (
+        er.learning_curves(
+            region,
+            sets,
+            tasks,
+            config.image_level,
+            k=config.k,
+            block_levels_up=config.block_levels_up,
+            seed=config.seed,
+            models=("lightgbm",),
+        )
+        if config.learning_curves
+        else None
+    )
     intro = f"Region `{region}`, image level {config.image_level}, embeddings `{version or 'none'}`."
     if not user_targets:
         intro += "\n\n" + PROXY_NOTE
-    plots = er.report_plots(result, sets)
-    return _publish(context, config, warehouse, region, f"s2vec evaluation: {region}", result, plots, intro)
+    plots = er.report_plots(result, sets, curves=curves)
+    title = f"s2vec evaluation: {region}"
+    return _publish(context, config, warehouse, region, title, result, plots, intro, curves)
 
 
 @dg.asset(
     deps=[feature_assets.cell_features, EMBEDDINGS],
     group_name="evaluation",
     kinds={"python", "lightgbm", "delta"},
-    code_version="1",
+    code_version="2",
     description=(
         "Cross-region transfer: for every region, train on all the others and score on it (same feature "
         "sets and models as evaluation_report). Metrics to `evaluation_metrics` (scope = cross_region)."
