@@ -36,6 +36,8 @@ from s2vec_core.train import TrainConfig, default_model_config, train
 
 BASELINES = ("raw", "contextual", "spatial_stats")
 NEIGHBOURHOOD = "log_population_3km"
+CURVE_SETS = ("s2vec", "raw", "contextual", "spatial_stats", "s2vec+contextual")
+CURVE_TASKS = ("log_income", "arrangement")
 
 
 def world(seed: int, cells: int, grid: Grid, work: Path) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
@@ -235,6 +237,38 @@ def main() -> None:
                 .sort("task", "feature_set")
             )
         )
+    curves = pl.concat(
+        [
+            er.learning_curves(
+                name,
+                {k: sets[name][k] for k in CURVE_SETS},
+                {t: tasks[name][t] for t in CURVE_TASKS},
+                grid.image_level,
+                models=("lightgbm",),
+                sizes=(25, 50, 100, 200, 500, None),
+            )
+            for name in features
+        ]
+    )
+    curves.write_csv(args.out / "learning_curves.csv")
+    print("\n### Learning curves (spatial split, LightGBM, mean R2 over seeds)\n")
+    print(
+        table_markdown(
+            # Every world's largest size is all its training cells, a slightly different number per world.
+            curves.with_columns(
+                n=pl.when(pl.col("n_train") == pl.col("n_train").max().over("region", "task"))
+                .then(pl.lit("all"))
+                .otherwise(pl.col("n_train").cast(pl.String)),
+                order=pl.col("n_train").rank("dense").over("region", "task"),
+            )
+            .group_by("task", "feature_set", "n")
+            .agg(pl.col("r2").mean().round(3), pl.col("order").first())
+            .sort("order")
+            .pivot(on="n", index=["task", "feature_set"], values="r2")
+            .sort("task", "feature_set")
+        )
+    )
+    print()
     print("\n".join(goals(summary)))
     print(f"\nmetrics: {args.out / 'metrics.csv'} (total {time.perf_counter() - t0:.0f} s)")
 

@@ -6,9 +6,10 @@ and (optionally) the context window [B, C, W, W] around it cut into one token pe
 sees a random ~25% of each stream's tokens; a light decoder reconstructs all of them from the encoded
 ones plus mask tokens. The loss is a channel-weighted MSE on the masked tokens only (weights from
 `NormStats`, so sparse POI channels count), plus a *summary* term: from the pooled visible tokens, a
-linear head predicts each channel's mean over the cell and over every ring of neighbours. The summary
-term is what makes the pooled embedding carry the counts of the cell and its surroundings, which
-reconstruction alone spreads over tokens.
+linear head predicts each channel's mean over the cell and over every ring of neighbours, and its mean
+square over the cell's pixels. The summary term is what makes the pooled embedding carry the counts of
+the cell and its surroundings (and how bunched the cell's objects are), which reconstruction alone
+spreads over tokens: on sparse counts a masked pixel is mostly Poisson noise around its visible mean.
 `embed()` runs the encoder on the whole input and mean-pools over all tokens (and returns the image
 tokens, one per p x p pixel block, for per-cell embeddings at the finer level).
 """
@@ -160,7 +161,7 @@ class MaskedAutoencoder(nn.Module):
             self.register_buffer("context_pos", sincos_2d(c.width, c.context_grid).unsqueeze(0), persistent=False)
             self.register_buffer("decoder_context_pos", sincos_2d(c.decoder_width, c.context_grid).unsqueeze(0),
                                  persistent=False)
-        self.summary_head = nn.Linear(c.width, (c.context_ring + 1) * c.in_channels)
+        self.summary_head = nn.Linear(c.width, (c.context_ring + 2) * c.in_channels)
         # Per-channel loss weights from the training data's NormStats (set by the trainer; saved with it).
         self.register_buffer("channel_weight", torch.ones(c.in_channels))
         self.register_buffer("context_weight", torch.ones(c.in_channels))
@@ -268,20 +269,24 @@ class MaskedAutoencoder(nn.Module):
                                                     masked)
         summary = self.summary_head(encoded.mean(dim=1)).float()
         truth = self._summary_target(x, context)
-        out["summary"] = ((summary - truth.flatten(1)).pow(2) * self.context_weight.repeat(truth.shape[1])).mean()
+        weight = torch.cat([self.context_weight.repeat(truth.shape[1] - 1), self.channel_weight])
+        out["summary"] = ((summary - truth.flatten(1)).pow(2) * weight).mean()
         out["total"] = sum(out[k] for k in ("image", "context") if k in out) + self.config.summary_weight * out["summary"]
         return out
 
     def _summary_target(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """[B, rings + 1, C]: each channel's mean over the cell (ring 0) and over each ring of neighbours."""
+        """[B, rings + 2, C]: each channel's mean over the cell (ring 0) and over each ring of neighbours,
+        then its mean square over the cell's pixels. The square is what tells, at equal totals, objects
+        bunched in a few pixels from objects spread over many: layout, not only counts."""
+        second = x.float().pow(2).mean(dim=(2, 3)).unsqueeze(1)
         if context is None:
-            return x.float().mean(dim=(2, 3)).unsqueeze(1)
+            return torch.cat([x.float().mean(dim=(2, 3)).unsqueeze(1), second], dim=1)
         c = self.config
         per_cell = context.float().reshape(x.shape[0], c.in_channels, c.context_grid, c.context_patch,
                                            c.context_grid, c.context_patch).mean(dim=(3, 5)).flatten(2)
         rings = torch.zeros(x.shape[0], c.context_ring + 1, c.in_channels, device=x.device)
         rings.index_add_(1, self.ring_of, per_cell.transpose(1, 2))
-        return rings / torch.bincount(self.ring_of).to(rings.dtype).view(1, -1, 1)
+        return torch.cat([rings / torch.bincount(self.ring_of).to(rings.dtype).view(1, -1, 1), second], dim=1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
