@@ -1,6 +1,7 @@
 """Embeddings from a trained checkpoint at two granularities, and the `cell_embeddings` table rows.
 
-- image cells: the encoder's output mean-pooled over every token (the image and its context window);
+- image cells: the encoder's output pooled over the tokens: the mean over every token (the image and
+  its context window) and the spread over the image's own tokens (2 x width values);
 - token cells: one embedding per image token, i.e. per patch cell at `pixel_level - log2(patch_size)`
   (the pixel level itself with the paper's 1-pixel patches), each having attended to the whole input.
 
@@ -38,6 +39,11 @@ class TrainedModel:
 
     @property
     def dim(self) -> int:
+        """Length of an image-cell embedding (mean and spread: 2 x width)."""
+        return self.model.embedding_dim
+
+    @property
+    def token_dim(self) -> int:
         return self.model.config.width
 
     @property
@@ -65,8 +71,8 @@ def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedMo
 @torch.inference_mode()
 def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
                  tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """float32 [len(shards), width] pooled embeddings in the shards' row order (and, with `tokens`,
-    float32 [len(shards), N, width] per image token in row-major patch-grid order)."""
+    """float32 [len(shards), dim] pooled embeddings in the shards' row order (and, with `tokens`,
+    float32 [len(shards), N, token_dim] per image token in row-major patch-grid order)."""
     if shards.channels != trained.norm.channels:
         raise ValueError("the shards' channels differ from the ones the model was trained on")
     if shards.has_context != (trained.context_norm is not None):
@@ -74,7 +80,7 @@ def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
     dev = next(trained.model.parameters()).device
     config = trained.model.config
     pooled = np.empty((len(shards), trained.dim), dtype=np.float32)
-    per_token = np.empty((len(shards), config.num_patches, trained.dim), dtype=np.float32) if tokens else None
+    per_token = np.empty((len(shards), config.num_patches, trained.token_dim), dtype=np.float32) if tokens else None
     for start in range(0, len(shards), batch_size):
         rows = np.arange(start, min(start + batch_size, len(shards)))
         x = trained.norm.apply_torch(torch.from_numpy(shards.take(rows)).to(dev))

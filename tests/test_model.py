@@ -83,18 +83,16 @@ def test_loss_counts_masked_tokens_only_weighted_by_channel_with_a_mean_of_visib
     torch.testing.assert_close(m(x, ctx, torch.Generator().manual_seed(1)), terms["total"])
 
 
-def test_summary_target_is_the_mean_of_the_cell_and_of_each_ring_and_the_cell_mean_square():
+def test_summary_target_is_the_mean_of_the_cell_and_of_each_ring():
     m = _model(CONTEXT)
     ctx = torch.zeros(1, 3, 10, 10)
     ctx[0, 0, 4:6, 4:6] = 4.0  # the cell itself (centre of 5 x 5 cells of 2 x 2)
     ctx[0, 1, 2:4, 2:4] = 8.0  # one cell of ring 1 (8 cells)
     ctx[0, 2, 0:2, :] = 16.0  # 5 cells of ring 2 (16 cells)
-    bunched, spread = torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.25)
-    bunched[0, :, 0, :4] = 4.0  # the same total (16) in 4 pixels instead of 64
-    rings = m._summary_target(bunched, ctx)[0]
-    torch.testing.assert_close(rings[:3], torch.tensor([[4.0, 0, 0], [0, 1.0, 0], [0, 0, 5.0]]))
-    torch.testing.assert_close(rings[3], torch.full((3,), 1.0))  # 4 pixels of 16 over 64
-    torch.testing.assert_close(m._summary_target(spread, ctx)[0, 3], torch.full((3,), 0.0625))
+    rings = m._summary_target(torch.zeros(1, 3, 8, 8), ctx)[0]
+    torch.testing.assert_close(rings, torch.tensor([[4.0, 0, 0], [0, 1.0, 0], [0, 0, 5.0]]))
+    no_context = _model()._summary_target(torch.full((1, 3, 8, 8), 2.0), None)
+    torch.testing.assert_close(no_context, torch.full((1, 1, 3), 2.0))
 
 
 def test_context_stream_is_required_exactly_when_configured():
@@ -106,7 +104,7 @@ def test_context_stream_is_required_exactly_when_configured():
     with pytest.raises(ValueError, match="no context stream"):
         _model()(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 10, 10))
     pooled, tokens = m.eval().embed(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 10, 10), per_token=True)
-    assert pooled.shape == (2, 16) and tokens.shape == (2, 16, 16)
+    assert pooled.shape == (2, 32) and tokens.shape == (2, 16, 16)
 
 
 def test_a_few_steps_fit_a_fixed_batch():

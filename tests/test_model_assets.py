@@ -81,7 +81,8 @@ def test_rasters_model_embeddings(world):
                                                                   (token_level, images * 16)]
     assert dict(table.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
                                   "model_version": pl.String, "embedding": pl.List(pl.Float32)}
-    assert table["embedding"].list.len().unique().to_list() == [TINY["width"]]
+    lengths = table.group_by("level").agg(pl.col("embedding").list.len().unique()).sort("level").rows()
+    assert lengths == [(LEVELS["image_level"], [2 * TINY["width"]]), (token_level, [TINY["width"]])]
     assert (s2.cell_level(table["cell_id"].to_numpy()) == table["level"].to_numpy()).all()
 
     # Same data and config: the finished checkpoint is found, nothing retrains, the version is stable.
@@ -97,9 +98,12 @@ def test_collapsed_embeddings_fail_the_check(world):
     uri = str(root / model_assets.EMBEDDINGS_TABLE)
     table = pl.read_delta(uri)
     version = table["model_version"][0]
-    width = table["embedding"].list.len()[0]
-    collapsed = table.with_columns(embedding=pl.Series([np.ones(width, np.float32)] * table.height,
-                                                       dtype=pl.Array(pl.Float32, width)))
+    image_rows = table.filter(pl.col("level") == LEVELS["image_level"])
+    width = image_rows["embedding"].list.len()[0]
+    collapsed = pl.concat([
+        image_rows.with_columns(embedding=pl.Series([[1.0] * width] * image_rows.height, dtype=pl.List(pl.Float32))),
+        table.filter(pl.col("level") != LEVELS["image_level"]),
+    ])
     resources["warehouse"].write_partition(collapsed, model_assets.EMBEDDINGS_TABLE,
                                            {"region": REGION, "model_version": version})
     job = dg.define_asset_job("embedding_checks_only", partitions_def=region_partitions,

@@ -30,8 +30,9 @@ EMBEDDINGS_TABLE = "cell_embeddings"
 EMBEDDINGS_DESCRIPTION = (
     "s2vec cell_embeddings: region and model_version (partition keys), level (Int8: the image level for image-cell "
     "rows, the token level for per-token rows), cell_id "
-    "(Int64, the S2 id's uint64 bit pattern), token (S2 token), embedding (list of Float32, fixed length = model "
-    "width; Delta stores it as a list). model_version = sha256 of the model checkpoint file."
+    "(Int64, the S2 id's uint64 bit pattern), token (S2 token), embedding (list of Float32: 2 x model width at the "
+    "image level (mean over tokens, then spread over the image's tokens), model width at the token level; Delta "
+    "stores it as a list). model_version = sha256 of the model checkpoint file."
 )
 
 
@@ -281,16 +282,19 @@ def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
     seconds = time.perf_counter() - started
     cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
+    # The two granularities differ in length; Delta stores a list either way.
     df = pl.concat([
-        embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version),
-        embed.embeddings_frame(region, cells.reshape(-1), trained.token_level, tokens.reshape(-1, trained.dim),
-                               trained.model_version),
+        frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32))) for frame in (
+            embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version),
+            embed.embeddings_frame(region, cells.reshape(-1), trained.token_level,
+                                   tokens.reshape(-1, trained.token_dim), trained.model_version))
     ])
     version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
                                         description=EMBEDDINGS_DESCRIPTION)
     metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
                               preview_columns=["level", "cell_id", "token"])
     metadata.update(model_version=trained.model_version, dim=dg.MetadataValue.int(trained.dim),
+                    token_dim=dg.MetadataValue.int(trained.token_dim),
                     image_level=trained.image_level, token_level=trained.token_level,
                     image_cells=dg.MetadataValue.int(len(shards)), token_cells=dg.MetadataValue.int(cells.size),
                     cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
