@@ -19,6 +19,7 @@ import argparse
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -185,6 +186,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=1500)
     ap.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="most epochs (early stopping)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="worlds generated in parallel processes")
     ap.add_argument(
         "--model", choices=["default", "paper"], default="default", help="MAEConfig defaults or .paper()"
     )
@@ -193,9 +195,15 @@ def main() -> None:
     grid = Grid(feature_levels=(Grid().image_level, Grid().pixel_level))
     work = Path(tempfile.mkdtemp(prefix="s2vec_emb_"))
     t0 = time.perf_counter()
-    features, tasks = {}, {}
-    for seed in map(int, args.seeds.split(",")):
-        features[f"world-{seed}"], tasks[f"world-{seed}"] = world(seed, args.cells, grid, work)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    args_per_world = (seeds, [args.cells] * len(seeds), [grid] * len(seeds), [work] * len(seeds))
+    if args.jobs > 1:  # generation is single-threaded pyosmium writing; a GPU host has cores to spare
+        with ProcessPoolExecutor(max_workers=min(args.jobs, len(seeds))) as pool:
+            made = list(pool.map(world, *args_per_world))
+    else:
+        made = list(map(world, *args_per_world))
+    features = {f"world-{seed}": f for seed, (f, _) in zip(seeds, made)}
+    tasks = {f"world-{seed}": t for seed, (_, t) in zip(seeds, made)}
     prepared = time.perf_counter() - t0
     embeddings, info = embed_all(
         features, grid, TrainConfig(epochs=args.epochs), work, args.device, paper=args.model == "paper"
