@@ -14,10 +14,10 @@ import torch
 
 from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
-from s2vec_core.osm import extract_cells
+from s2vec_core.osm import extract_cells, extract_cells_long
 from s2vec_core.raster import open_shards, rasterize, write_shards
-from s2vec_core.train import (TrainConfig, autocast_dtype, load_checkpoint, loader_options, lr_factor,
-                              select_device, should_stop, split_holdout, train)
+from s2vec_core.train import (TrainConfig, autocast_dtype, baseline_ratio, load_checkpoint, loader_options,
+                              lr_factor, select_device, should_stop, split_holdout, train)
 
 PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 IMAGE_LEVEL, PIXEL_LEVEL = 13, 17
@@ -143,3 +143,23 @@ def test_training_stops_early_on_a_flat_holdout_curve(shard_dir, tmp_path):
     assert result.stopped_early and len(result.losses) == 2
     again = train(shards, tmp_path / "m.pt", tiny_model(len(shards.channels)), config)
     assert again.losses == result.losses  # a stopped run stays stopped on resume
+
+
+def test_new_loss_on_a_tiny_synthetic_world_moves_toward_the_mean_of_visible_predictor(tmp_path):
+    """Images with context windows from a generated world: the held-out masked loss falls epoch by epoch
+    and closes much of its gap to the mean-of-visible predictor (which a 157-image world is too small to
+    beat; 4,500 images reach 0.80 of it, see BENCHMARKS.md)."""
+    from s2vec_core.synthetic import WorldSpec, write_world
+
+    write_world(tmp_path / "w.osm.pbf", WorldSpec(n_image_cells=120, seed=4))
+    features = cell_features(extract_cells_long(tmp_path / "w.osm.pbf", PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "w")
+    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2), tmp_path / "r")
+    shards = open_shards(tmp_path / "r")
+    config = MAEConfig(in_channels=len(shards.channels), width=32, depth=1, heads=2, decoder_width=16,
+                       decoder_heads=2, context_size=10)
+    result = train(shards, tmp_path / "m.pt", config,
+                   TrainConfig(epochs=8, batch_size=16, lr=3e-3, seed=0, holdout_fraction=0.2))
+    ratios = [baseline_ratio(h) for h in result.holdout]
+    assert len(ratios) == 8 and all(np.isfinite(r) for r in ratios)
+    assert ratios[-1] < 0.8 * ratios[0] and ratios[-1] < 1.3  # measured 1.58 -> 1.12
+    assert result.losses[-1] < result.losses[0]
