@@ -24,6 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
+from s2vec_core import evaluate as ev
 from s2vec_core import evaluation_run as er
 from s2vec_core.embed import embed_shards, embeddings_frame, load_model
 from s2vec_core.evaluation_report import table_markdown
@@ -33,6 +34,7 @@ from s2vec_core.model import MAEConfig
 from s2vec_core.osm import extract_cells_long
 from s2vec_core.raster import open_shards, rasterize, write_shards
 from s2vec_core.synthetic import WorldSpec, neighbourhood_column, write_world
+from s2vec_core.taxonomy import CHANNEL_NAMES
 from s2vec_core.train import TrainConfig, default_model_config, train
 
 BASELINES = ("raw", "contextual", "spatial_stats")
@@ -209,9 +211,15 @@ def main() -> None:
         features, grid, TrainConfig(epochs=args.epochs), work, args.device, paper=args.model == "paper"
     )
     t1 = time.perf_counter()
+    # One PCA over every world, as the cross-region asset does: per-world components do not transfer.
+    pooled = pl.concat([ev.raw_channel_totals(f, grid.image_level, CHANNEL_NAMES) for f in features.values()])
     sets = {
         name: er.standard_feature_sets(
-            features[name], grid.image_level, embeddings[name], pixel_level=grid.pixel_level
+            features[name],
+            grid.image_level,
+            embeddings[name],
+            pixel_level=grid.pixel_level,
+            pca_source=pooled,
         )
         for name in features
     }
