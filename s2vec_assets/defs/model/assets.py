@@ -61,7 +61,7 @@ class RasterConfig(dg.Config):
     deps=[feature_assets.cell_features],
     group_name="model",
     kinds={"python", "numpy"},
-    code_version="1",
+    code_version="2",
     description=(
         "The region's image cells as float32 tensors [C, 2^k, 2^k] (raw channel values; each pixel cell at its "
         "S2 face (i, j) offset in the image), plus a context window of the neighbouring image cells at image "
@@ -171,7 +171,7 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     group_name="model",
     kinds={"pytorch"},
     pool="gpu",
-    code_version="1",
+    code_version="2",
     description=(
         "The S2Vec masked autoencoder trained on every materialised region's rasters (AdamW, warmup + cosine, "
         "bf16 on CUDA). The checkpoint is rewritten atomically each epoch; a retried run resumes it. "
@@ -262,7 +262,7 @@ def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
     deps=[raster_tensors, mae_model],
     group_name="model",
     kinds={"pytorch", "delta", "polars"},
-    code_version="1",
+    code_version="2",
     description=(
         "S2Vec embeddings from the latest mae_model at two granularities, told apart by `level`: per image cell "
         "(encoder output on the unmasked image and its context window, mean-pooled) and per image token (one per "
