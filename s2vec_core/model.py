@@ -101,7 +101,7 @@ class MAEConfig:
 
     @property
     def visible_context(self) -> int:
-        return max(1, int(round(self.context_grid**2 * (1.0 - self.mask_ratio)))) if self.context_size else 0
+        return max(1, round(self.context_grid**2 * (1.0 - self.mask_ratio))) if self.context_size else 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,7 +88,7 @@ def baseline_ratio(holdout: dict[str, float]) -> float:
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows): a seeded `fraction` of `n` images held out (none below 10 images)."""
-    held = int(round(n * fraction)) if n >= 10 else 0
+    held = round(n * fraction) if n >= 10 else 0
     order = np.random.default_rng([seed, 7]).permutation(n)
     return np.sort(order[held:]), np.sort(order[:held])
 

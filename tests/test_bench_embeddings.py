@@ -9,7 +9,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import bench_embeddings as be  # noqa: E402
+import bench_embeddings as be
 
 SETS = ("s2vec", "raw", "contextual", "spatial_stats", "s2vec+raw", "s2vec+contextual")
 TASKS = ("log_population", "log_income", "arrangement", be.NEIGHBOURHOOD)

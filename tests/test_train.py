@@ -16,8 +16,18 @@ from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
 from s2vec_core.osm import extract_cells, extract_cells_long
 from s2vec_core.raster import open_shards, rasterize, write_shards
-from s2vec_core.train import (TrainConfig, autocast_dtype, baseline_ratio, load_checkpoint, loader_options,
-                              lr_factor, select_device, should_stop, split_holdout, train)
+from s2vec_core.train import (
+    TrainConfig,
+    autocast_dtype,
+    baseline_ratio,
+    load_checkpoint,
+    loader_options,
+    lr_factor,
+    select_device,
+    should_stop,
+    split_holdout,
+    train,
+)
 
 PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 IMAGE_LEVEL, PIXEL_LEVEL = 13, 17

@@ -12,11 +12,11 @@ import json
 import time
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-import dagster as dg
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource

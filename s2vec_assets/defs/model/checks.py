@@ -11,10 +11,10 @@ Per-row facts that are not plain GX expectations are computed as helper columns,
 
 import warnings
 
+import dagster as dg
 import numpy as np
 import polars as pl
 
-import dagster as dg
 from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
