@@ -3,23 +3,46 @@
 Every write replaces exactly the rows of one partition (e.g. one region) through a Delta `predicate`
 and commits atomically: a failed write leaves the table at its previous version, and a region's
 re-run never touches another region's rows. There is deliberately no whole-table overwrite path.
+
+Provenance: a write may carry commit metadata (`commit={"run_id": ..., "asset": ..., "region": ...,
+"model_version": ...}`), stored in the Delta commit info under `s2vec.<key>`; `history` lists it per
+version and `version_of_run` answers "which version did run R leave behind". Table-level facts (dtype,
+dimensions, levels, licence...) live in the Delta table description as a JSON line (`table_facts`),
+because Delta refuses custom table properties.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+
 # polars imports pyarrow lazily on the first to_arrow(); importing it here keeps that one-time ~20 ms
 # out of the first write (it is a third of writing a small region's embeddings).
 import pyarrow  # noqa: F401
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+
+COMMIT_PREFIX = "s2vec."
+"""Commit-info keys the product writes: s2vec.run_id, s2vec.asset, s2vec.region, s2vec.model_version."""
+COMMIT_KEYS = ("run_id", "asset", "region", "model_version")
+FACTS_MARKER = "\nfacts: "
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
+
+PartitionValue = str | int | Sequence[str] | Sequence[int]
 
 
 class WarehouseError(ValueError):
     """A write was refused before anything was committed."""
+
+
+def default_root() -> str:
+    """The warehouse every tool uses unless told otherwise: `$S2VEC_WAREHOUSE`, else `./warehouse` of the repo."""
+    return os.environ.get("S2VEC_WAREHOUSE", str(DEFAULT_ROOT))
 
 
 def table_uri(root: str | os.PathLike, name: str) -> str:
@@ -38,57 +61,181 @@ def table_version(uri: str, storage_options: dict[str, str] | None = None) -> in
         return None
 
 
-def partition_predicate(partition: dict[str, str | int]) -> str:
-    """SQL predicate selecting one partition, e.g. `region = 'monaco' AND model_version = 'ab12'`."""
+def partition_predicate(partition: Mapping[str, PartitionValue]) -> str:
+    """SQL predicate selecting one partition, e.g. `region = 'monaco' AND model_version = 'ab12'`.
+
+    A list value selects several partitions of that key at once (`model_version IN ('a', 'b')`), so
+    that related rows (a registry's new and retired versions) change in one commit.
+    """
     if not partition:
         raise WarehouseError("a partition needs at least one key; whole-table overwrites are not allowed")
-    return " AND ".join(f"{key} = {_literal(value)}" for key, value in partition.items())
+    terms = []
+    for key, value in partition.items():
+        if isinstance(value, (str, int)):
+            terms.append(f"{key} = {_literal(value)}")
+        elif value:
+            terms.append(f"{key} IN ({', '.join(_literal(v) for v in value)})")
+        else:
+            raise WarehouseError(f"partition key {key!r} has an empty list of values")
+    return " AND ".join(terms)
 
 
 def write_partition(
     df: pl.DataFrame,
     uri: str,
-    partition: dict[str, str | int],
+    partition: Mapping[str, PartitionValue],
     storage_options: dict[str, str] | None = None,
     description: str | None = None,
+    commit: Mapping[str, str] | None = None,
+    facts: Mapping[str, object] | None = None,
 ) -> int:
     """Replace the rows of `partition` in the Delta table at `uri` with `df`; return the new version.
 
     The table is created (partitioned by the partition keys) if missing. Rows of `df` must all belong to
-    `partition`, and `df` must match the table's schema; otherwise nothing is written.
+    `partition`, and `df` must match the table's schema; otherwise nothing is written. `commit` goes into
+    the commit info (see `COMMIT_KEYS`); `description` and `facts` into the table description, updated
+    (one more commit, same commit info) only when they change.
     """
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
     data = _delta_compatible(df).to_arrow(compat_level=pl.CompatLevel.oldest())
+    properties = commit_properties(commit)
+    text = describe(description, facts) if description is not None or facts else None
     try:
         table = DeltaTable(uri, storage_options=storage_options)
     except TableNotFoundError:
         write_deltalake(
-            uri, data, mode="append", partition_by=list(partition),
-            storage_options=storage_options, description=description,
+            uri,
+            data,
+            mode="append",
+            partition_by=list(partition),
+            storage_options=storage_options,
+            description=text,
+            commit_properties=properties,
         )
         table = DeltaTable(uri, storage_options=storage_options)
     else:
         _check_schema(table, df, uri)
         # Writing through the table object updates it to the commit it made: its version is this
         # write's, even if another writer commits right after.
-        write_deltalake(table, data, mode="overwrite", predicate=predicate)
+        write_deltalake(table, data, mode="overwrite", predicate=predicate, commit_properties=properties)
+        version = table.version()
+        if text is not None and table.metadata().description != text:
+            table.alter.set_table_description(text, commit_properties=properties)
+        return version
     return table.version()
+
+
+def delete_partition(
+    uri: str,
+    partition: Mapping[str, PartitionValue],
+    storage_options: dict[str, str] | None = None,
+    commit: Mapping[str, str] | None = None,
+) -> int | None:
+    """Delete the rows of `partition` in one commit; the new version, or None if no row matched."""
+    try:
+        table = DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return None
+    lf = pl.scan_delta(uri, storage_options=storage_options)
+    if lf.filter(_partition_expr(partition)).select(pl.len()).collect().item() == 0:
+        return None
+    table.delete(partition_predicate(partition), commit_properties=commit_properties(commit))
+    return table.version()
+
+
+def commit_properties(commit: Mapping[str, str] | None) -> CommitProperties | None:
+    """Delta commit info carrying the product's provenance keys (unknown keys are refused)."""
+    if not commit:
+        return None
+    unknown = set(commit) - set(COMMIT_KEYS)
+    if unknown:
+        raise WarehouseError(f"unknown commit metadata keys {sorted(unknown)}; known: {COMMIT_KEYS}")
+    return CommitProperties(custom_metadata={COMMIT_PREFIX + k: str(v) for k, v in commit.items()})
+
+
+def describe(description: str | None, facts: Mapping[str, object] | None) -> str:
+    """A table description: the prose, then the machine-readable facts as one JSON line."""
+    text = description or ""
+    if facts:
+        text += FACTS_MARKER + json.dumps(dict(facts), sort_keys=True)
+    return text
+
+
+def table_facts(uri: str, storage_options: dict[str, str] | None = None) -> dict[str, object]:
+    """The facts a table states about itself (dtype, dims, levels, licence...; see `describe`)."""
+    text = DeltaTable(uri, storage_options=storage_options).metadata().description or ""
+    _, found, facts = text.partition(FACTS_MARKER)
+    return json.loads(facts) if found else {}
+
+
+def history(uri: str, storage_options: dict[str, str] | None = None) -> pl.DataFrame:
+    """One row per commit, oldest first: version, timestamp (UTC), operation and the provenance keys."""
+    rows = []
+    for entry in DeltaTable(uri, storage_options=storage_options).history():
+        rows.append(
+            {
+                "version": entry["version"],
+                "timestamp": datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC),
+                "operation": entry.get("operation", ""),
+                **{key: entry.get(COMMIT_PREFIX + key) for key in COMMIT_KEYS},
+            }
+        )
+    schema = {
+        "version": pl.Int64,
+        "timestamp": pl.Datetime("ms", "UTC"),
+        "operation": pl.String,
+        **dict.fromkeys(COMMIT_KEYS, pl.String),
+    }
+    return pl.DataFrame(rows, schema=schema).sort("version")
+
+
+def version_at(uri: str, when: datetime, storage_options: dict[str, str] | None = None) -> int | None:
+    """The table version current at `when` (its last commit at or before it); None if the table was newer."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    before = history(uri, storage_options).filter(pl.col("timestamp") <= when)
+    return int(before["version"].max()) if before.height else None
+
+
+def commit_time(uri: str, version: int, storage_options: dict[str, str] | None = None) -> datetime:
+    """When `version` of the table was committed (UTC)."""
+    row = history(uri, storage_options).filter(pl.col("version") == version)
+    if row.height == 0:
+        raise WarehouseError(f"{uri} has no version {version}")
+    return row["timestamp"][0]
+
+
+def version_of_run(uri: str, run_id: str, storage_options: dict[str, str] | None = None) -> int:
+    """The table version run `run_id` left behind (its last commit): `read_table(uri, version=...)`."""
+    commits = history(uri, storage_options).filter(pl.col("run_id") == run_id)
+    if commits.height == 0:
+        raise WarehouseError(f"no commit of run {run_id!r} in {uri}")
+    return int(commits["version"].max())
 
 
 def read_table(
     uri: str,
-    filters: dict[str, str | int] | None = None,
+    filters: Mapping[str, PartitionValue] | None = None,
     storage_options: dict[str, str] | None = None,
     columns: list[str] | None = None,
+    version: int | datetime | None = None,
 ) -> pl.DataFrame:
-    """Read a Delta table (optionally one partition, optionally some columns) into polars."""
-    lf = pl.scan_delta(uri, storage_options=storage_options)
-    for key, value in (filters or {}).items():
-        lf = lf.filter(pl.col(key) == value)
+    """Read a Delta table (optionally one partition, some columns, an older version) into polars."""
+    lf = pl.scan_delta(uri, storage_options=storage_options, version=version)
+    if filters:
+        lf = lf.filter(_partition_expr(filters))
     if columns is not None:
         lf = lf.select(columns)
     return lf.collect()
+
+
+def _partition_expr(partition: Mapping[str, PartitionValue]) -> pl.Expr:
+    exprs = [
+        pl.col(k) == v if isinstance(v, (str, int)) else pl.col(k).is_in(list(v))
+        for k, v in partition.items()
+    ]
+    return pl.all_horizontal(exprs)
 
 
 def _delta_compatible(df: pl.DataFrame) -> pl.DataFrame:
@@ -109,14 +256,19 @@ def _literal(value: str | int) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _check_rows_in_partition(df: pl.DataFrame, partition: dict[str, str | int]) -> None:
+def _check_rows_in_partition(df: pl.DataFrame, partition: Mapping[str, PartitionValue]) -> None:
     missing = [k for k in partition if k not in df.columns]
     if missing:
         raise WarehouseError(f"frame lacks partition columns {missing}")
     for key, value in partition.items():
-        stray = df.filter(pl.col(key).ne_missing(value)).height
+        inside = (
+            pl.col(key).eq_missing(value) if isinstance(value, (str, int)) else pl.col(key).is_in(list(value))
+        )
+        stray = df.filter(~inside.fill_null(False)).height
         if stray:
-            raise WarehouseError(f"{stray} rows have {key} != {value!r}; refusing to write outside the partition")
+            raise WarehouseError(
+                f"{stray} rows have {key} != {value!r}; refusing to write outside the partition"
+            )
 
 
 def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:
@@ -126,7 +278,8 @@ def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:
         dropped = [c for c in table_columns if c not in df.columns]
         raise WarehouseError(
             f"schema of {uri} differs from the frame (new columns {added}, missing columns {dropped}); "
-            "write to a new table or migrate this one deliberately"
+            "write to a new table or migrate this one deliberately (derived tables: delete the table "
+            "directory, or `make clean`, and re-run)"
         )
 
 
