@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: venv
-	$(BIN)/python -m s2vec_assets.run
+	$(BIN)/s2vec run
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -42,7 +42,7 @@ class Expect:
     type: str
     kwargs: dict[str, Any]
 
-    def __init__(self, type: str, **kwargs: Any) -> None:  # noqa: A002 - GX's own word for it
+    def __init__(self, type: str, **kwargs: Any) -> None:
         object.__setattr__(self, "type", type)
         object.__setattr__(self, "kwargs", kwargs)
 

@@ -2,12 +2,17 @@
 
 Runs are recorded in the persistent instance under $DAGSTER_HOME (default ./dagster_home), so
 `make dev` shows them afterwards with their metadata and check results. The graph is walked in
-stages in dependency order: consecutive region-partitioned assets run together, one run per region
-(a failing region does not stop the others, but the next stage waits until all regions are fine);
-an unpartitioned asset (e.g. a model trained on all regions) runs once. Assets added under
-`s2vec_assets/defs/` join automatically, with their checks.
+stages in dependency order, one run per region (a failing region does not stop the others, but the
+next stage waits until all regions are fine); an unpartitioned asset (e.g. a model trained on all
+regions) runs once. Up to the first unpartitioned asset, consecutive region-partitioned assets share a
+run; after it every level is its own stage, so a level sees all regions of the one before (a model
+version is complete, every region embedded and the version current, before anything evaluates it).
+With `--regions`, a model trained on more regions than asked has those embedded too: a model version
+is only usable once all its regions are. Assets added under `s2vec_assets/defs/` join automatically,
+with their checks.
 
-    python -m s2vec_assets.run [--regions liechtenstein,monaco]
+    s2vec run [--regions liechtenstein,monaco] [--config deploy/paper_scale.yaml]
+    python -m s2vec_assets.run (the same)
 """
 
 import argparse
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,17 +72,37 @@ def plan_stages(graph) -> list[Stage]:
     earlier in its own run.
     """
     stages: list[Stage] = []
+    after_all_regions = False
     for level in graph.toposorted_asset_keys_by_level:
         groups: dict[dg.PartitionsDefinition | None, list[dg.AssetKey]] = {}
         for key in sorted(level, key=lambda k: k.to_user_string()):
             groups.setdefault(graph.get(key).partitions_def, []).append(key)
         # Independent within a level; per-region work first, then what spans all regions.
         for pdef, keys in sorted(groups.items(), key=lambda group: group[0] is None):
-            if stages and stages[-1][0] == pdef:
+            if stages and stages[-1][0] == pdef and not after_all_regions:
                 stages[-1][1].extend(keys)
             else:
                 stages.append((pdef, keys))
+            after_all_regions |= pdef is None
     return stages
+
+
+def stage_config(config: dict | None, keys: Sequence[dg.AssetKey]) -> dict:
+    """The run config of one stage: the file's `ops` entries for the stage's assets, INFO logging."""
+    names = {k.to_user_string() for k in keys}
+    ops = {name: value for name, value in ((config or {}).get("ops") or {}).items() if name in names}
+    return {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **({"ops": ops} if ops else {})}
+
+
+def trained_regions(instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey]) -> list[str]:
+    """Regions the stage's all-region assets say they covered (metadata `regions`, e.g. mae_model's)."""
+    found: set[str] = set()
+    for key in keys:
+        event = instance.get_latest_materialization_event(key)
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        if "regions" in metadata:
+            found.update(metadata["regions"].value)
+    return sorted(found)
 
 
 def run_stage(
@@ -84,6 +110,7 @@ def run_stage(
     stage: Stage,
     instance: dg.DagsterInstance,
     regions: Sequence[str] | None,
+    config: dict | None = None,
 ) -> list[tuple[str, bool, str]]:
     """Materialise a stage (its assets and their checks); returns (partition, success, run id)."""
     pdef, keys = stage
@@ -102,7 +129,7 @@ def run_stage(
             instance=instance,
             raise_on_error=False,
             tags=run_tags(),
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config=stage_config(config, keys),
         )
         failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         label = partition or "(all regions)"
@@ -126,7 +153,9 @@ def _table_locations(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regions", help="comma-separated subset of the catalog's regions (default: all)")
+    parser.add_argument("--config", help="run config YAML (`ops:` per asset, e.g. deploy/paper_scale.yaml)")
     args = parser.parse_args(argv)
+    config = yaml.safe_load(Path(args.config).read_text()) if args.config else None
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
@@ -148,12 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for pdef, keys in plan_stages(defs.resolve_asset_graph()):
             names = ", ".join(k.to_user_string() for k in keys)
             print(f"stage: {names}" + (" (per region)" if pdef is not None else ""), flush=True)
-            outcomes = run_stage(defs, (pdef, keys), instance, regions)
+            outcomes = run_stage(defs, (pdef, keys), instance, regions, config)
             failed = [label for label, ok, _ in outcomes if not ok]
             if failed:
                 print(f"stopped: {', '.join(failed)} failed; later stages need them. "
                       f"Details: `make dev`, runs above.", file=sys.stderr)
                 return 1
+            if pdef is None and regions is not None:
+                extra = [r for r in trained_regions(instance, keys) if r not in regions]
+                if extra:
+                    print(f"  the model covers {extra} too: embedding them as well, so its version is complete")
+                    regions = [*regions, *extra]
         print(f"\ndone in {time.perf_counter() - started:.0f} s. Dagster home: {os.environ['DAGSTER_HOME']}")
         print("Delta tables (polars.read_delta / deltalake.DeltaTable / duckdb delta_scan):")
         for table, uri in _table_locations(defs, instance).items():

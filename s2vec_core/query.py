@@ -283,12 +283,13 @@ def _image_level(root, model_version, when, storage_options, uri, version) -> in
 def _ids(tokens: Sequence[str] | None, cell_ids: npt.ArrayLike | None) -> np.ndarray:
     if (tokens is None) == (cell_ids is None):
         raise QueryError("give exactly one of tokens or cell_ids")
-    if tokens is not None:
-        if isinstance(tokens, str):
-            tokens = [tokens]
-        ids = s2.from_token(np.asarray(tokens, dtype=str))
-    else:
-        ids = s2.as_uint64(np.atleast_1d(np.asarray(cell_ids)))
+    try:
+        if tokens is not None:
+            ids = s2.from_token(np.asarray([tokens] if isinstance(tokens, str) else tokens, dtype=str))
+        else:
+            ids = s2.as_uint64(np.atleast_1d(np.asarray(cell_ids)))
+    except ValueError as e:
+        raise QueryError(str(e)) from None
     bad = ~s2.is_valid(ids)
     if bad.any():
         raise QueryError(f"{int(bad.sum())} invalid S2 cell id(s) or token(s), e.g. {int(ids[bad][0]):#018x}")

@@ -189,7 +189,7 @@ def resolve(
 ) -> str:
     """The one model version a reader reads: the pin if given (it must exist), else the current one,
     else the only version in cell_embeddings. `as_of`: the registry and table as they were then."""
-    present = _versions_in_embeddings(root, as_of, storage_options)
+    present = embedded_versions(root, as_of, storage_options)
     if model_version is not None:
         matches = [v for v in present if v.startswith(model_version)]
         if len(matches) != 1:
@@ -223,7 +223,10 @@ def check_one_version(df: pl.DataFrame) -> str:
     return found[0]
 
 
-def _versions_in_embeddings(root: str, as_of: datetime | None, storage_options) -> list[str]:
+def embedded_versions(
+    root: str, as_of: datetime | None = None, storage_options: dict[str, str] | None = None
+) -> list[str]:
+    """Model versions with rows in cell_embeddings (as of a time), sorted."""
     uri = _uri(root, CELL_EMBEDDINGS.name)
     if warehouse.table_version(uri, storage_options) is None:
         return []

@@ -44,11 +44,19 @@ def _names(stages):
     return [(pdef is not None, [k.to_user_string() for k in keys]) for pdef, keys in stages]
 
 
-def test_stages_merge_partitioned_levels_and_run_unpartitioned_assets_once_in_between():
+def test_stages_merge_partitioned_levels_until_the_model_then_wait_for_every_region():
     graph = dg.Definitions(assets=[a, b, model, embed, report, cross]).resolve_asset_graph()
+    # After the all-region model, `report` runs only once every region is embedded (the version complete).
     assert _names(run.plan_stages(graph)) == [
-        (True, ["a", "b"]), (False, ["model"]), (True, ["embed", "report"]), (False, ["cross"])
+        (True, ["a", "b"]), (False, ["model"]), (True, ["embed"]), (True, ["report"]), (False, ["cross"])
     ]
+
+
+def test_a_config_file_gives_each_stage_its_own_assets_ops():
+    config = {"ops": {"a": {"config": {"x": 1}}, "model": {"config": {"y": 2}}}}
+    assert run.stage_config(config, [dg.AssetKey("a"), dg.AssetKey("b")])["ops"] == {"a": {"config": {"x": 1}}}
+    assert "ops" not in run.stage_config(config, [dg.AssetKey("cross")])
+    assert run.stage_config(None, [dg.AssetKey("a")])["loggers"]["console"]["config"]["log_level"] == "INFO"
 
 
 def test_every_stage_of_the_real_graph_comes_after_its_upstream_assets():

@@ -12,7 +12,7 @@ from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.osm import assets as osm_assets
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.defs.resources import resources as default_resources
-from s2vec_core import s2
+from s2vec_core import registry, s2, warehouse
 from s2vec_core.evaluate import metrics_schema
 from s2vec_core.grid import Grid
 from s2vec_core.taxonomy import CHANNEL_NAMES
@@ -184,3 +184,30 @@ def test_cross_region_report(env, tmp_path):
     assert "transfer compares the baselines only" in report.read_text()
     # One test region per transfer: no fold spread, so no verdict is a finding.
     assert all("one fold" in v for v in meta["verdicts"].value.splitlines())
+
+
+def test_two_versions_need_a_current_one_or_a_pin_and_are_never_mixed(env, tmp_path):
+    defs, resources, instance, root = env
+    write_stand_in_embeddings(root)
+    uri = table_uri(root, "cell_embeddings")
+    other = pl.read_delta(uri).with_columns(model_version=pl.lit("stand-in-2"))
+    write_partition(pl.concat([pl.read_delta(uri), other]), uri, {"region": "liechtenstein"})
+    config = {"reports_dir": str(tmp_path), "learning_curves": False}
+    res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein", config)
+    assert not res.success
+    failure = next(e for e in res.all_events if e.is_step_failure)
+    assert "none is current" in str(failure.event_specific_data.error)
+    # Registered and complete (its one region embedded), stand-in-2 becomes current; evaluation reads it alone.
+    record = registry.ModelRecord(
+        model_version="stand-in-2", regions=["liechtenstein"], image_level=LEVEL, pixel_level=LEVEL + 4,
+        token_level=LEVEL + 2, dim=8, token_dim=4, taxonomy_version="", model_config={}, train_config={},
+        training_loss=0.0, holdout_loss=None, checkpoint="",
+    )
+    registry.record_trained(str(root), record)
+    assert registry.promote_if_complete(str(root), "stand-in-2")
+    res = run(defs, resources, instance, ["evaluation_report"], "liechtenstein", config)
+    assert res.success
+    table = pl.read_delta(table_uri(root, "evaluation_metrics")).filter(pl.col("scope") == "liechtenstein")
+    assert set(table["model_version"]) == {"stand-in-2"}
+    history = warehouse.history(table_uri(root, "evaluation_metrics"))
+    assert history.row(-1, named=True)["run_id"] == res.run_id

@@ -11,7 +11,7 @@ from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
-from s2vec_core import s2
+from s2vec_core import registry, s2, vectors, warehouse
 from s2vec_core.catalog import sha256_file
 
 # Two Dagster runs per stage plus GX take ~30 s on 2 shared cores.
@@ -43,7 +43,7 @@ def _checks(result) -> dict[str, bool]:
 
 
 def test_rasters_model_embeddings(world):
-    defs, _, instance, root = world
+    defs, _, _, root = world
     features = _materialize(world, ["osm_extract", "cell_features"], REGION, {"ops": {"cell_features": {
         "config": {"levels": [LEVELS["image_level"], LEVELS["pixel_level"]]}}}})
     assert features.success
@@ -80,7 +80,23 @@ def test_rasters_model_embeddings(world):
     assert table.group_by("level").len().sort("level").rows() == [(LEVELS["image_level"], images),
                                                                   (token_level, images * 16)]
     assert dict(table.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
-                                  "model_version": pl.String, "embedding": pl.List(pl.Float32)}
+                                  "model_version": pl.String, "embedding": pl.List(pl.Float32), "norm": pl.Float32}
+    lengths_l2 = np.linalg.norm(vectors.to_matrix(table.filter(pl.col("level") == LEVELS["image_level"])["embedding"]),
+                                axis=1)
+    assert np.allclose(lengths_l2, 1.0, atol=1e-5) and (table["norm"] > 0).all()
+    # The model is registered and, its only region embedded, current; the commit names the run.
+    versions = registry.versions(str(root))
+    assert versions.select("model_version", "status").rows() == [(meta["model_version"].value, "current")]
+    row = versions.row(0, named=True)
+    assert (row["dim"], row["token_dim"], row["regions"]) == (2 * TINY["width"], TINY["width"], [REGION])
+    assert embedded.asset_materializations_for_node("cell_embeddings")[0].metadata["model_status"].value == "current"
+    uri = str(root / model_assets.EMBEDDINGS_TABLE)
+    last = warehouse.history(uri).row(-1, named=True)
+    assert (last["run_id"], last["asset"], last["region"]) == (embedded.run_id, "cell_embeddings", REGION)
+    assert last["model_version"] == meta["model_version"].value
+    facts = warehouse.table_facts(uri)
+    assert facts["dims"] == {str(LEVELS["image_level"]): 2 * TINY["width"], str(token_level): TINY["width"]}
+    assert facts["unit_length"] is True and "ODbL" in facts["licence"]
     lengths = table.group_by("level").agg(pl.col("embedding").list.len().unique()).sort("level").rows()
     assert lengths == [(LEVELS["image_level"], [2 * TINY["width"]]), (token_level, [TINY["width"]])]
     assert (s2.cell_level(table["cell_id"].to_numpy()) == table["level"].to_numpy()).all()
@@ -100,8 +116,9 @@ def test_collapsed_embeddings_fail_the_check(world):
     version = table["model_version"][0]
     image_rows = table.filter(pl.col("level") == LEVELS["image_level"])
     width = image_rows["embedding"].list.len()[0]
+    constant = [width ** -0.5] * width  # unit length, so only the variance check can object
     collapsed = pl.concat([
-        image_rows.with_columns(embedding=pl.Series([[1.0] * width] * image_rows.height, dtype=pl.List(pl.Float32))),
+        image_rows.with_columns(embedding=pl.Series([constant] * image_rows.height, dtype=pl.List(pl.Float32))),
         table.filter(pl.col("level") != LEVELS["image_level"]),
     ])
     resources["warehouse"].write_partition(collapsed, model_assets.EMBEDDINGS_TABLE,

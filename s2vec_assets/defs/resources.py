@@ -19,14 +19,14 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
 
-from s2vec_core import warehouse
+from s2vec_core import registry, warehouse
 from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_warehouse_root() -> str:
-    return os.environ.get("S2VEC_WAREHOUSE", str(REPO_ROOT / "warehouse"))
+    return warehouse.default_root()
 
 
 def default_cache_dir() -> str:
@@ -46,12 +46,27 @@ class WarehouseResource(dg.ConfigurableResource):
         return warehouse.table_uri(self.root, name)
 
     def write_partition(
-        self, df: pl.DataFrame, name: str, partition: dict[str, str | int], description: str | None = None
+        self,
+        df: pl.DataFrame,
+        name: str,
+        partition: dict[str, str | int],
+        description: str | None = None,
+        commit: dict[str, str] | None = None,
+        facts: dict[str, object] | None = None,
     ) -> int:
-        """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version."""
+        """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version. `commit`
+        (run id, asset, region, model version) goes into the Delta commit info."""
         return warehouse.write_partition(
-            df, self.table_uri(name), partition, storage_options=self._options, description=description
+            df, self.table_uri(name), partition, storage_options=self._options, description=description,
+            commit=commit, facts=facts,
         )
+
+    def model_version(self, pin: str | None = None) -> str | None:
+        """The embeddings readers read: `pin`, else the current version (see registry.resolve); None if
+        cell_embeddings holds none yet. Raises registry.VersionError when that is ambiguous."""
+        if not registry.embedded_versions(self.root, storage_options=self._options):
+            return None
+        return registry.resolve(self.root, pin, storage_options=self._options)
 
     def read(
         self, name: str, filters: dict[str, str | int] | None = None, columns: list[str] | None = None

@@ -2,8 +2,9 @@
 
 Targets per region come from run config (`targets`), else the catalog (`targets = "..."` in
 regions.toml), else the OSM proxy targets (address density, floor area density), which are documented
-as proxies. Embeddings come from the `cell_embeddings` table when it has rows for the region; without
-them the report scores the baselines only and says so. The report and the metadata open with verdicts
+as proxies. Embeddings come from the `cell_embeddings` table, one model version for every region: the
+`model_version` pin, else the current version of `model_versions` (s2vec_core.registry); a region
+without rows under it is scored on the baselines only, and the report says so. The report and the metadata open with verdicts
 in words (which feature set wins, by how much, and whether that is more than fold noise); per region they
 add learning curves (R2 vs labelled cells, spatial split) as a table, a plot and `learning_curves.csv`
 beside the report (not in Delta). All scoring lives in s2vec_core.evaluation_run.
@@ -21,21 +22,18 @@ from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, table_metadata
+from s2vec_assets.provenance import commit_info
 from s2vec_core import evaluation_run as er
+from s2vec_core import registry
 from s2vec_core.evaluate import CROSS_REGION_SCOPE, r2_table, raw_channel_totals, verdicts
 from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
 from s2vec_core.grid import Grid
+from s2vec_core.tables import CELL_EMBEDDINGS, EVALUATION_METRICS
 from s2vec_core.targets import TargetsError, load_targets
 from s2vec_core.taxonomy import CHANNEL_NAMES
 
-TABLE = "evaluation_metrics"
-TABLE_DESCRIPTION = (
-    "s2vec evaluation_metrics: scope (partition: region or cross_region), region, task, split (random | "
-    "spatial | transfer), feature_set, model (lightgbm | linear), metric (r2 | mae | rmse), value (mean over "
-    "folds), std (over folds), n_folds, n_cells, model_version (embeddings scored, '' if none), run_id."
-)
-EMBEDDINGS = dg.AssetKey("cell_embeddings")
-MODEL = dg.AssetKey("mae_model")
+TABLE = EVALUATION_METRICS.name
+EMBEDDINGS = dg.AssetKey(CELL_EMBEDDINGS.name)
 PROXY_NOTE = (
     "Targets without a user file are **proxies** derived from OSM tags that no feature channel reads "
     "(`addr:housenumber` objects per km2, `building:levels` x footprint per km2; log1p). They measure OSM "
@@ -57,7 +55,7 @@ class EvaluationConfig(dg.Config):
     )
     model_version: str | None = Field(
         default=None,
-        description="Embeddings to score; default: the latest mae_model's, or the only one present.",
+        description="Embeddings to score (a version or a unique prefix); default: the current version.",
     )
     external_embeddings: str | None = Field(
         default=None, description="Parquet of another embedding keyed by cell_id/token, for fusion."
@@ -88,29 +86,23 @@ def _reports_dir(config: EvaluationConfig, warehouse: WarehouseResource, scope: 
     return root / "evaluation" / scope
 
 
-def _latest_model_version(context: dg.AssetExecutionContext) -> str | None:
-    event = context.instance.get_latest_materialization_event(MODEL)
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    value = meta.get("model_version")
-    return str(value.value) if value is not None else None
+def _model_version(config: EvaluationConfig, warehouse: WarehouseResource) -> str | None:
+    """The one version every region is scored with (None: no embeddings yet)."""
+    try:
+        return warehouse.model_version(config.model_version)
+    except registry.VersionError as e:
+        raise dg.Failure(description=f"{e}; set `model_version` in the run config") from e
 
 
-def _embeddings(
-    context, config: EvaluationConfig, warehouse: WarehouseResource, region: str
-) -> pl.DataFrame | None:
-    if warehouse.version(EMBEDDINGS.path[-1]) is None:
+def _embeddings(config: EvaluationConfig, warehouse: WarehouseResource, region: str, version: str | None):
+    if version is None:
         return None
-    df = warehouse.read(EMBEDDINGS.path[-1], {"region": region}).filter(pl.col("level") == config.image_level)
+    df = warehouse.read(EMBEDDINGS.path[-1], {"region": region, "model_version": version})
+    df = df.filter(pl.col("level") == config.image_level)
     if df.height == 0:
         return None
-    versions = df["model_version"].unique().to_list()
-    wanted = config.model_version or (versions[0] if len(versions) == 1 else _latest_model_version(context))
-    if wanted is None or wanted not in versions:
-        raise dg.Failure(
-            f"{region}: cell_embeddings holds model versions {versions}; set `model_version` "
-            f"(wanted {wanted!r})"
-        )
-    return df.filter(pl.col("model_version") == wanted)
+    registry.check_one_version(df)
+    return df
 
 
 def _features(config, warehouse, region: str) -> pl.DataFrame:
@@ -157,7 +149,15 @@ def _publish(
     metrics = result.metrics
     verdict_lines = verdicts(metrics, result.n_blocks)
     # An empty result is written too: it clears this scope's rows from an earlier, scored run.
-    version = warehouse.write_partition(metrics, TABLE, {"scope": scope}, description=TABLE_DESCRIPTION)
+    model_version = metrics["model_version"][0] if metrics.height else ""
+    version = warehouse.write_partition(
+        metrics,
+        TABLE,
+        {"scope": scope},
+        description=EVALUATION_METRICS.description,
+        commit=commit_info(context, model_version),
+        facts=EVALUATION_METRICS.facts(),
+    )
     meta = table_metadata(
         metrics,
         warehouse.table_uri(TABLE),
@@ -217,7 +217,7 @@ def evaluation_report(
         osm_source,
         region,
         _features(config, warehouse, region),
-        _embeddings(context, config, warehouse, region),
+        _embeddings(config, warehouse, region, _model_version(config, warehouse)),
     )
     result = er.evaluate_region(
         region,
@@ -284,7 +284,8 @@ def evaluation_cross_region(
         if regions
         else None
     )
-    embeddings = {r: _embeddings(context, config, warehouse, r) for r in regions}
+    model_version = _model_version(config, warehouse)
+    embeddings = {r: _embeddings(config, warehouse, r, model_version) for r in regions}
     # Transfer needs the same features everywhere: S2Vec only if every region has embeddings.
     with_embeddings = [r for r in regions if embeddings[r] is not None]
     if with_embeddings and len(with_embeddings) < len(regions):

@@ -6,26 +6,23 @@ would re-read the PBF per level or pass the pixel table between assets; one tabl
 checks compare channel totals across levels, and readers filter by `level`.
 """
 
+import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-import dagster as dg
 # Other domains' assets are imported as modules, so the defs loader finds each definition once.
 from s2vec_assets.defs.osm import assets as osm_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
-from s2vec_core import features, osm, s2
+from s2vec_assets.provenance import commit_info
+from s2vec_core import bbox, features, osm, s2
 from s2vec_core.grid import MAX_LEVEL, Grid
-from s2vec_core.taxonomy import CHANNELS, TAXONOMY_VERSION
+from s2vec_core.tables import CELL_FEATURES
+from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS, TAXONOMY_VERSION
 
-TABLE = "cell_features"
-TABLE_DESCRIPTION = (
-    "s2vec cell_features: region (partition), level (Int8 S2 level), cell_id (Int64, the S2 id's uint64 bit "
-    f"pattern), token (S2 token), taxonomy_version, then one Float64 column per channel of taxonomy "
-    f"{TAXONOMY_VERSION} (see TAXONOMY.md). Coarser levels are sums of the finest."
-)
+TABLE = CELL_FEATURES.name
 _COUNT_CHANNELS = [c.name for c in CHANNELS if c.kind == "count"]
 MAP_MAX_CELLS = 10_000
 
@@ -60,8 +57,9 @@ class CellFeaturesConfig(dg.Config):
     code_version=f"2+taxonomy.{TAXONOMY_VERSION}",
     description=(
         "Built-environment feature vectors per S2 cell (one Float64 column per taxonomy channel) at "
-        "every configured level, in the Delta table `cell_features` partitioned by region. A run "
-        "replaces only its region's rows."
+        "every configured level, in the Delta table `cell_features` partitioned by region. Cells whose "
+        "centre lies outside the catalog's `bbox` (when given) are dropped. A run replaces only its "
+        "region's rows."
     ),
 )
 def cell_features(
@@ -74,8 +72,14 @@ def cell_features(
     path = osm_source.resolve(region)
     stats: dict[str, int] = {}
     pixel_cells = osm.extract_cells_long(path, config.levels[-1], stats=stats)
-    df = features.cell_features(pixel_cells, config.levels, region)
-    version = warehouse.write_partition(df, TABLE, {"region": region}, description=TABLE_DESCRIPTION)
+    box = osm_source.region(region).bbox
+    clipped = bbox.clip(pixel_cells, box)
+    stats["cells_outside_bbox"] = int(pixel_cells["cell_id"].n_unique() - clipped["cell_id"].n_unique())
+    df = features.cell_features(clipped, config.levels, region)
+    version = warehouse.write_partition(
+        df, TABLE, {"region": region}, description=CELL_FEATURES.description, commit=commit_info(context),
+        facts=CELL_FEATURES.facts(dtype="float64", channels=len(CHANNEL_NAMES), taxonomy_doc="TAXONOMY.md"),
+    )
     context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
 
     totals = features.channel_totals(df).filter(pl.col("level") == config.levels[-1]).drop("level")
@@ -84,6 +88,7 @@ def cell_features(
     metadata.update(
         levels=dg.MetadataValue.json(config.levels),
         taxonomy_version=TAXONOMY_VERSION,
+        bbox=dg.MetadataValue.json(list(box) if box else None),
         rows_per_level=dg.MetadataValue.md(markdown_table(df.group_by("level").len("cells").sort("level"))),
         top_channels=dg.MetadataValue.md(
             markdown_table(totals.select(top).unpivot(variable_name="channel", value_name="total"), max_rows=8)

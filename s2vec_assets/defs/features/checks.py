@@ -10,10 +10,10 @@ import sys
 import warnings
 from collections.abc import Callable
 
+import dagster as dg
 import numpy as np
 import polars as pl
 
-import dagster as dg
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource

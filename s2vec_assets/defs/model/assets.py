@@ -5,11 +5,16 @@ training reads them with `np.load(mmap_mode="r")`). The model checkpoint lives u
 `<warehouse root>/models/mae/<training key>/checkpoint.pt`, where the key hashes the configs and the
 content of every raster set trained on: a retried run resumes its own checkpoint, changed data or
 config starts a fresh one, and an unchanged re-run finds the finished checkpoint and returns at once.
+
+Versions: mae_model registers its model in `model_versions` (status `trained`); cell_embeddings writes
+unit-length vectors (raw length in `norm`) and, once every region the model was trained on is embedded
+under it, makes that version `current` (s2vec_core.registry). Readers default to the current version.
 """
 
 import hashlib
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -21,19 +26,14 @@ from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
-from s2vec_core import embed, raster, train
+from s2vec_assets.provenance import commit_info
+from s2vec_core import embed, raster, registry, train, vectors
 from s2vec_core.grid import Grid
 from s2vec_core.model import MAEConfig, parameter_count
+from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.taxonomy import TAXONOMY_VERSION
 
-EMBEDDINGS_TABLE = "cell_embeddings"
-EMBEDDINGS_DESCRIPTION = (
-    "s2vec cell_embeddings: region and model_version (partition keys), level (Int8: the image level for image-cell "
-    "rows, the token level for per-token rows), cell_id "
-    "(Int64, the S2 id's uint64 bit pattern), token (S2 token), embedding (list of Float32: 2 x model width at the "
-    "image level (mean over tokens, then spread over the image's tokens), model width at the token level; Delta "
-    "stores it as a list). model_version = sha256 of the model checkpoint file."
-)
+EMBEDDINGS_TABLE = CELL_EMBEDDINGS.name
 
 
 def local_root(warehouse: WarehouseResource) -> Path:
@@ -202,8 +202,20 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
                          device=device.resolve(), on_epoch_end=log_epoch)
     wall = time.perf_counter() - started
     trained = embed.load_model(checkpoint, device="cpu")
+    holdout = result.holdout[-1] if result.holdout else {}
+    status = registry.record_trained(warehouse.root, registry.ModelRecord(
+        model_version=trained.model_version, regions=regions, image_level=trained.image_level,
+        pixel_level=trained.pixel_level, token_level=trained.token_level, dim=trained.dim,
+        token_dim=trained.token_dim, taxonomy_version=trained.taxonomy_version,
+        model_config=model_config.to_dict(), train_config=train_config.to_dict(),
+        training_loss=float(result.losses[-1]),
+        holdout_loss=float(sum(holdout[k] for k in ("image", "context") if k in holdout)) if holdout else None,
+        checkpoint=str(checkpoint), run_id=context.run_id, trained_at=datetime.now(UTC),
+    ), commit=commit_info(context, trained.model_version), storage_options=warehouse.storage_options or None)
     return dg.MaterializeResult(metadata={
         "model_version": trained.model_version,
+        "registry_status": status,
+        "registry_uri": dg.MetadataValue.path(warehouse.table_uri(MODEL_VERSIONS.name)),
         "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
         "device": result.device,
         "parameters": dg.MetadataValue.int(parameter_count(trained.model)),
@@ -266,8 +278,9 @@ def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
     description=(
         "S2Vec embeddings from the latest mae_model at two granularities, told apart by `level`: per image cell "
         "(encoder output on the unmasked image and its context window, mean-pooled) and per image token (one per "
-        "patch cell, the pixel level with 1-pixel patches). Delta table `cell_embeddings`; a run replaces only "
-        "its (region, model_version) rows."
+        "patch cell, the pixel level with 1-pixel patches), unit length with the raw length in `norm`. Delta "
+        "table `cell_embeddings`; a run replaces only its (region, model_version) rows, and the last region "
+        "of a model makes it the current version in `model_versions`."
     ),
 )
 def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -279,24 +292,46 @@ def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         raise dg.Failure(f"{region}: rasters at levels {shards.meta['image_level']}/{shards.meta['pixel_level']}, "
                          f"model trained at {trained.image_level}/{trained.pixel_level}")
     started = time.perf_counter()
-    vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
+    image_vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
     seconds = time.perf_counter() - started
     cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
-    # The two granularities differ in length; Delta stores a list either way.
-    df = pl.concat([
-        frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32))) for frame in (
-            embed.embeddings_frame(region, shards.image_ids, trained.image_level, vectors, trained.model_version),
-            embed.embeddings_frame(region, cells.reshape(-1), trained.token_level,
-                                   tokens.reshape(-1, trained.token_dim), trained.model_version))
-    ])
+    df = embeddings_rows(region, trained, shards.image_ids, image_vectors, cells.reshape(-1),
+                         tokens.reshape(-1, trained.token_dim))
+    commit = commit_info(context, trained.model_version)
     version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
-                                        description=EMBEDDINGS_DESCRIPTION)
+                                        description=CELL_EMBEDDINGS.description, commit=commit,
+                                        facts=embeddings_facts(trained))
+    current = registry.promote_if_complete(warehouse.root, trained.model_version, commit=commit,
+                                           storage_options=warehouse.storage_options or None)
     metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
-                              preview_columns=["level", "cell_id", "token"])
+                              preview_columns=["level", "cell_id", "token", "norm"])
     metadata.update(model_version=trained.model_version, dim=dg.MetadataValue.int(trained.dim),
+                    model_status=registry.CURRENT if current else registry.TRAINED,
                     token_dim=dg.MetadataValue.int(trained.token_dim),
                     image_level=trained.image_level, token_level=trained.token_level,
                     image_cells=dg.MetadataValue.int(len(shards)), token_cells=dg.MetadataValue.int(cells.size),
                     cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
-                    mean_dimension_variance=float(vectors.var(axis=0).mean()))
+                    mean_dimension_variance=float(image_vectors.var(axis=0).mean()))
     return dg.MaterializeResult(metadata=metadata)
+
+
+def embeddings_rows(region: str, trained: embed.TrainedModel, image_ids: np.ndarray, image_vectors: np.ndarray,
+                    token_ids: np.ndarray, token_vectors: np.ndarray) -> pl.DataFrame:
+    """Both granularities as cell_embeddings rows: unit vectors plus `norm`, sorted by (level, cell_id) so
+    a lookup's cell_id filter skips most row groups."""
+    # The two granularities differ in length; Delta stores a list either way.
+    df = pl.concat([
+        frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32))) for frame in (
+            embed.embeddings_frame(region, image_ids, trained.image_level, image_vectors, trained.model_version),
+            embed.embeddings_frame(region, token_ids, trained.token_level, token_vectors, trained.model_version))
+    ])
+    return vectors.normalise(df).sort("level", "cell_id")
+
+
+def embeddings_facts(trained: embed.TrainedModel) -> dict[str, object]:
+    """What cell_embeddings states about the version last written (every version's are in model_versions)."""
+    return CELL_EMBEDDINGS.facts(
+        dtype="float32", unit_length=True, norm_column=vectors.NORM_COLUMN, model_version=trained.model_version,
+        levels={"image": trained.image_level, "token": trained.token_level},
+        dims={str(trained.image_level): trained.dim, str(trained.token_level): trained.token_dim},
+    )

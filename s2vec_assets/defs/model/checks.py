@@ -4,7 +4,7 @@
 - mae_model: every weight finite; the final epoch's loss below the first's (needs >= 2 epochs); the
   held-out masked loss below the mean-of-visible predictor's (non-blocking: a warning, since a
   tiny region may not hold enough images to learn more than the trivial answer).
-- cell_embeddings[region]: finite, the model's dimension, one row per image cell of the region's rasters
+- cell_embeddings[region]: finite, unit length, the model's dimension, one row per image cell of the region's rasters
   and one per image token, no duplicates, and not collapsed (mean per-dimension variance above a floor).
 Per-row facts that are not plain GX expectations are computed as helper columns, which GX then checks.
 """
@@ -24,6 +24,8 @@ from s2vec_core.train import baseline_ratio, load_checkpoint
 
 VARIANCE_FLOOR = 1e-6
 """Mean per-dimension variance of a region's embeddings below this means they collapsed to one point."""
+UNIT_TOLERANCE = 1e-4
+"""Stored vectors are unit length to float32 rounding."""
 
 with warnings.catch_warnings():
     # Partitioned check specs are a Dagster preview feature; used knowingly (one result per region).
@@ -32,7 +34,8 @@ with warnings.catch_warnings():
         dg.AssetCheckSpec(name, asset=model_assets.cell_embeddings, blocking=True, partitions_def=region_partitions,
                           description=desc)
         for name, desc in (
-            ("cell_embeddings_finite_and_sized", "Every embedding is finite and has the model's dimension."),
+            ("cell_embeddings_finite_and_sized",
+             "Every embedding is finite, unit length (cosine = dot product) and has the model's dimension."),
             ("cell_embeddings_one_row_per_image_cell",
              "Exactly the region's image cells (from raster_tensors), each once, and every image token once."),
             ("cell_embeddings_not_collapsed", f"Mean per-dimension variance above {VARIANCE_FLOOR}."),
@@ -129,12 +132,15 @@ def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: Wa
     key = model_assets.cell_embeddings.key
     sample = ["region", "cell_id", "token"]
     if "cell_embeddings_finite_and_sized" in selected:
+        length = pl.col("embedding").list.eval(pl.element().cast(pl.Float64).pow(2)).list.sum().sqrt()
         frame = df.select(*sample, dim=pl.col("embedding").list.len(),
-                          finite=pl.col("embedding").list.eval(pl.element().is_finite()).list.all())
+                          finite=pl.col("embedding").list.eval(pl.element().is_finite()).list.all(),
+                          unit_length=(length - 1.0).abs() < UNIT_TOLERANCE)
         yield gx_check_result(frame, [
             Expect("expect_table_row_count_to_be_between", min_value=1),
             Expect("expect_column_values_to_be_in_set", column="dim", value_set=[trained.dim]),
             Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True]),
+            Expect("expect_column_values_to_be_in_set", column="unit_length", value_set=[True]),
         ], asset_key=key, check_name="cell_embeddings_finite_and_sized", sample_columns=sample)
     if "cell_embeddings_one_row_per_image_cell" in selected:
         frame = df.select(*sample, in_rasters=pl.col("cell_id").is_in(pl.Series(image_ids).implode()))
