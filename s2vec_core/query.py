@@ -27,7 +27,7 @@ import numpy.typing as npt
 import polars as pl
 
 from s2vec_core import registry, s2, warehouse
-from s2vec_core.tables import CELL_EMBEDDINGS
+from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.targets import cell_area_km2
 from s2vec_core.vectors import NORM_COLUMN, to_matrix
 
@@ -75,7 +75,7 @@ def snapshot(
     if latest is None:
         raise QueryError(f"no cell_embeddings table under {root}; run the pipeline (`make run`) first")
     version = _table_version(uri, as_of, storage_options, latest)
-    when = warehouse.commit_time(uri, version, storage_options) if as_of is not None else None
+    when = _registry_time(root, uri, version, as_of, storage_options)
     chosen = registry.resolve(root, model_version, as_of=when, storage_options=storage_options)
     if level is None:
         level = _image_level(root, chosen, when, storage_options, uri, version)
@@ -268,6 +268,21 @@ def _table_version(uri: str, as_of: AsOf, storage_options, latest: int) -> int:
     if version is None:
         raise QueryError(f"cell_embeddings did not exist yet at {when.isoformat()}")
     return version
+
+
+def _registry_time(root: str, uri: str, version: int, as_of: AsOf, storage_options) -> datetime | None:
+    """When to read the registry for a table version: its commit time, or for `run:<id>` the run's last
+    commit to either table (a run that embeds a model's last region also makes it current)."""
+    if as_of is None:
+        return None
+    when = warehouse.commit_time(uri, version, storage_options)
+    if isinstance(as_of, str) and as_of.startswith("run:"):
+        registry_uri = warehouse.table_uri(root, MODEL_VERSIONS.name)
+        if warehouse.table_version(registry_uri, storage_options) is not None:
+            own = warehouse.history(registry_uri, storage_options).filter(pl.col("run_id") == as_of[4:])
+            if own.height:
+                when = max(when, own["timestamp"].max())
+    return when
 
 
 def _image_level(root, model_version, when, storage_options, uri, version) -> int:

@@ -5,7 +5,13 @@ against DuckDB `delta_scan` running that SQL.
 """
 
 import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -276,3 +282,69 @@ def test_tables_state_their_facts_and_commits_carry_provenance(wh):
     assert "ODbL" in facts["licence"] and "int64" in facts["cell_id"]
     versions_history = query.history("model_versions", warehouse_root=wh["root"])
     assert versions_history["run_id"].null_count() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The README's "For downstream teams" section: every block runs, and its SQL gives the API's answers.
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_REGIONS = {"liechtenstein": [(47.14, 9.52)], "monaco": [(43.73, 7.42)]}
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    section = README.read_text().split("## For downstream teams", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
+
+
+@pytest.fixture
+def readme_warehouse(tmp_path, monkeypatch):
+    build_warehouse(tmp_path / "warehouse", regions=README_REGIONS, overlap=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("S2VEC_WAREHOUSE", str(tmp_path / "warehouse"))
+    return tmp_path
+
+
+def test_the_downstream_readme_section_runs_and_its_sql_matches_the_api(readme_warehouse):
+    blocks = readme_blocks()
+    assert {kind for kind, _ in blocks} == {"bash", "python", "sql"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    namespace: dict = {}
+    sql = []
+    for kind, code in blocks:
+        if kind == "python":
+            exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+        elif kind == "bash":
+            for line in code.splitlines():
+                command = line.split("  #")[0].strip()
+                done = subprocess.run(
+                    command, shell=True, env=env, capture_output=True, text=True, timeout=120, check=False
+                )
+                assert done.returncode == 0, (command, done.stderr[-2000:])
+                rows = [json.loads(x) for x in done.stdout.splitlines()]
+                assert rows, command
+                if " versions" in command:
+                    assert [r["status"] for r in rows] == ["current", "retired"]
+                    continue
+                assert all(r["model_version"] == V2 for r in rows), command
+                if " lookup " in command:
+                    assert len(rows) == 2 and rows[0]["region"] == "liechtenstein"
+                if " similar " in command:
+                    assert len(rows) == 5 and "embedding" not in rows[0]
+        else:
+            sql.append(code)
+    lookup_sql, similar_sql = sql
+    con, cell_id = namespace["con"], namespace["cell_id"]
+    api_row = query.lookup(cell_ids=[cell_id]).select(query.RESULT_COLUMNS)
+    sql_row = con.execute(lookup_sql, {"cell_id": cell_id}).pl()
+    assert sql_row.height == 1
+    for column in query.RESULT_COLUMNS:
+        assert sql_row[column].to_list() == api_row[column].to_list(), column
+    for k in (1, 5, 12):
+        api = query.similar(cell_id=cell_id, k=k)
+        top = con.execute(similar_sql, {"cell_id": cell_id, "k": k}).pl()
+        assert top["cell_id"].to_list() == api["cell_id"].to_list()
+        assert np.allclose(top["score"].to_numpy(), api["score"].to_numpy(), atol=1e-6)
+        assert top["model_version"].unique().to_list() == [V2]
+    assert namespace["same"]["model_version"][0] == V2  # the last run made v2 current
+    assert namespace["pinned"]["model_version"][0] == V1
+    assert namespace["current_rows"]["model_version"].unique().to_list() == [V2]
