@@ -19,7 +19,7 @@ When a cell lies in two regions' extracts, the first region in `regions` (else a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -48,6 +48,8 @@ class Snapshot:
     model_version: str
     level: int
     storage_options: dict[str, str] | None = None
+    _matrices: dict = field(default_factory=dict, compare=False, repr=False)
+    """Candidates of `similar` per region selection, loaded once: a snapshot never changes."""
 
     @property
     def uri(self) -> str:
@@ -131,25 +133,24 @@ def similar(
     if k < 1:
         raise QueryError(f"k must be >= 1, got {k}")
     snap = source or snapshot(**where)
-    candidates = _one_row_per_cell(snap.scan(regions).collect(), regions)
-    if candidates.height == 0:
-        raise QueryError(
-            f"no embeddings at level {snap.level} under model {snap.model_version[:12]} in {regions}"
-        )
-    matrix = to_matrix(candidates["embedding"])
+    candidates, matrix = _candidates(snap, regions)
     exclude = None
     if vector is None:
         (query_cell,) = _query_cells(
             None, None, None if token is None else [token], None if cell_id is None else [cell_id], snap.level
         )
         exclude = int(query_cell.view(np.int64))
-        own = lookup(cell_ids=[exclude], source=snap)
-        if own["embedding"][0] is None:
-            raise QueryError(
-                f"cell {s2.to_token(query_cell)[0]} has no embedding at level {snap.level} "
-                f"under model {snap.model_version[:12]}"
-            )
-        query = np.asarray(own["embedding"][0], dtype=np.float32)
+        at = np.flatnonzero(candidates["cell_id"].to_numpy() == exclude)
+        if at.size:
+            query = matrix[at[0]]
+        else:  # the query cell may lie outside the regions searched
+            own = lookup(cell_ids=[exclude], source=snap)
+            if own["embedding"][0] is None:
+                raise QueryError(
+                    f"cell {s2.to_token(query_cell)[0]} has no embedding at level {snap.level} "
+                    f"under model {snap.model_version[:12]}"
+                )
+            query = np.asarray(own["embedding"][0], dtype=np.float32)
     else:
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.size != matrix.shape[1]:
@@ -160,9 +161,12 @@ def similar(
     if exclude is not None:
         scores[candidates["cell_id"].to_numpy() == exclude] = -np.inf
     top = _top_k(scores, candidates["cell_id"].to_numpy(), k)
-    return (
-        candidates[top].select(RESULT_COLUMNS).with_columns(score=pl.Series(scores[top].astype(np.float64)))
+    found = candidates[top].with_columns(
+        embedding=pl.Series(matrix[top], dtype=pl.Array(pl.Float32, matrix.shape[1])).cast(
+            pl.List(pl.Float32)
+        )
     )
+    return found.select(RESULT_COLUMNS).with_columns(score=pl.Series(scores[top].astype(np.float64)))
 
 
 def aggregate(
@@ -351,6 +355,20 @@ def _one_row_per_cell(rows: pl.DataFrame, regions: Sequence[str] | None) -> pl.D
     order = {r: i for i, r in enumerate(regions)} if regions else None
     key = pl.col("region").replace_strict(order, default=len(order)) if order else pl.col("region")
     return rows.sort(key, "cell_id").unique("cell_id", keep="first", maintain_order=True).sort("cell_id")
+
+
+def _candidates(snap: Snapshot, regions: Sequence[str] | None) -> tuple[pl.DataFrame, np.ndarray]:
+    """(rows without the vectors, float32 [n, d] vectors) of a region selection, cached on the snapshot so
+    that repeated `similar` calls on one snapshot read the table once."""
+    key = tuple(regions or ())
+    if key not in snap._matrices:
+        rows = _one_row_per_cell(snap.scan(regions).collect(), regions)
+        if rows.height == 0:
+            raise QueryError(
+                f"no embeddings at level {snap.level} under model {snap.model_version[:12]} in {regions}"
+            )
+        snap._matrices[key] = (rows.drop("embedding"), to_matrix(rows["embedding"]))
+    return snap._matrices[key]
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
