@@ -97,7 +97,9 @@ def build(root: Path, n: int, source: str) -> dict:
     )
     uri = warehouse.table_uri(root, CELL_EMBEDDINGS.name)
     started = time.perf_counter()
-    warehouse.write_partition(df, uri, {"region": "tiled", "model_version": VERSION})
+    warehouse.write_partition(
+        df, uri, {"region": "tiled", "model_version": VERSION}, row_group_rows=CELL_EMBEDDINGS.row_group_rows
+    )
     registry.record_trained(
         str(root),
         registry.ModelRecord(
@@ -150,7 +152,18 @@ def work(job: dict) -> dict:
             t = time.perf_counter()
             covered = run(root, lat, lng)
             times.append(time.perf_counter() - t)
-        return {"s": times[0], "again_s": times[1], "covered": covered}
+        t = time.perf_counter()
+        memory = _s2vec_loaded(root) if job["tool"] == "s2vec" else _duckdb_loaded(root)
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        assert memory(root, lat, lng) == covered
+        return {
+            "s": times[0],
+            "again_s": times[1],
+            "load_s": load_s,
+            "loaded_s": time.perf_counter() - t,
+            "covered": covered,
+        }
     ids = job["queries"]
     if job["tool"] == "s2vec":
         t = time.perf_counter()
@@ -193,23 +206,42 @@ def _s2vec_lookup(root: str, lat: np.ndarray, lng: np.ndarray) -> int:
     return int(got["embedding"].is_not_null().sum())
 
 
-def _duckdb_lookup(root: str):
+def _s2vec_loaded(root: str):
+    """Lookups on a snapshot whose vectors are in memory (`query.load`)."""
+    snap = query.load(query.snapshot(root))
+
+    def run(_root: str, lat: np.ndarray, lng: np.ndarray) -> int:
+        return int(query.lookup(lat, lng, source=snap)["embedding"].is_not_null().sum())
+
+    return run
+
+
+def _duckdb_loaded(root: str):
+    """The peer's equivalent: the current version's rows copied into a DuckDB table, then joined."""
+    return _duckdb_lookup(root, in_memory=True)
+
+
+def _duckdb_lookup(root: str, in_memory: bool = False):
     """The peer's lookup: cell ids from s2vec_core.s2 (DuckDB has no S2), a join to delta_scan in SQL."""
     import pyarrow as pa
 
     con = warehouse.duckdb_connect()
     uri = warehouse.table_uri(root, CELL_EMBEDDINGS.name)
     versions = warehouse.table_uri(root, "model_versions")
+    current = f"""
+        SELECT e.cell_id, e.token, e.embedding FROM delta_scan('{uri}') e
+        JOIN delta_scan('{versions}') v
+          ON e.model_version = v.model_version AND e.level = v.image_level AND v.status = 'current'"""
+    if in_memory:
+        con.execute(f"CREATE TEMP TABLE current_rows AS {current}")
+        current = "SELECT * FROM current_rows"
 
     def run(_root: str, lat: np.ndarray, lng: np.ndarray) -> int:
         ids = s2.as_int64(s2.latlng_to_cell_id(lat, lng, LEVEL))
         con.register("q", pa.table({"i": np.arange(ids.size), "cell_id": ids}))
-        got = con.execute(f"""
-            SELECT q.i, e.cell_id, e.token, e.embedding FROM q LEFT JOIN (
-              SELECT e.cell_id, e.token, e.embedding FROM delta_scan('{uri}') e
-              JOIN delta_scan('{versions}') v
-                ON e.model_version = v.model_version AND e.level = v.image_level AND v.status = 'current'
-            ) e USING (cell_id) ORDER BY q.i""").fetch_arrow_table()
+        got = con.execute(
+            f"SELECT q.i, e.cell_id, e.token, e.embedding FROM q LEFT JOIN ({current}) e USING (cell_id) ORDER BY q.i"
+        ).fetch_arrow_table()
         return got.num_rows - got.column("embedding").null_count
 
     return run
@@ -233,13 +265,18 @@ def measure(job: dict, log_dir: Path) -> dict:
 def report(built: dict, results: dict, args) -> str:
     ours_lookup, their_lookup = results["s2vec", "lookup"], results["duckdb", "lookup"]
     ours_sim, their_sim = results["s2vec", "similar"], results["duckdb", "similar"]
-    lookup_goal = "met" if min(ours_lookup["s"], ours_lookup["again_s"]) < 2.0 else "NOT met"
+    from_table = "met" if min(ours_lookup["s"], ours_lookup["again_s"]) < 2.0 else "NOT met"
+    lookup_goal = (
+        f"{from_table} reading the table, {'met' if ours_lookup['loaded_s'] < 2.0 else 'NOT met'} from memory"
+    )
     similar_goal = "met" if ours_sim["warm_s"] < 1.0 else "NOT met"
     import duckdb
 
     rows = [
         (f"lookup of {args.points:,} points, first call", ours_lookup["s"], their_lookup["s"]),
         ("the same lookup again", ours_lookup["again_s"], their_lookup["again_s"]),
+        ("load the current vectors into memory (once)", ours_lookup["load_s"], their_lookup["load_s"]),
+        ("the same lookup from memory", ours_lookup["loaded_s"], their_lookup["loaded_s"]),
         ("top 10 similar, first query (load + score)", ours_sim["cold_s"], their_sim["cold_s"]),
         (
             f"top 10 similar, each further query (mean of {args.queries - 1})",

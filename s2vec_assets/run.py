@@ -150,6 +150,20 @@ def _table_locations(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict
     return found
 
 
+def _print_current_version() -> None:
+    """The registry and the current model version, with the commands that read it."""
+    from s2vec_core import registry, warehouse
+    from s2vec_core.tables import MODEL_VERSIONS
+
+    root = warehouse.default_root()
+    print(f"  {MODEL_VERSIONS.name:<20} {warehouse.table_uri(root, MODEL_VERSIONS.name)}")
+    current = registry.current(root)
+    print(f"current model version: {current or 'none yet (a version is current once all its regions are embedded)'}")
+    if current:
+        print("query it: `s2vec lookup --lat 47.14 --lng 9.52`, `s2vec similar --lat 47.14 --lng 9.52 --k 5`, "
+              "`s2vec versions` (README: For downstream teams)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regions", help="comma-separated subset of the catalog's regions (default: all)")
@@ -192,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Delta tables (polars.read_delta / deltalake.DeltaTable / duckdb delta_scan):")
         for table, uri in _table_locations(defs, instance).items():
             print(f"  {table:<20} {uri}")
+        _print_current_version()
     print("Browse runs, lineage and checks with `make dev` (http://127.0.0.1:3000).")
     return 0
 

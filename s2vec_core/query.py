@@ -100,9 +100,12 @@ def lookup(
     snap = source or snapshot(**where)
     cells = _query_cells(lat, lng, tokens, cell_ids, snap.level)
     wanted = np.unique(cells.view(np.int64))
-    rows = _one_row_per_cell(
-        snap.scan(regions).filter(pl.col("cell_id").is_in(pl.Series(wanted).implode())).collect(), regions
-    )
+    if tuple(regions or ()) in snap._matrices:
+        rows = _rows_in_memory(snap, regions, wanted)
+    else:
+        rows = _one_row_per_cell(
+            snap.scan(regions).filter(pl.col("cell_id").is_in(pl.Series(wanted).implode())).collect(), regions
+        )
     query = pl.DataFrame({"_row": np.arange(cells.size), "cell_id": cells.view(np.int64)})
     found = query.join(
         rows.drop("level", "token", "model_version"), on="cell_id", how="left", maintain_order="left"
@@ -355,6 +358,22 @@ def _one_row_per_cell(rows: pl.DataFrame, regions: Sequence[str] | None) -> pl.D
     order = {r: i for i, r in enumerate(regions)} if regions else None
     key = pl.col("region").replace_strict(order, default=len(order)) if order else pl.col("region")
     return rows.sort(key, "cell_id").unique("cell_id", keep="first", maintain_order=True).sort("cell_id")
+
+
+def load(source: Snapshot, regions: Sequence[str] | None = None) -> Snapshot:
+    """Read a snapshot's vectors (of `regions`) into memory once; later `lookup` and `similar` calls on
+    it answer from there (a long-lived process, e.g. a service, pays the table scan once)."""
+    _candidates(source, regions)
+    return source
+
+
+def _rows_in_memory(snap: Snapshot, regions: Sequence[str] | None, wanted: np.ndarray) -> pl.DataFrame:
+    meta, matrix = _candidates(snap, regions)
+    ids = meta["cell_id"].to_numpy()  # sorted (int64), one row per cell
+    at = np.clip(np.searchsorted(ids, wanted), 0, max(ids.size - 1, 0))
+    hit = at[ids[at] == wanted] if ids.size else at[:0]
+    vectors = pl.Series("embedding", matrix[hit], dtype=pl.Array(pl.Float32, matrix.shape[1]))
+    return meta[hit].with_columns(vectors.cast(pl.List(pl.Float32))).select(RESULT_COLUMNS)
 
 
 def _candidates(snap: Snapshot, regions: Sequence[str] | None) -> tuple[pl.DataFrame, np.ndarray]:

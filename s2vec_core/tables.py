@@ -20,6 +20,8 @@ class TableSpec:
     name: str
     partition_by: tuple[str, ...]
     description: str
+    row_group_rows: int | None = None
+    """Parquet row-group cap for tables read by cell id (rows are written sorted by it)."""
 
     def facts(self, **extra: object) -> dict[str, object]:
         """The table's machine-readable facts: licence, id convention, taxonomy, plus `extra`."""
@@ -48,7 +50,9 @@ CELL_EMBEDDINGS = TableSpec(
     "token (S2 token), embedding (list of Float32, unit L2 length: cosine similarity = dot product; the "
     "length differs by level, see the facts and the model_versions table), norm (Float32, the L2 length "
     "before normalisation). model_version = sha256 of the model checkpoint file; model_versions says which "
-    "one is current. Never mix versions.",
+    "one is current. Never mix versions. Rows sorted by (level, cell_id): Hilbert order, so row-group "
+    "statistics let a lookup skip most of a file.",
+    row_group_rows=8192,
 )
 
 MODEL_VERSIONS = TableSpec(

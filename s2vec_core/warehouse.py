@@ -24,7 +24,7 @@ import polars as pl
 # polars imports pyarrow lazily on the first to_arrow(); importing it here keeps that one-time ~20 ms
 # out of the first write (it is a third of writing a small region's embeddings).
 import pyarrow  # noqa: F401
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 COMMIT_PREFIX = "s2vec."
@@ -88,18 +88,21 @@ def write_partition(
     description: str | None = None,
     commit: Mapping[str, str] | None = None,
     facts: Mapping[str, object] | None = None,
+    row_group_rows: int | None = None,
 ) -> int:
     """Replace the rows of `partition` in the Delta table at `uri` with `df`; return the new version.
 
     The table is created (partitioned by the partition keys) if missing. Rows of `df` must all belong to
     `partition`, and `df` must match the table's schema; otherwise nothing is written. `commit` goes into
     the commit info (see `COMMIT_KEYS`); `description` and `facts` into the table description, updated
-    (one more commit, same commit info) only when they change.
+    (one more commit, same commit info) only when they change. `row_group_rows` caps Parquet row groups:
+    with rows sorted by cell id, small groups let a point lookup skip most of a file by its statistics.
     """
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
     data = _delta_compatible(df).to_arrow(compat_level=pl.CompatLevel.oldest())
     properties = commit_properties(commit)
+    writer = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
     text = describe(description, facts) if description is not None or facts else None
     try:
         table = DeltaTable(uri, storage_options=storage_options)
@@ -112,13 +115,21 @@ def write_partition(
             storage_options=storage_options,
             description=text,
             commit_properties=properties,
+            writer_properties=writer,
         )
         table = DeltaTable(uri, storage_options=storage_options)
     else:
         _check_schema(table, df, uri)
         # Writing through the table object updates it to the commit it made: its version is this
         # write's, even if another writer commits right after.
-        write_deltalake(table, data, mode="overwrite", predicate=predicate, commit_properties=properties)
+        write_deltalake(
+            table,
+            data,
+            mode="overwrite",
+            predicate=predicate,
+            commit_properties=properties,
+            writer_properties=writer,
+        )
         version = table.version()
         if text is not None and table.metadata().description != text:
             table.alter.set_table_description(text, commit_properties=properties)

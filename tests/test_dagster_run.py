@@ -1,5 +1,6 @@
 """`make run` (s2vec_assets.run): stage planning over the asset graph, and its argument checks."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -112,3 +113,84 @@ def test_a_killed_run_gives_its_gpu_slot_back_on_the_next_make_run(tmp_path, mon
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
         assert run.reap_dead_runs(instance) == []
+
+
+TINY_RUN = """
+ops:
+  cell_features: {config: {levels: [14, 18]}}
+  raster_tensors: {config: {image_level: 14, pixel_level: 18}}
+  mae_model:
+    config: {patch_size: 4, width: 16, depth: 1, heads: 2, decoder_width: 8, decoder_depth: 1, decoder_heads: 2,
+             epochs: 2, batch_size: 8, lr: 0.01}
+  evaluation_report: {config: {image_level: 14, pixel_level: 18, learning_curves: false, k: 2}}
+  evaluation_cross_region: {config: {image_level: 14, pixel_level: 18, learning_curves: false, k: 2}}
+"""
+MONACO = REPO / "data" / "osm" / "monaco-2023.osm.pbf"
+
+
+def _catalog(path: Path, regions: list[str]) -> Path:
+    path.write_text("".join(f'[regions.{r}]\nsource = "{MONACO}"\n' for r in regions))
+    return path
+
+
+def _s2vec(env: dict, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(Path(sys.executable).parent / "s2vec"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leaves_the_rest(tmp_path):
+    """`s2vec run`, add a region, `s2vec run --regions <new>`: every region is re-embedded under the new
+    model, which becomes current; lookups give one row per point and one version; remove-region cleans up."""
+    import json
+
+    import polars as pl
+
+    from s2vec_core import query, registry, warehouse
+
+    home, root = tmp_path / "dagster_home", tmp_path / "warehouse"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    one, two = _catalog(tmp_path / "one.toml", ["monaco"]), _catalog(tmp_path / "two.toml", ["monaco", "copy"])
+    env = {**os.environ, "DAGSTER_HOME": str(home), "S2VEC_WAREHOUSE": str(root), "S2VEC_CATALOG": str(one),
+           "S2VEC_REPORTS": str(tmp_path / "reports")}
+    _s2vec(env, "run", "--config", str(tmp_path / "tiny.yaml"))
+    first = registry.current(str(root))
+    assert first is not None
+
+    env["S2VEC_CATALOG"] = str(two)
+    done = _s2vec(env, "run", "--regions", "copy", "--config", str(tmp_path / "tiny.yaml"))
+    assert "embedding them as well" in done.stdout
+    versions = query.versions(str(root))
+    current = registry.current(str(root))
+    assert current != first
+    assert dict(versions.select("model_version", "status").iter_rows()) == {current: "current", first: "retired"}
+    assert registry.embedded_regions(str(root), current) == ["copy", "monaco"]
+
+    lat, lng = [43.73, 43.735, 43.74, 43.745, 43.7385, 43.727], [7.42, 7.425, 7.43, 7.435, 7.4246, 7.417]
+    hits = query.lookup(lat, lng, warehouse_root=str(root))
+    assert hits.height == 6 and hits["model_version"].unique().to_list() == [current]
+    lines = [json.loads(x) for x in _s2vec(env, "lookup", *[f"--lat={a}" for a in lat[:1]],
+                                           *[f"--lng={b}" for b in lng[:1]]).stdout.splitlines()]
+    assert len(lines) == 1 and lines[0]["model_version"] == current and lines[0]["embedding"]
+    token = hits.filter(pl.col("embedding").is_not_null())["token"][0]
+    near = [json.loads(x) for x in _s2vec(env, "similar", "--token", token, "--k", "5").stdout.splitlines()]
+    assert len(near) == 5 and token not in {r["token"] for r in near}
+    assert {r["model_version"] for r in near} == {current}
+
+    uri = warehouse.table_uri(str(root), "cell_embeddings")
+    commits = warehouse.history(uri)
+    assert commits["run_id"].null_count() == 0 and set(commits["asset"]) == {"cell_embeddings"}
+    kept = {t: warehouse.read_table(warehouse.table_uri(str(root), t), {"region": "monaco"}).sort(pl.all())
+            for t in ("cell_features", "cell_embeddings")}
+    env["S2VEC_CATALOG"] = str(one)
+    _s2vec(env, "remove-region", "copy")
+    for table, rows in kept.items():
+        after = warehouse.read_table(warehouse.table_uri(str(root), table))
+        assert after["region"].unique().to_list() == ["monaco"]
+        assert after.sort(pl.all()).equals(rows)
+    assert not (root / "rasters" / "copy").exists()

@@ -182,6 +182,17 @@ def test_every_id_form_of_a_face_4_cell_gives_the_same_row(wh):
     assert token == s2.to_token(cell)[0]
 
 
+def test_a_loaded_snapshot_answers_like_the_table(wh):
+    lat, lng = np.array([p[0] for p in FACE_POINTS] + [0.0]), np.array([p[1] for p in FACE_POINTS] + [-30.0])
+    cold = query.lookup(lat, lng, warehouse_root=wh["root"])
+    for regions in (None, ["west", "east"]):
+        snap = query.load(query.snapshot(wh["root"]), regions)
+        assert query.lookup(lat, lng, source=snap, regions=regions).equals(
+            query.lookup(lat, lng, warehouse_root=wh["root"], regions=regions)
+        )
+    assert query.lookup(lat, lng, source=query.load(query.snapshot(wh["root"]))).equals(cold)
+
+
 def test_uncovered_points_give_a_null_embedding_not_a_missing_row(wh):
     got = query.lookup([0.0, 1.0, -45.0], [-30.0, 1.0, 60.0], warehouse_root=wh["root"])
     assert got.height == 3

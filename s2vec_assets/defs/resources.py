@@ -53,12 +53,13 @@ class WarehouseResource(dg.ConfigurableResource):
         description: str | None = None,
         commit: dict[str, str] | None = None,
         facts: dict[str, object] | None = None,
+        row_group_rows: int | None = None,
     ) -> int:
         """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version. `commit`
         (run id, asset, region, model version) goes into the Delta commit info."""
         return warehouse.write_partition(
             df, self.table_uri(name), partition, storage_options=self._options, description=description,
-            commit=commit, facts=facts,
+            commit=commit, facts=facts, row_group_rows=row_group_rows,
         )
 
     def model_version(self, pin: str | None = None) -> str | None:

@@ -300,7 +300,7 @@ def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     commit = commit_info(context, trained.model_version)
     version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
                                         description=CELL_EMBEDDINGS.description, commit=commit,
-                                        facts=embeddings_facts(trained))
+                                        facts=embeddings_facts(trained), row_group_rows=CELL_EMBEDDINGS.row_group_rows)
     current = registry.promote_if_complete(warehouse.root, trained.model_version, commit=commit,
                                            storage_options=warehouse.storage_options or None)
     metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
