@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from s2vec_core import s2
+from s2vec_core.neighbours import gather, ring_sums
 from s2vec_core.taxonomy import CHANNELS, Channel
 
 POI_KEYS: tuple[str, ...] = (
@@ -46,14 +47,6 @@ def _level_rows(
     return ids[order], matrix[order]
 
 
-def _gather(ids: np.ndarray, matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Rows of `matrix` (keyed by sorted `ids`) at `query` ids, zeros where a cell has no row."""
-    pos = np.clip(np.searchsorted(ids, query), 0, max(len(ids) - 1, 0))
-    found = ids[pos] == query if len(ids) else np.zeros(query.shape, dtype=bool)
-    padded = np.vstack([matrix, np.zeros((1, matrix.shape[1]))])
-    return padded[np.where(found, pos, len(ids))]
-
-
 def _frame(cells: np.ndarray, columns: dict[str, np.ndarray]) -> pl.DataFrame:
     return pl.DataFrame({"cell_id": pl.Series(cells, dtype=pl.UInt64), **columns})
 
@@ -68,11 +61,8 @@ def contextual_counts(
     ids, own = _level_rows(cell_features, image_level, channels)
     columns = {c: np.log1p(own[:, i]) for i, c in enumerate(channels)}
     for r in rings:
-        window = s2.grid_window(ids, image_level, -r, 2 * r + 1).reshape(len(ids), -1)
-        around = -own
-        for a in range(window.shape[1]):  # one gather per window position, vectorised over cells
-            around = around + _gather(ids, own, window[:, a])
-        columns |= {f"{c}_r{r}": np.log1p(np.maximum(around[:, i], 0.0)) for i, c in enumerate(channels)}
+        around, _ = ring_sums(ids, own, image_level, r)
+        columns |= {f"{c}_r{r}": np.log1p(around[:, i]) for i, c in enumerate(channels)}
     return _frame(ids, columns)
 
 
@@ -184,7 +174,7 @@ def spatial_statistics(
     ids, matrix = _level_rows(cell_features, pixel_level, wanted)
     member = np.array([[c in cols for cols in groups.values()] for c in wanted], dtype=np.float64)
     # Group sums per pixel, then one gather; one contiguous row per group keeps the reductions fast.
-    values = np.ascontiguousarray(_gather(ids, matrix @ member, pixels).T)
+    values = np.ascontiguousarray(gather(ids, matrix @ member, pixels)[0].T)
     columns: dict[str, np.ndarray] = {}
     imgs: dict[str, np.ndarray] = {}
     for g, name in enumerate(groups):

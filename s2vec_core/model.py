@@ -18,6 +18,7 @@ the finer level).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -45,9 +46,15 @@ class MAEConfig:
     context_size: int = 0
     context_patch: int = 2
     summary_weight: float = 1.0
+    layout_groups: tuple[tuple[int, ...], ...] = ()
+    layout_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layout_groups", tuple(tuple(int(i) for i in g) for g in self.layout_groups))
         problems = []
+        if any(not g or min(g) < 0 or max(g) >= self.in_channels for g in self.layout_groups):
+            problems.append(f"layout_groups {self.layout_groups} must be non-empty sets of channel indices "
+                            f"below in_channels={self.in_channels}")
         if self.in_channels < 1:
             problems.append(f"in_channels={self.in_channels} < 1")
         if self.patch_size < 1 or self.image_size % self.patch_size:
@@ -66,8 +73,9 @@ class MAEConfig:
             problems.append("depth and decoder_depth must be >= 1")
         if not 0.0 <= self.mask_ratio < 1.0 or self.visible_patches < 1:
             problems.append(f"mask_ratio={self.mask_ratio} must leave at least one of {self.num_patches} patches")
-        if self.summary_weight < 0:
-            problems.append(f"summary_weight={self.summary_weight} must be >= 0")
+        if self.summary_weight < 0 or self.layout_weight < 0:
+            problems.append(f"summary_weight={self.summary_weight} and layout_weight={self.layout_weight} "
+                            "must be >= 0")
         if problems:
             raise ValueError("invalid MAEConfig: " + "; ".join(problems))
 
@@ -88,7 +96,7 @@ class MAEConfig:
 
     @property
     def visible_patches(self) -> int:
-        return max(0, int(round(self.num_patches * (1.0 - self.mask_ratio))))
+        return max(0, round(self.num_patches * (1.0 - self.mask_ratio)))
 
     @property
     def context_grid(self) -> int:
@@ -166,6 +174,14 @@ class MaskedAutoencoder(nn.Module):
             self.register_buffer("decoder_context_pos", sincos_2d(c.decoder_width, c.context_grid).unsqueeze(0),
                                  persistent=False)
         self.summary_head = nn.Linear(c.width, (c.context_ring + 1) * c.in_channels)
+        if c.layout_groups:
+            # Reads the spread half of the `embed` pooling, so the embedding itself has to carry the layout
+            # and the mean half stays free for the counts in and around the cell.
+            self.layout_head = nn.Linear(c.width, len(c.layout_groups) * LAYOUT_STATS)
+            membership = torch.zeros(c.in_channels, len(c.layout_groups))
+            for g, channels in enumerate(c.layout_groups):
+                membership[list(channels), g] = 1.0
+            self.register_buffer("membership", membership, persistent=False)
         # Per-channel loss weights from the training data's NormStats (set by the trainer; saved with it).
         self.register_buffer("channel_weight", torch.ones(c.in_channels))
         self.register_buffer("context_weight", torch.ones(c.in_channels))
@@ -275,11 +291,18 @@ class MaskedAutoencoder(nn.Module):
             if baseline:
                 out[f"{name}_baseline"] = _weighted(_visible_mean(target, masked, s["repeat"]), target, weight,
                                                     masked)
+        if self.config.layout_groups:
+            image = encoded[:, :keeps[0].shape[1]]
+            layout = self.layout_head(image.std(dim=1)).float()
+            target = layout_statistics(streams[0]["target"].float(), self.membership, streams[0]["repeat"])
+            out["layout"] = (layout - target.flatten(1)).pow(2).mean()
         summary = self.summary_head(encoded.mean(dim=1)).float()
         truth = self._summary_target(x, context)
         weight = (self.context_weight if context is not None else self.channel_weight).repeat(truth.shape[1])
         out["summary"] = ((summary - truth.flatten(1)).pow(2) * weight).mean()
-        out["total"] = sum(out[k] for k in ("image", "context") if k in out) + self.config.summary_weight * out["summary"]
+        out["total"] = (sum(out[k] for k in ("image", "context") if k in out)
+                        + self.config.summary_weight * out["summary"]
+                        + self.config.layout_weight * out.get("layout", 0.0))
         return out
 
     def _summary_target(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -311,6 +334,24 @@ class MaskedAutoencoder(nn.Module):
         image = encoded[:, :self.config.num_patches]
         pooled = torch.cat([encoded.mean(dim=1), image.std(dim=1)], dim=1)
         return (pooled, image) if per_token else pooled
+
+
+LAYOUT_STATS = 3
+"""Statistics per layout group: occupancy, dispersion and top-10% share of the group's token totals."""
+
+
+def layout_statistics(patches: torch.Tensor, membership: torch.Tensor, repeat: int) -> torch.Tensor:
+    """[B, G, LAYOUT_STATS] from patches [B, N, repeat * C]: per channel group, over the image's tokens,
+    the share of tokens with any mass, log1p(variance / mean) and the share of the mass in the busiest
+    10% of tokens (0 for an empty group). The masked pixels of sparse counts are mostly Poisson noise,
+    so reconstruction alone barely rewards knowing whether a cell's POIs cluster; these targets do."""
+    b, n, d = patches.shape
+    totals = patches.reshape(b, n, repeat, d // repeat).sum(dim=2) @ membership
+    mean, total = totals.mean(dim=1), totals.sum(dim=1)
+    occupancy = (totals > 0).to(totals.dtype).mean(dim=1)
+    dispersion = torch.log1p(totals.var(dim=1, unbiased=False) / mean.clamp_min(1e-6))
+    top = totals.topk(max(1, math.ceil(0.1 * n)), dim=1).values.sum(dim=1) / total.clamp_min(1e-6)
+    return torch.stack([occupancy, dispersion, top], dim=-1) * (total > 0).unsqueeze(-1)
 
 
 def _weighted(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

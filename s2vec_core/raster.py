@@ -26,6 +26,7 @@ import torch
 
 from s2vec_core import s2
 from s2vec_core.features import KEY_COLUMNS
+from s2vec_core.neighbours import gather
 
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
@@ -102,15 +103,7 @@ def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int, c
 
 def _gather(ids: np.ndarray, values: np.ndarray, window: np.ndarray) -> np.ndarray:
     """float32[n, C, S, S] of `values` rows (keyed by `ids`) at the cells of `window` [n, S, S]; 0 if absent."""
-    order = np.argsort(ids)
-    sorted_ids = ids[order]
-    flat = window.reshape(-1)
-    pos = np.minimum(np.searchsorted(sorted_ids, flat), sorted_ids.size - 1)
-    found = sorted_ids[pos] == flat
-    out = np.zeros((flat.size, values.shape[1]), np.float32)
-    out[found] = values[order[pos[found]]]
-    n, size, _ = window.shape
-    return np.ascontiguousarray(out.reshape(n, size, size, -1).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(gather(ids, values, window)[0].transpose(0, 3, 1, 2))
 
 
 @dataclass(frozen=True)

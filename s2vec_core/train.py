@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2vec_core.baselines import arrangement_groups
 from s2vec_core.model import MAEConfig, MaskedAutoencoder
 from s2vec_core.raster import NormStats, ShardSet
 
@@ -165,10 +166,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def default_model_config(shards: ShardSet) -> MAEConfig:
-    """The small CPU config for the shards' channels, image size and context window."""
+    """The small CPU config for the shards' channels, image size and context window, with the
+    taxonomy's arrangement groups (POIs, buildings, roads, land use, ...) as layout targets."""
     context = shards.meta.get("context_shape")
+    index = {name: i for i, name in enumerate(shards.channels)}
+    groups = tuple(tuple(index[c] for c in cols) for cols in arrangement_groups(shards.channels).values())
     return MAEConfig(in_channels=len(shards.channels), image_size=int(shards.meta["shape"][-1]),
-                     context_size=int(context[-1]) if context else 0)
+                     context_size=int(context[-1]) if context else 0, layout_groups=groups)
 
 
 def _check_shapes(shards: ShardSet, config: MAEConfig) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count, sincos_2d
+from s2vec_core.model import MAEConfig, MaskedAutoencoder, layout_statistics, parameter_count, sincos_2d
 
 TINY = MAEConfig(in_channels=3, image_size=8, patch_size=2, width=16, depth=1, heads=2,
                  decoder_width=8, decoder_depth=1, decoder_heads=2)
@@ -93,6 +93,36 @@ def test_summary_target_is_the_mean_of_the_cell_and_of_each_ring():
     torch.testing.assert_close(rings, torch.tensor([[4.0, 0, 0], [0, 1.0, 0], [0, 0, 5.0]]))
     no_context = _model()._summary_target(torch.full((1, 3, 8, 8), 2.0), None)
     torch.testing.assert_close(no_context, torch.full((1, 1, 3), 2.0))
+
+
+def test_layout_statistics_tell_clustered_from_spread_at_equal_totals():
+    # Two channel groups over 16 tokens of 2 x 2 pixels: {0, 1} and {2}.
+    membership = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    clustered = torch.zeros(1, 16, 4, 3)
+    clustered[0, 0, :, 0] = 4.0  # 16 units of group 0 in one token; group 2 empty
+    spread = torch.zeros(1, 16, 4, 3)
+    spread[0, :, 0, 1] = 1.0  # 16 units of group 0, one per token
+    stats = layout_statistics(torch.cat([clustered, spread]).reshape(2, 16, 12), membership, 4)
+    occupancy, dispersion, top = stats[..., 0], stats[..., 1], stats[..., 2]
+    torch.testing.assert_close(occupancy[:, 0], torch.tensor([1 / 16, 1.0]))
+    # Clustered: mean 1, variance 16 - 1 = 15 -> log1p(15); spread: no variance.
+    torch.testing.assert_close(dispersion[:, 0], torch.tensor([torch.log1p(torch.tensor(15.0)).item(), 0.0]))
+    torch.testing.assert_close(top[:, 0], torch.tensor([1.0, 2 / 16]))  # busiest ceil(1.6) = 2 tokens
+    assert torch.equal(stats[:, 1], torch.zeros(2, 3))  # an empty group has no layout
+
+
+def test_layout_term_reads_the_embedding_pooling_and_joins_the_total():
+    config = dataclasses.replace(CONTEXT, layout_groups=((0, 1), (2,)), layout_weight=0.5)
+    assert MAEConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="layout_groups"):
+        dataclasses.replace(TINY, layout_groups=((0, 3),))
+    m = _model(config)
+    assert m.layout_head.in_features == config.width  # the spread half of the embedding
+    x, ctx = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 10, 10)
+    terms = m.losses(x, ctx, torch.Generator().manual_seed(1))
+    total = terms["image"] + terms["context"] + config.summary_weight * terms["summary"] + 0.5 * terms["layout"]
+    torch.testing.assert_close(terms["total"], total)
+    assert "layout" not in _model(CONTEXT).losses(x, ctx, torch.Generator().manual_seed(1))
 
 
 def test_context_stream_is_required_exactly_when_configured():
