@@ -128,8 +128,12 @@ ops:
 MONACO = REPO / "data" / "osm" / "monaco-2023.osm.pbf"
 
 
+# Two disjoint regions from one extract: the catalog's bbox clips each to its half of Monaco.
+HALVES = {"west": [7.409, 43.723, 7.425, 43.752], "east": [7.425, 43.723, 7.449, 43.752]}
+
+
 def _catalog(path: Path, regions: list[str]) -> Path:
-    path.write_text("".join(f'[regions.{r}]\nsource = "{MONACO}"\n' for r in regions))
+    path.write_text("".join(f'[regions.{r}]\nsource = "{MONACO}"\nbbox = {HALVES[r]}\n' for r in regions))
     return path
 
 
@@ -155,7 +159,7 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     (tmp_path / "tiny.yaml").write_text(TINY_RUN)
-    one, two = _catalog(tmp_path / "one.toml", ["monaco"]), _catalog(tmp_path / "two.toml", ["monaco", "copy"])
+    one, two = _catalog(tmp_path / "one.toml", ["west"]), _catalog(tmp_path / "two.toml", ["west", "east"])
     env = {**os.environ, "DAGSTER_HOME": str(home), "S2VEC_WAREHOUSE": str(root), "S2VEC_CATALOG": str(one),
            "S2VEC_REPORTS": str(tmp_path / "reports")}
     _s2vec(env, "run", "--config", str(tmp_path / "tiny.yaml"))
@@ -163,17 +167,18 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     assert first is not None
 
     env["S2VEC_CATALOG"] = str(two)
-    done = _s2vec(env, "run", "--regions", "copy", "--config", str(tmp_path / "tiny.yaml"))
+    done = _s2vec(env, "run", "--regions", "east", "--config", str(tmp_path / "tiny.yaml"))
     assert "embedding them as well" in done.stdout
     versions = query.versions(str(root))
     current = registry.current(str(root))
     assert current != first
     assert dict(versions.select("model_version", "status").iter_rows()) == {current: "current", first: "retired"}
-    assert registry.embedded_regions(str(root), current) == ["copy", "monaco"]
+    assert registry.embedded_regions(str(root), current) == ["east", "west"]
 
-    lat, lng = [43.73, 43.735, 43.74, 43.745, 43.7385, 43.727], [7.42, 7.425, 7.43, 7.435, 7.4246, 7.417]
+    lat, lng = [43.731, 43.735, 43.74, 43.745, 43.7385, 43.727], [7.418, 7.425, 7.43, 7.435, 7.4246, 7.417]
     hits = query.lookup(lat, lng, warehouse_root=str(root))
     assert hits.height == 6 and hits["model_version"].unique().to_list() == [current]
+    assert set(hits["region"].drop_nulls()) == {"east", "west"}
     lines = [json.loads(x) for x in _s2vec(env, "lookup", *[f"--lat={a}" for a in lat[:1]],
                                            *[f"--lng={b}" for b in lng[:1]]).stdout.splitlines()]
     assert len(lines) == 1 and lines[0]["model_version"] == current and lines[0]["embedding"]
@@ -185,12 +190,12 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     uri = warehouse.table_uri(str(root), "cell_embeddings")
     commits = warehouse.history(uri)
     assert commits["run_id"].null_count() == 0 and set(commits["asset"]) == {"cell_embeddings"}
-    kept = {t: warehouse.read_table(warehouse.table_uri(str(root), t), {"region": "monaco"}).sort(pl.all())
+    kept = {t: warehouse.read_table(warehouse.table_uri(str(root), t), {"region": "west"}).sort(pl.all())
             for t in ("cell_features", "cell_embeddings")}
     env["S2VEC_CATALOG"] = str(one)
-    _s2vec(env, "remove-region", "copy")
+    _s2vec(env, "remove-region", "east")
     for table, rows in kept.items():
         after = warehouse.read_table(warehouse.table_uri(str(root), table))
-        assert after["region"].unique().to_list() == ["monaco"]
+        assert after["region"].unique().to_list() == ["west"]
         assert after.sort(pl.all()).equals(rows)
-    assert not (root / "rasters" / "copy").exists()
+    assert not (root / "rasters" / "east").exists()

@@ -279,8 +279,11 @@ def evaluation_cross_region(
     regions = [r for r in regions if r in present]
     notes = [f"regions with features at level {config.image_level}: {regions}"]
     features = {r: _features(config, warehouse, r) for r in regions}
+    # Adjacent regions can share an image cell on their border (each holds its own part of it); the PCA is
+    # keyed by cell id, so the pooled fit keeps one row per cell.
     pooled = (
         pl.concat([raw_channel_totals(features[r], config.image_level, CHANNEL_NAMES) for r in regions])
+        .unique("cell_id", keep="first", maintain_order=True)
         if regions
         else None
     )
