@@ -133,7 +133,11 @@ def run_stage(
         )
         failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         label = partition or "(all regions)"
-        status = "ok" if result.success else "FAILED" + (f" (checks: {', '.join(failed_checks)})" if failed_checks else "")
+        status = (
+            "ok"
+            if result.success
+            else "FAILED" + (f" (checks: {', '.join(failed_checks)})" if failed_checks else "")
+        )
         print(f"  {label:<20} {status}  run {result.run_id}", flush=True)
         outcomes.append((label, result.success, result.run_id))
     return outcomes
@@ -158,10 +162,14 @@ def _print_current_version() -> None:
     root = warehouse.default_root()
     print(f"  {MODEL_VERSIONS.name:<20} {warehouse.table_uri(root, MODEL_VERSIONS.name)}")
     current = registry.current(root)
-    print(f"current model version: {current or 'none yet (a version is current once all its regions are embedded)'}")
+    print(
+        f"current model version: {current or 'none yet (a version is current once all its regions are embedded)'}"
+    )
     if current:
-        print("query it: `s2vec lookup --lat 47.14 --lng 9.52`, `s2vec similar --lat 47.14 --lng 9.52 --k 5`, "
-              "`s2vec versions` (README: For downstream teams)")
+        print(
+            "query it: `s2vec lookup --lat 47.14 --lng 9.52`, `s2vec similar --lat 47.14 --lng 9.52 --k 5`, "
+            "`s2vec versions` (README: For downstream teams)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,13 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes = run_stage(defs, (pdef, keys), instance, regions, config)
             failed = [label for label, ok, _ in outcomes if not ok]
             if failed:
-                print(f"stopped: {', '.join(failed)} failed; later stages need them. "
-                      f"Details: `make dev`, runs above.", file=sys.stderr)
+                print(
+                    f"stopped: {', '.join(failed)} failed; later stages need them. "
+                    f"Details: `make dev`, runs above.",
+                    file=sys.stderr,
+                )
                 return 1
             if pdef is None and regions is not None:
                 extra = [r for r in trained_regions(instance, keys) if r not in regions]
                 if extra:
-                    print(f"  the model covers {extra} too: embedding them as well, so its version is complete")
+                    print(
+                        f"  the model covers {extra} too: embedding them as well, so its version is complete"
+                    )
                     regions = [*regions, *extra]
         print(f"\ndone in {time.perf_counter() - started:.0f} s. Dagster home: {os.environ['DAGSTER_HOME']}")
         print("Delta tables (polars.read_delta / deltalake.DeltaTable / duckdb delta_scan):")

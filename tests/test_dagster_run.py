@@ -49,13 +49,19 @@ def test_stages_merge_partitioned_levels_until_the_model_then_wait_for_every_reg
     graph = dg.Definitions(assets=[a, b, model, embed, report, cross]).resolve_asset_graph()
     # After the all-region model, `report` runs only once every region is embedded (the version complete).
     assert _names(run.plan_stages(graph)) == [
-        (True, ["a", "b"]), (False, ["model"]), (True, ["embed"]), (True, ["report"]), (False, ["cross"])
+        (True, ["a", "b"]),
+        (False, ["model"]),
+        (True, ["embed"]),
+        (True, ["report"]),
+        (False, ["cross"]),
     ]
 
 
 def test_a_config_file_gives_each_stage_its_own_assets_ops():
     config = {"ops": {"a": {"config": {"x": 1}}, "model": {"config": {"y": 2}}}}
-    assert run.stage_config(config, [dg.AssetKey("a"), dg.AssetKey("b")])["ops"] == {"a": {"config": {"x": 1}}}
+    assert run.stage_config(config, [dg.AssetKey("a"), dg.AssetKey("b")])["ops"] == {
+        "a": {"config": {"x": 1}}
+    }
     assert "ops" not in run.stage_config(config, [dg.AssetKey("cross")])
     assert run.stage_config(None, [dg.AssetKey("a")])["loggers"]["console"]["config"]["log_level"] == "INFO"
 
@@ -97,13 +103,16 @@ with dg.DagsterInstance.get() as instance:
 def test_a_killed_run_gives_its_gpu_slot_back_on_the_next_make_run(tmp_path, monkeypatch):
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_GPU], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GPU], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         try:
             deadline = time.monotonic() + 90
             while not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots:
-                assert holder.poll() is None and time.monotonic() < deadline, "the run never took the gpu slot"
+                assert holder.poll() is None and time.monotonic() < deadline, (
+                    "the run never took the gpu slot"
+                )
                 time.sleep(0.5)
         finally:
             holder.kill()
@@ -138,8 +147,15 @@ def _catalog(path: Path, regions: list[str]) -> Path:
 
 
 def _s2vec(env: dict, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(Path(sys.executable).parent / "s2vec"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "s2vec"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -160,8 +176,13 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     (tmp_path / "tiny.yaml").write_text(TINY_RUN)
     one, two = _catalog(tmp_path / "one.toml", ["west"]), _catalog(tmp_path / "two.toml", ["west", "east"])
-    env = {**os.environ, "DAGSTER_HOME": str(home), "S2VEC_WAREHOUSE": str(root), "S2VEC_CATALOG": str(one),
-           "S2VEC_REPORTS": str(tmp_path / "reports")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "S2VEC_WAREHOUSE": str(root),
+        "S2VEC_CATALOG": str(one),
+        "S2VEC_REPORTS": str(tmp_path / "reports"),
+    }
     _s2vec(env, "run", "--config", str(tmp_path / "tiny.yaml"))
     first = registry.current(str(root))
     assert first is not None
@@ -172,15 +193,22 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     versions = query.versions(str(root))
     current = registry.current(str(root))
     assert current != first
-    assert dict(versions.select("model_version", "status").iter_rows()) == {current: "current", first: "retired"}
+    assert dict(versions.select("model_version", "status").iter_rows()) == {
+        current: "current",
+        first: "retired",
+    }
     assert registry.embedded_regions(str(root), current) == ["east", "west"]
 
     lat, lng = [43.731, 43.735, 43.74, 43.745, 43.7385, 43.727], [7.418, 7.425, 7.43, 7.435, 7.4246, 7.417]
     hits = query.lookup(lat, lng, warehouse_root=str(root))
     assert hits.height == 6 and hits["model_version"].unique().to_list() == [current]
     assert set(hits["region"].drop_nulls()) == {"east", "west"}
-    lines = [json.loads(x) for x in _s2vec(env, "lookup", *[f"--lat={a}" for a in lat[:1]],
-                                           *[f"--lng={b}" for b in lng[:1]]).stdout.splitlines()]
+    lines = [
+        json.loads(x)
+        for x in _s2vec(
+            env, "lookup", *[f"--lat={a}" for a in lat[:1]], *[f"--lng={b}" for b in lng[:1]]
+        ).stdout.splitlines()
+    ]
     assert len(lines) == 1 and lines[0]["model_version"] == current and lines[0]["embedding"]
     token = hits.filter(pl.col("embedding").is_not_null())["token"][0]
     near = [json.loads(x) for x in _s2vec(env, "similar", "--token", token, "--k", "5").stdout.splitlines()]
@@ -190,8 +218,10 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     uri = warehouse.table_uri(str(root), "cell_embeddings")
     commits = warehouse.history(uri)
     assert commits["run_id"].null_count() == 0 and set(commits["asset"]) == {"cell_embeddings"}
-    kept = {t: warehouse.read_table(warehouse.table_uri(str(root), t), {"region": "west"}).sort(pl.all())
-            for t in ("cell_features", "cell_embeddings")}
+    kept = {
+        t: warehouse.read_table(warehouse.table_uri(str(root), t), {"region": "west"}).sort(pl.all())
+        for t in ("cell_features", "cell_embeddings")
+    }
     env["S2VEC_CATALOG"] = str(one)
     _s2vec(env, "remove-region", "east")
     for table, rows in kept.items():

@@ -199,9 +199,19 @@ def test_two_versions_need_a_current_one_or_a_pin_and_are_never_mixed(env, tmp_p
     assert "none is current" in str(failure.event_specific_data.error)
     # Registered and complete (its one region embedded), stand-in-2 becomes current; evaluation reads it alone.
     record = registry.ModelRecord(
-        model_version="stand-in-2", regions=["liechtenstein"], image_level=LEVEL, pixel_level=LEVEL + 4,
-        token_level=LEVEL + 2, dim=8, token_dim=4, taxonomy_version="", model_config={}, train_config={},
-        training_loss=0.0, holdout_loss=None, checkpoint="",
+        model_version="stand-in-2",
+        regions=["liechtenstein"],
+        image_level=LEVEL,
+        pixel_level=LEVEL + 4,
+        token_level=LEVEL + 2,
+        dim=8,
+        token_dim=4,
+        taxonomy_version="",
+        model_config={},
+        train_config={},
+        training_loss=0.0,
+        holdout_loss=None,
+        checkpoint="",
     )
     registry.record_trained(str(root), record)
     assert registry.promote_if_complete(str(root), "stand-in-2")

@@ -20,8 +20,18 @@ pytestmark = pytest.mark.slow
 REGION = "monaco"
 # Monaco at 14/18 gives a few dozen images: enough for a two-epoch tiny model in seconds.
 LEVELS = {"image_level": 14, "pixel_level": 18}
-TINY = {"patch_size": 4, "width": 16, "depth": 1, "heads": 2, "decoder_width": 8, "decoder_depth": 1,
-        "decoder_heads": 2, "epochs": 4, "batch_size": 8, "lr": 1e-2}
+TINY = {
+    "patch_size": 4,
+    "width": 16,
+    "depth": 1,
+    "heads": 2,
+    "decoder_width": 8,
+    "decoder_depth": 1,
+    "decoder_heads": 2,
+    "epochs": 4,
+    "batch_size": 8,
+    "lr": 1e-2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,15 @@ def world(tmp_path_factory, dagster_instance):
 
 def _materialize(world, selection, partition=None, run_config=None):
     defs, resources, instance, _ = world
-    return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, partition_key=partition,
-                          resources=resources, instance=instance, run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        partition_key=partition,
+        resources=resources,
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 def _checks(result) -> dict[str, bool]:
@@ -44,8 +61,12 @@ def _checks(result) -> dict[str, bool]:
 
 def test_rasters_model_embeddings(world):
     defs, _, _, root = world
-    features = _materialize(world, ["osm_extract", "cell_features"], REGION, {"ops": {"cell_features": {
-        "config": {"levels": [LEVELS["image_level"], LEVELS["pixel_level"]]}}}})
+    features = _materialize(
+        world,
+        ["osm_extract", "cell_features"],
+        REGION,
+        {"ops": {"cell_features": {"config": {"levels": [LEVELS["image_level"], LEVELS["pixel_level"]]}}}},
+    )
     assert features.success
 
     rasters = _materialize(world, ["raster_tensors"], REGION, {"ops": {"raster_tensors": {"config": LEVELS}}})
@@ -69,27 +90,42 @@ def test_rasters_model_embeddings(world):
 
     embedded = _materialize(world, ["cell_embeddings"], REGION)
     assert embedded.success
-    assert _checks(embedded) == {"cell_embeddings_finite_and_sized": True,
-                                 "cell_embeddings_one_row_per_image_cell": True,
-                                 "cell_embeddings_not_collapsed": True}
+    assert _checks(embedded) == {
+        "cell_embeddings_finite_and_sized": True,
+        "cell_embeddings_one_row_per_image_cell": True,
+        "cell_embeddings_not_collapsed": True,
+    }
     table = pl.read_delta(str(root / model_assets.EMBEDDINGS_TABLE))
     assert table["model_version"].unique().to_list() == [meta["model_version"].value]
     # Both granularities: one row per image cell at the image level, one per 4 x 4-pixel token two levels up
     # from the pixels.
     token_level = LEVELS["pixel_level"] - 2
-    assert table.group_by("level").len().sort("level").rows() == [(LEVELS["image_level"], images),
-                                                                  (token_level, images * 16)]
-    assert dict(table.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
-                                  "model_version": pl.String, "embedding": pl.List(pl.Float32), "norm": pl.Float32}
-    lengths_l2 = np.linalg.norm(vectors.to_matrix(table.filter(pl.col("level") == LEVELS["image_level"])["embedding"]),
-                                axis=1)
+    assert table.group_by("level").len().sort("level").rows() == [
+        (LEVELS["image_level"], images),
+        (token_level, images * 16),
+    ]
+    assert dict(table.schema) == {
+        "region": pl.String,
+        "level": pl.Int8,
+        "cell_id": pl.Int64,
+        "token": pl.String,
+        "model_version": pl.String,
+        "embedding": pl.List(pl.Float32),
+        "norm": pl.Float32,
+    }
+    lengths_l2 = np.linalg.norm(
+        vectors.to_matrix(table.filter(pl.col("level") == LEVELS["image_level"])["embedding"]), axis=1
+    )
     assert np.allclose(lengths_l2, 1.0, atol=1e-5) and (table["norm"] > 0).all()
     # The model is registered and, its only region embedded, current; the commit names the run.
     versions = registry.versions(str(root))
     assert versions.select("model_version", "status").rows() == [(meta["model_version"].value, "current")]
     row = versions.row(0, named=True)
     assert (row["dim"], row["token_dim"], row["regions"]) == (2 * TINY["width"], TINY["width"], [REGION])
-    assert embedded.asset_materializations_for_node("cell_embeddings")[0].metadata["model_status"].value == "current"
+    assert (
+        embedded.asset_materializations_for_node("cell_embeddings")[0].metadata["model_status"].value
+        == "current"
+    )
     uri = str(root / model_assets.EMBEDDINGS_TABLE)
     last = warehouse.history(uri).row(-1, named=True)
     assert (last["run_id"], last["asset"], last["region"]) == (embedded.run_id, "cell_embeddings", REGION)
@@ -116,18 +152,29 @@ def test_collapsed_embeddings_fail_the_check(world):
     version = table["model_version"][0]
     image_rows = table.filter(pl.col("level") == LEVELS["image_level"])
     width = image_rows["embedding"].list.len()[0]
-    constant = [width ** -0.5] * width  # unit length, so only the variance check can object
-    collapsed = pl.concat([
-        image_rows.with_columns(embedding=pl.Series([constant] * image_rows.height, dtype=pl.List(pl.Float32))),
-        table.filter(pl.col("level") != LEVELS["image_level"]),
-    ])
-    resources["warehouse"].write_partition(collapsed, model_assets.EMBEDDINGS_TABLE,
-                                           {"region": REGION, "model_version": version})
-    job = dg.define_asset_job("embedding_checks_only", partitions_def=region_partitions,
-                              selection=dg.AssetSelection.checks_for_assets(model_assets.cell_embeddings))
-    job_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources)
+    constant = [width**-0.5] * width  # unit length, so only the variance check can object
+    collapsed = pl.concat(
+        [
+            image_rows.with_columns(
+                embedding=pl.Series([constant] * image_rows.height, dtype=pl.List(pl.Float32))
+            ),
+            table.filter(pl.col("level") != LEVELS["image_level"]),
+        ]
+    )
+    resources["warehouse"].write_partition(
+        collapsed, model_assets.EMBEDDINGS_TABLE, {"region": REGION, "model_version": version}
+    )
+    job = dg.define_asset_job(
+        "embedding_checks_only",
+        partitions_def=region_partitions,
+        selection=dg.AssetSelection.checks_for_assets(model_assets.cell_embeddings),
+    )
+    job_defs = dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources
+    )
     # A checks-only run takes its partition from the tag (materialize's partition_key wants an asset).
     result = job_defs.resolve_job_def(job.name).execute_in_process(
-        tags={"dagster/partition": REGION}, instance=instance, raise_on_error=False)
+        tags={"dagster/partition": REGION}, instance=instance, raise_on_error=False
+    )
     assert _checks(result)["cell_embeddings_not_collapsed"] is False
     assert _checks(result)["cell_embeddings_finite_and_sized"] is True

@@ -10,12 +10,14 @@ from s2vec_core import warehouse
 
 def _frame(region: str, n: int, seed: int) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({
-        "region": [region] * n,
-        "cell_id": rng.integers(-(2**62), 2**62, n, dtype=np.int64),
-        "value": rng.random(n),
-        "embedding": pl.Series(rng.random((n, 4), dtype=np.float32), dtype=pl.Array(pl.Float32, 4)),
-    })
+    return pl.DataFrame(
+        {
+            "region": [region] * n,
+            "cell_id": rng.integers(-(2**62), 2**62, n, dtype=np.int64),
+            "value": rng.random(n),
+            "embedding": pl.Series(rng.random((n, 4), dtype=np.float32), dtype=pl.Array(pl.Float32, 4)),
+        }
+    )
 
 
 def _sorted(df: pl.DataFrame) -> pl.DataFrame:
@@ -32,7 +34,9 @@ def test_rewrite_of_one_region_leaves_others_identical(tmp_path):
     assert v == 2
     after_b = _sorted(warehouse.read_table(uri, {"region": "b"}))
     assert after_b.equals(before_b)
-    assert before_b.select("region", "cell_id", "value").equals(_sorted(b).select("region", "cell_id", "value"))
+    assert before_b.select("region", "cell_id", "value").equals(
+        _sorted(b).select("region", "cell_id", "value")
+    )
     got_a = _sorted(warehouse.read_table(uri, {"region": "a"}))
     assert got_a.height == 7
     assert np.allclose(got_a["value"].to_numpy(), _sorted(a2)["value"].to_numpy())
@@ -86,10 +90,18 @@ def test_readable_by_polars_deltalake_and_duckdb(tmp_path):
 def test_commits_carry_provenance_and_a_run_names_a_version(tmp_path):
     uri = warehouse.table_uri(tmp_path, "t")
     for i, region in enumerate(("a", "b", "a")):
-        warehouse.write_partition(_frame(region, 5, i), uri, {"region": region},
-                                  commit={"run_id": f"run-{i}", "asset": "x", "region": region})
+        warehouse.write_partition(
+            _frame(region, 5, i),
+            uri,
+            {"region": region},
+            commit={"run_id": f"run-{i}", "asset": "x", "region": region},
+        )
     hist = warehouse.history(uri)
-    assert hist["run_id"].to_list() == ["run-0", "run-1", "run-2"] and hist["region"].to_list() == ["a", "b", "a"]
+    assert hist["run_id"].to_list() == ["run-0", "run-1", "run-2"] and hist["region"].to_list() == [
+        "a",
+        "b",
+        "a",
+    ]
     assert warehouse.version_of_run(uri, "run-1") == 1
     as_of = warehouse.read_table(uri, version=warehouse.version_of_run(uri, "run-1"))
     assert sorted(as_of["region"].unique()) == ["a", "b"] and as_of.height == 10
@@ -128,11 +140,15 @@ def test_removing_a_region_deletes_it_everywhere_one_commit_per_table(tmp_path):
     root = str(tmp_path)
     for name in ("cell_features", "cell_embeddings"):
         for region in ("gone", "kept"):
-            warehouse.write_partition(_frame(region, 6, 1), warehouse.table_uri(root, name), {"region": region})
+            warehouse.write_partition(
+                _frame(region, 6, 1), warehouse.table_uri(root, name), {"region": region}
+            )
     (tmp_path / "rasters" / "gone").mkdir(parents=True)
     kept_files = {n: sorted(DeltaTable(warehouse.table_uri(root, n)).file_uris()) for n in ("cell_features",)}
-    before = {n: warehouse.read_table(warehouse.table_uri(root, n), {"region": "kept"}) for n in
-              ("cell_features", "cell_embeddings")}
+    before = {
+        n: warehouse.read_table(warehouse.table_uri(root, n), {"region": "kept"})
+        for n in ("cell_features", "cell_embeddings")
+    }
     catalog = {"kept": Region("kept", "/x.pbf")}
     with pytest.raises(lifecycle.LifecycleError, match="still in the catalog"):
         lifecycle.remove_region(root, "kept", catalog)

@@ -58,8 +58,14 @@ class WarehouseResource(dg.ConfigurableResource):
         """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version. `commit`
         (run id, asset, region, model version) goes into the Delta commit info."""
         return warehouse.write_partition(
-            df, self.table_uri(name), partition, storage_options=self._options, description=description,
-            commit=commit, facts=facts, row_group_rows=row_group_rows,
+            df,
+            self.table_uri(name),
+            partition,
+            storage_options=self._options,
+            description=description,
+            commit=commit,
+            facts=facts,
+            row_group_rows=row_group_rows,
         )
 
     def model_version(self, pin: str | None = None) -> str | None:
@@ -72,7 +78,9 @@ class WarehouseResource(dg.ConfigurableResource):
     def read(
         self, name: str, filters: dict[str, str | int] | None = None, columns: list[str] | None = None
     ) -> pl.DataFrame:
-        return warehouse.read_table(self.table_uri(name), filters, storage_options=self._options, columns=columns)
+        return warehouse.read_table(
+            self.table_uri(name), filters, storage_options=self._options, columns=columns
+        )
 
     def version(self, name: str) -> int | None:
         return warehouse.table_version(self.table_uri(name), storage_options=self._options)

@@ -282,8 +282,9 @@ def evaluation_cross_region(
     # Adjacent regions can share an image cell on their border (each holds its own part of it); the PCA is
     # keyed by cell id, so the pooled fit keeps one row per cell.
     pooled = (
-        pl.concat([raw_channel_totals(features[r], config.image_level, CHANNEL_NAMES) for r in regions])
-        .unique("cell_id", keep="first", maintain_order=True)
+        pl.concat(
+            [raw_channel_totals(features[r], config.image_level, CHANNEL_NAMES) for r in regions]
+        ).unique("cell_id", keep="first", maintain_order=True)
         if regions
         else None
     )

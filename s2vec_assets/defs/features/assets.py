@@ -77,21 +77,29 @@ def cell_features(
     stats["cells_outside_bbox"] = int(pixel_cells["cell_id"].n_unique() - clipped["cell_id"].n_unique())
     df = features.cell_features(clipped, config.levels, region)
     version = warehouse.write_partition(
-        df, TABLE, {"region": region}, description=CELL_FEATURES.description, commit=commit_info(context),
+        df,
+        TABLE,
+        {"region": region},
+        description=CELL_FEATURES.description,
+        commit=commit_info(context),
         facts=CELL_FEATURES.facts(dtype="float64", channels=len(CHANNEL_NAMES), taxonomy_doc="TAXONOMY.md"),
     )
     context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
 
     totals = features.channel_totals(df).filter(pl.col("level") == config.levels[-1]).drop("level")
     top = sorted(totals.columns, key=lambda c: -totals[c][0])[:8] if totals.height else []
-    metadata = table_metadata(df, warehouse.table_uri(TABLE), version, TABLE, preview_columns=["level", "token", *top])
+    metadata = table_metadata(
+        df, warehouse.table_uri(TABLE), version, TABLE, preview_columns=["level", "token", *top]
+    )
     metadata.update(
         levels=dg.MetadataValue.json(config.levels),
         taxonomy_version=TAXONOMY_VERSION,
         bbox=dg.MetadataValue.json(list(box) if box else None),
         rows_per_level=dg.MetadataValue.md(markdown_table(df.group_by("level").len("cells").sort("level"))),
         top_channels=dg.MetadataValue.md(
-            markdown_table(totals.select(top).unpivot(variable_name="channel", value_name="total"), max_rows=8)
+            markdown_table(
+                totals.select(top).unpivot(variable_name="channel", value_name="total"), max_rows=8
+            )
         ),
         extract_stats=dg.MetadataValue.json(stats),
     )
@@ -113,7 +121,9 @@ def _density_map(df: pl.DataFrame, region: str):
     counts = cells.select(pl.sum_horizontal(_COUNT_CHANNELS)).to_series().to_numpy()
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
-    polys = PolyCollection(np.stack([lng, lat], axis=-1), array=np.log1p(counts), cmap="viridis", linewidths=0)
+    polys = PolyCollection(
+        np.stack([lng, lat], axis=-1), array=np.log1p(counts), cmap="viridis", linewidths=0
+    )
     ax.add_collection(polys)
     ax.autoscale_view()
     fig.colorbar(polys, ax=ax, label="log1p(tagged objects)", shrink=0.8)

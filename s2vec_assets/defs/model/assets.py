@@ -49,9 +49,14 @@ def raster_dir(warehouse: WarehouseResource, region: str) -> Path:
 
 class RasterConfig(dg.Config):
     image_level: int = Field(default=Grid().image_level, description="S2 level of an image cell.")
-    pixel_level: int = Field(default=Grid().pixel_level, description="S2 level of a pixel (must be in cell_features).")
-    context_ring: int = Field(default=Grid().context_ring, ge=0,
-                              description="Image cells on each side of the context window (0: none).")
+    pixel_level: int = Field(
+        default=Grid().pixel_level, description="S2 level of a pixel (must be in cell_features)."
+    )
+    context_ring: int = Field(
+        default=Grid().context_ring,
+        ge=0,
+        description="Image cells on each side of the context window (0: none).",
+    )
     shard_size: int = Field(default=4096, ge=1, description="Images per .npy shard.")
 
 
@@ -68,35 +73,45 @@ class RasterConfig(dg.Config):
         "level + 1, in memory-mappable .npy shards with an index (cell_id -> shard, row)."
     ),
 )
-def raster_tensors(context: dg.AssetExecutionContext, config: RasterConfig,
-                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+def raster_tensors(
+    context: dg.AssetExecutionContext, config: RasterConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     region = context.partition_key
-    grid = Grid(config.image_level, config.pixel_level, (config.image_level, config.pixel_level),
-                config.context_ring)
+    grid = Grid(
+        config.image_level, config.pixel_level, (config.image_level, config.pixel_level), config.context_ring
+    )
     pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
     try:
         rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level, grid.context_ring)
     except raster.RasterError as e:
         raise dg.Failure(f"{region}: {e}") from e
     directory = raster_dir(warehouse, region)
-    index = raster.write_shards(rasters, directory, config.shard_size,
-                                extra_meta={"region": region, "taxonomy_version": TAXONOMY_VERSION})
+    index = raster.write_shards(
+        rasters,
+        directory,
+        config.shard_size,
+        extra_meta={"region": region, "taxonomy_version": TAXONOMY_VERSION},
+    )
     occupied = (rasters.tensors.sum(axis=1) > 0).mean()
-    return dg.MaterializeResult(metadata={
-        "dagster/uri": dg.MetadataValue.path(str(directory)),
-        "dagster/row_count": dg.MetadataValue.int(index.height),
-        "images": dg.MetadataValue.int(index.height),
-        "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
-        "context_shape": dg.MetadataValue.json(list(rasters.context.shape[1:]) if rasters.context is not None else []),
-        "context_ring": grid.context_ring,
-        "shards": dg.MetadataValue.int(index["shard"].n_unique()),
-        "image_level": grid.image_level,
-        "pixel_level": grid.pixel_level,
-        "occupied_pixel_share": float(occupied),
-        "content_sha256": json.loads((directory / raster.META_FILE).read_text())["sha256"],
-        "index_preview": dg.MetadataValue.md(markdown_table(index, 5)),
-        "sample_images": png_markdown(_sample_images(rasters), alt=f"{region} rasters"),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/uri": dg.MetadataValue.path(str(directory)),
+            "dagster/row_count": dg.MetadataValue.int(index.height),
+            "images": dg.MetadataValue.int(index.height),
+            "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
+            "context_shape": dg.MetadataValue.json(
+                list(rasters.context.shape[1:]) if rasters.context is not None else []
+            ),
+            "context_ring": grid.context_ring,
+            "shards": dg.MetadataValue.int(index["shard"].n_unique()),
+            "image_level": grid.image_level,
+            "pixel_level": grid.pixel_level,
+            "occupied_pixel_share": float(occupied),
+            "content_sha256": json.loads((directory / raster.META_FILE).read_text())["sha256"],
+            "index_preview": dg.MetadataValue.md(markdown_table(index, 5)),
+            "sample_images": png_markdown(_sample_images(rasters), alt=f"{region} rasters"),
+        }
+    )
 
 
 def _sample_images(rasters: raster.Rasters, count: int = 4):
@@ -129,8 +144,9 @@ class ModelConfig(dg.Config):
     decoder_depth: int = _MODEL.decoder_depth
     decoder_heads: int = _MODEL.decoder_heads
     mask_ratio: float = _MODEL.mask_ratio
-    summary_weight: float = Field(default=_MODEL.summary_weight, ge=0,
-                                  description="Weight of the cell/ring channel-summary loss.")
+    summary_weight: float = Field(
+        default=_MODEL.summary_weight, ge=0, description="Weight of the cell/ring channel-summary loss."
+    )
     epochs: int = Field(default=_TRAIN.epochs, ge=1)
     batch_size: int = _TRAIN.batch_size
     lr: float = _TRAIN.lr
@@ -139,24 +155,47 @@ class ModelConfig(dg.Config):
     grad_clip: float = _TRAIN.grad_clip
     seed: int = _TRAIN.seed
     num_workers: int = Field(default=_TRAIN.num_workers, description="DataLoader workers (CUDA only).")
-    holdout_fraction: float = Field(default=_TRAIN.holdout_fraction, ge=0, lt=0.5,
-                                    description="Images held out for the early-stopping curve.")
-    patience: int = Field(default=_TRAIN.patience, ge=1, description="Epochs without held-out gain before stopping.")
+    holdout_fraction: float = Field(
+        default=_TRAIN.holdout_fraction,
+        ge=0,
+        lt=0.5,
+        description="Images held out for the early-stopping curve.",
+    )
+    patience: int = Field(
+        default=_TRAIN.patience, ge=1, description="Epochs without held-out gain before stopping."
+    )
     min_delta: float = _TRAIN.min_delta
 
     def configs(self, shards: raster.ShardSet) -> tuple[MAEConfig, train.TrainConfig]:
         base = train.default_model_config(shards)
         return (
-            MAEConfig(in_channels=base.in_channels, image_size=base.image_size, context_size=base.context_size,
-                      patch_size=self.patch_size, width=self.width, depth=self.depth, heads=self.heads,
-                      decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
-                      decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio,
-                      summary_weight=self.summary_weight),
-            train.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                              weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction,
-                              grad_clip=self.grad_clip, seed=self.seed, num_workers=self.num_workers,
-                              holdout_fraction=self.holdout_fraction, patience=self.patience,
-                              min_delta=self.min_delta),
+            MAEConfig(
+                in_channels=base.in_channels,
+                image_size=base.image_size,
+                context_size=base.context_size,
+                patch_size=self.patch_size,
+                width=self.width,
+                depth=self.depth,
+                heads=self.heads,
+                decoder_width=self.decoder_width,
+                decoder_depth=self.decoder_depth,
+                decoder_heads=self.decoder_heads,
+                mask_ratio=self.mask_ratio,
+                summary_weight=self.summary_weight,
+            ),
+            train.TrainConfig(
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                warmup_fraction=self.warmup_fraction,
+                grad_clip=self.grad_clip,
+                seed=self.seed,
+                num_workers=self.num_workers,
+                holdout_fraction=self.holdout_fraction,
+                patience=self.patience,
+                min_delta=self.min_delta,
+            ),
         )
 
 
@@ -178,17 +217,29 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         "model_version = sha256 of the checkpoint."
     ),
 )
-def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse: WarehouseResource,
-              device: DeviceResource) -> dg.MaterializeResult:
+def mae_model(
+    context: dg.AssetExecutionContext,
+    config: ModelConfig,
+    warehouse: WarehouseResource,
+    device: DeviceResource,
+) -> dg.MaterializeResult:
     regions = trained_regions(context, warehouse)
     if not regions:
         raise dg.Failure("no raster_tensors partition is materialised; materialise some regions first")
     shards = raster.open_shards([raster_dir(warehouse, r) for r in regions])
     model_config, train_config = config.configs(shards)
-    key_source = json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict(),
-                             "taxonomy": TAXONOMY_VERSION, "rasters": {
-                                 r: json.loads((raster_dir(warehouse, r) / raster.META_FILE).read_text())["sha256"]
-                                 for r in regions}}, sort_keys=True)
+    key_source = json.dumps(
+        {
+            "model": model_config.to_dict(),
+            "train": train_config.to_dict(),
+            "taxonomy": TAXONOMY_VERSION,
+            "rasters": {
+                r: json.loads((raster_dir(warehouse, r) / raster.META_FILE).read_text())["sha256"]
+                for r in regions
+            },
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     checkpoint = local_root(warehouse) / "models" / "mae" / key / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -198,47 +249,74 @@ def mae_model(context: dg.AssetExecutionContext, config: ModelConfig, warehouse:
         context.log.info(f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}{held}")
 
     started = time.perf_counter()
-    result = train.train(shards, checkpoint, model_config, train_config, taxonomy_version=TAXONOMY_VERSION,
-                         device=device.resolve(), on_epoch_end=log_epoch)
+    result = train.train(
+        shards,
+        checkpoint,
+        model_config,
+        train_config,
+        taxonomy_version=TAXONOMY_VERSION,
+        device=device.resolve(),
+        on_epoch_end=log_epoch,
+    )
     wall = time.perf_counter() - started
     trained = embed.load_model(checkpoint, device="cpu")
     holdout = result.holdout[-1] if result.holdout else {}
-    status = registry.record_trained(warehouse.root, registry.ModelRecord(
-        model_version=trained.model_version, regions=regions, image_level=trained.image_level,
-        pixel_level=trained.pixel_level, token_level=trained.token_level, dim=trained.dim,
-        token_dim=trained.token_dim, taxonomy_version=trained.taxonomy_version,
-        model_config=model_config.to_dict(), train_config=train_config.to_dict(),
-        training_loss=float(result.losses[-1]),
-        holdout_loss=float(sum(holdout[k] for k in ("image", "context") if k in holdout)) if holdout else None,
-        checkpoint=str(checkpoint), run_id=context.run_id, trained_at=datetime.now(UTC),
-    ), commit=commit_info(context, trained.model_version), storage_options=warehouse.storage_options or None)
-    return dg.MaterializeResult(metadata={
-        "model_version": trained.model_version,
-        "registry_status": status,
-        "registry_uri": dg.MetadataValue.path(warehouse.table_uri(MODEL_VERSIONS.name)),
-        "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
-        "device": result.device,
-        "parameters": dg.MetadataValue.int(parameter_count(trained.model)),
-        "epochs": dg.MetadataValue.int(len(result.losses)),
-        "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from_epoch),
-        "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
-        "first_loss": float(result.losses[0]),
-        "final_loss": float(result.losses[-1]),
-        "loss_curve": png_markdown(_loss_curve(result), alt="training loss"),
-        "stopped_early": result.stopped_early,
-        "holdout_images": dg.MetadataValue.int(len(train.split_holdout(len(shards), train_config.holdout_fraction,
-                                                                      train_config.seed)[1])),
-        "holdout": dg.MetadataValue.json([{k: round(v, 6) for k, v in h.items()} for h in result.holdout]),
-        **({"holdout_vs_mean_of_visible": float(result.baseline_ratio)} if result.holdout else {}),
-        "wall_time_s": float(wall),
-        "images_per_s": float(result.images_per_s),
-        "training_images": dg.MetadataValue.int(len(shards)),
-        "regions": dg.MetadataValue.json(regions),
-        "model_config": dg.MetadataValue.json(model_config.to_dict()),
-        "train_config": dg.MetadataValue.json(train_config.to_dict()),
-        "image_level": trained.image_level,
-        "pixel_level": trained.pixel_level,
-    })
+    status = registry.record_trained(
+        warehouse.root,
+        registry.ModelRecord(
+            model_version=trained.model_version,
+            regions=regions,
+            image_level=trained.image_level,
+            pixel_level=trained.pixel_level,
+            token_level=trained.token_level,
+            dim=trained.dim,
+            token_dim=trained.token_dim,
+            taxonomy_version=trained.taxonomy_version,
+            model_config=model_config.to_dict(),
+            train_config=train_config.to_dict(),
+            training_loss=float(result.losses[-1]),
+            holdout_loss=float(sum(holdout[k] for k in ("image", "context") if k in holdout))
+            if holdout
+            else None,
+            checkpoint=str(checkpoint),
+            run_id=context.run_id,
+            trained_at=datetime.now(UTC),
+        ),
+        commit=commit_info(context, trained.model_version),
+        storage_options=warehouse.storage_options or None,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": trained.model_version,
+            "registry_status": status,
+            "registry_uri": dg.MetadataValue.path(warehouse.table_uri(MODEL_VERSIONS.name)),
+            "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
+            "device": result.device,
+            "parameters": dg.MetadataValue.int(parameter_count(trained.model)),
+            "epochs": dg.MetadataValue.int(len(result.losses)),
+            "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from_epoch),
+            "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
+            "first_loss": float(result.losses[0]),
+            "final_loss": float(result.losses[-1]),
+            "loss_curve": png_markdown(_loss_curve(result), alt="training loss"),
+            "stopped_early": result.stopped_early,
+            "holdout_images": dg.MetadataValue.int(
+                len(train.split_holdout(len(shards), train_config.holdout_fraction, train_config.seed)[1])
+            ),
+            "holdout": dg.MetadataValue.json(
+                [{k: round(v, 6) for k, v in h.items()} for h in result.holdout]
+            ),
+            **({"holdout_vs_mean_of_visible": float(result.baseline_ratio)} if result.holdout else {}),
+            "wall_time_s": float(wall),
+            "images_per_s": float(result.images_per_s),
+            "training_images": dg.MetadataValue.int(len(shards)),
+            "regions": dg.MetadataValue.json(regions),
+            "model_config": dg.MetadataValue.json(model_config.to_dict()),
+            "train_config": dg.MetadataValue.json(train_config.to_dict()),
+            "image_level": trained.image_level,
+            "pixel_level": trained.pixel_level,
+        }
+    )
 
 
 def _loss_curve(result: train.TrainResult):
@@ -251,10 +329,18 @@ def _loss_curve(result: train.TrainResult):
     ax.plot(epochs, result.losses, marker="o", label="training (total)")
     if result.holdout:
         parts = [k for k in ("image", "context") if k in result.holdout[0]]
-        ax.plot(epochs, [sum(h[k] for k in parts) for h in result.holdout], marker="s",
-                label="held-out reconstruction")
-        ax.plot(epochs, [sum(h[f"{k}_baseline"] for k in parts) for h in result.holdout], ls="--",
-                label="mean-of-visible predictor")
+        ax.plot(
+            epochs,
+            [sum(h[k] for k in parts) for h in result.holdout],
+            marker="s",
+            label="held-out reconstruction",
+        )
+        ax.plot(
+            epochs,
+            [sum(h[f"{k}_baseline"] for k in parts) for h in result.holdout],
+            ls="--",
+            label="mean-of-visible predictor",
+        )
     ax.set(xlabel="epoch", ylabel="channel-weighted MSE", title="MAE training")
     ax.legend(fontsize=8)
     return fig
@@ -283,55 +369,101 @@ def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
         "of a model makes it the current version in `model_versions`."
     ),
 )
-def cell_embeddings(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                    device: DeviceResource) -> dg.MaterializeResult:
+def cell_embeddings(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, device: DeviceResource
+) -> dg.MaterializeResult:
     region = context.partition_key
     trained = embed.load_model(latest_checkpoint(context), device=device.resolve())
     shards = raster.open_shards(raster_dir(warehouse, region))
     if (shards.meta["image_level"], shards.meta["pixel_level"]) != (trained.image_level, trained.pixel_level):
-        raise dg.Failure(f"{region}: rasters at levels {shards.meta['image_level']}/{shards.meta['pixel_level']}, "
-                         f"model trained at {trained.image_level}/{trained.pixel_level}")
+        raise dg.Failure(
+            f"{region}: rasters at levels {shards.meta['image_level']}/{shards.meta['pixel_level']}, "
+            f"model trained at {trained.image_level}/{trained.pixel_level}"
+        )
     started = time.perf_counter()
     image_vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
     seconds = time.perf_counter() - started
     cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
-    df = embeddings_rows(region, trained, shards.image_ids, image_vectors, cells.reshape(-1),
-                         tokens.reshape(-1, trained.token_dim))
+    df = embeddings_rows(
+        region,
+        trained,
+        shards.image_ids,
+        image_vectors,
+        cells.reshape(-1),
+        tokens.reshape(-1, trained.token_dim),
+    )
     commit = commit_info(context, trained.model_version)
-    version = warehouse.write_partition(df, EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version},
-                                        description=CELL_EMBEDDINGS.description, commit=commit,
-                                        facts=embeddings_facts(trained), row_group_rows=CELL_EMBEDDINGS.row_group_rows)
-    current = registry.promote_if_complete(warehouse.root, trained.model_version, commit=commit,
-                                           storage_options=warehouse.storage_options or None)
-    metadata = table_metadata(df, warehouse.table_uri(EMBEDDINGS_TABLE), version, EMBEDDINGS_TABLE,
-                              preview_columns=["level", "cell_id", "token", "norm"])
-    metadata.update(model_version=trained.model_version, dim=dg.MetadataValue.int(trained.dim),
-                    model_status=registry.CURRENT if current else registry.TRAINED,
-                    token_dim=dg.MetadataValue.int(trained.token_dim),
-                    image_level=trained.image_level, token_level=trained.token_level,
-                    image_cells=dg.MetadataValue.int(len(shards)), token_cells=dg.MetadataValue.int(cells.size),
-                    cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
-                    mean_dimension_variance=float(image_vectors.var(axis=0).mean()))
+    version = warehouse.write_partition(
+        df,
+        EMBEDDINGS_TABLE,
+        {"region": region, "model_version": trained.model_version},
+        description=CELL_EMBEDDINGS.description,
+        commit=commit,
+        facts=embeddings_facts(trained),
+        row_group_rows=CELL_EMBEDDINGS.row_group_rows,
+    )
+    current = registry.promote_if_complete(
+        warehouse.root,
+        trained.model_version,
+        commit=commit,
+        storage_options=warehouse.storage_options or None,
+    )
+    metadata = table_metadata(
+        df,
+        warehouse.table_uri(EMBEDDINGS_TABLE),
+        version,
+        EMBEDDINGS_TABLE,
+        preview_columns=["level", "cell_id", "token", "norm"],
+    )
+    metadata.update(
+        model_version=trained.model_version,
+        dim=dg.MetadataValue.int(trained.dim),
+        model_status=registry.CURRENT if current else registry.TRAINED,
+        token_dim=dg.MetadataValue.int(trained.token_dim),
+        image_level=trained.image_level,
+        token_level=trained.token_level,
+        image_cells=dg.MetadataValue.int(len(shards)),
+        token_cells=dg.MetadataValue.int(cells.size),
+        cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
+        mean_dimension_variance=float(image_vectors.var(axis=0).mean()),
+    )
     return dg.MaterializeResult(metadata=metadata)
 
 
-def embeddings_rows(region: str, trained: embed.TrainedModel, image_ids: np.ndarray, image_vectors: np.ndarray,
-                    token_ids: np.ndarray, token_vectors: np.ndarray) -> pl.DataFrame:
+def embeddings_rows(
+    region: str,
+    trained: embed.TrainedModel,
+    image_ids: np.ndarray,
+    image_vectors: np.ndarray,
+    token_ids: np.ndarray,
+    token_vectors: np.ndarray,
+) -> pl.DataFrame:
     """Both granularities as cell_embeddings rows: unit vectors plus `norm`, sorted by (level, cell_id) so
     a lookup's cell_id filter skips most row groups."""
     # The two granularities differ in length; Delta stores a list either way.
-    df = pl.concat([
-        frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32))) for frame in (
-            embed.embeddings_frame(region, image_ids, trained.image_level, image_vectors, trained.model_version),
-            embed.embeddings_frame(region, token_ids, trained.token_level, token_vectors, trained.model_version))
-    ])
+    df = pl.concat(
+        [
+            frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32)))
+            for frame in (
+                embed.embeddings_frame(
+                    region, image_ids, trained.image_level, image_vectors, trained.model_version
+                ),
+                embed.embeddings_frame(
+                    region, token_ids, trained.token_level, token_vectors, trained.model_version
+                ),
+            )
+        ]
+    )
     return vectors.normalise(df).sort("level", "cell_id")
 
 
 def embeddings_facts(trained: embed.TrainedModel) -> dict[str, object]:
     """What cell_embeddings states about the version last written (every version's are in model_versions)."""
     return CELL_EMBEDDINGS.facts(
-        dtype="float32", unit_length=True, norm_column=vectors.NORM_COLUMN, model_version=trained.model_version,
+        dtype="float32",
+        unit_length=True,
+        norm_column=vectors.NORM_COLUMN,
+        model_version=trained.model_version,
         levels={"image": trained.image_level, "token": trained.token_level},
         dims={str(trained.image_level): trained.dim, str(trained.token_level): trained.token_dim},
     )

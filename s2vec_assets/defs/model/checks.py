@@ -31,13 +31,22 @@ with warnings.catch_warnings():
     # Partitioned check specs are a Dagster preview feature; used knowingly (one result per region).
     warnings.simplefilter("ignore", dg.PreviewWarning)
     EMBEDDING_SPECS = [
-        dg.AssetCheckSpec(name, asset=model_assets.cell_embeddings, blocking=True, partitions_def=region_partitions,
-                          description=desc)
+        dg.AssetCheckSpec(
+            name,
+            asset=model_assets.cell_embeddings,
+            blocking=True,
+            partitions_def=region_partitions,
+            description=desc,
+        )
         for name, desc in (
-            ("cell_embeddings_finite_and_sized",
-             "Every embedding is finite, unit length (cosine = dot product) and has the model's dimension."),
-            ("cell_embeddings_one_row_per_image_cell",
-             "Exactly the region's image cells (from raster_tensors), each once, and every image token once."),
+            (
+                "cell_embeddings_finite_and_sized",
+                "Every embedding is finite, unit length (cosine = dot product) and has the model's dimension.",
+            ),
+            (
+                "cell_embeddings_one_row_per_image_cell",
+                "Exactly the region's image cells (from raster_tensors), each once, and every image token once.",
+            ),
             ("cell_embeddings_not_collapsed", f"Mean per-dimension variance above {VARIANCE_FLOOR}."),
         )
     ]
@@ -50,23 +59,32 @@ def raster_frame(shards: raster.ShardSet) -> pl.DataFrame:
         finite.append(np.isfinite(chunk).all(axis=(1, 2, 3)))
         minimum.append(np.nan_to_num(chunk, nan=-1.0).min(axis=(1, 2, 3)))
     c, h, w = shards.shards[0].shape[1:]
-    return pl.DataFrame({
-        "cell_id": shards.image_ids.view(np.int64), "finite": np.concatenate(finite),
-        "minimum": np.concatenate(minimum).astype(np.float64),
-        "channels": np.full(len(shards), c), "height": np.full(len(shards), h), "width": np.full(len(shards), w),
-    })
+    return pl.DataFrame(
+        {
+            "cell_id": shards.image_ids.view(np.int64),
+            "finite": np.concatenate(finite),
+            "minimum": np.concatenate(minimum).astype(np.float64),
+            "channels": np.full(len(shards), c),
+            "height": np.full(len(shards), h),
+            "width": np.full(len(shards), w),
+        }
+    )
 
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
     _raster_check = dg.asset_check(
-        asset=model_assets.raster_tensors, blocking=True, partitions_def=region_partitions,
-        description="Every image tensor is finite, non-negative and [C, 2^k, 2^k]; index and shards agree.")
+        asset=model_assets.raster_tensors,
+        blocking=True,
+        partitions_def=region_partitions,
+        description="Every image tensor is finite, non-negative and [C, 2^k, 2^k]; index and shards agree.",
+    )
 
 
 @_raster_check
-def raster_tensors_finite_and_shaped(context: dg.AssetCheckExecutionContext,
-                                     warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def raster_tensors_finite_and_shaped(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
     shards = raster.open_shards(model_assets.raster_dir(warehouse, context.partition_key))
     c, h, w = shards.meta["shape"]
     rows_in_shards = sum(s.shape[0] for s in shards.shards)
@@ -79,18 +97,35 @@ def raster_tensors_finite_and_shaped(context: dg.AssetCheckExecutionContext,
         Expect("expect_column_values_to_be_in_set", column="width", value_set=[w]),
         Expect("expect_column_values_to_be_unique", column="cell_id"),
     ]
-    return gx_check_result(raster_frame(shards), expectations, asset_key=model_assets.raster_tensors.key,
-                           check_name="raster_tensors_finite_and_shaped", sample_columns=["cell_id"])
+    return gx_check_result(
+        raster_frame(shards),
+        expectations,
+        asset_key=model_assets.raster_tensors.key,
+        check_name="raster_tensors_finite_and_shaped",
+        sample_columns=["cell_id"],
+    )
 
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec("mae_model_weights_finite", asset=model_assets.mae_model, blocking=True,
-                          description="Every parameter tensor of the checkpoint is finite."),
-        dg.AssetCheckSpec("mae_model_loss_decreased", asset=model_assets.mae_model, blocking=True,
-                          description="The final epoch's loss is below the first epoch's."),
-        dg.AssetCheckSpec("mae_model_beats_mean_of_visible", asset=model_assets.mae_model, blocking=False,
-                          description="Held-out masked loss below the mean-of-visible predictor's on the same masks."),
+        dg.AssetCheckSpec(
+            "mae_model_weights_finite",
+            asset=model_assets.mae_model,
+            blocking=True,
+            description="Every parameter tensor of the checkpoint is finite.",
+        ),
+        dg.AssetCheckSpec(
+            "mae_model_loss_decreased",
+            asset=model_assets.mae_model,
+            blocking=True,
+            description="The final epoch's loss is below the first epoch's.",
+        ),
+        dg.AssetCheckSpec(
+            "mae_model_beats_mean_of_visible",
+            asset=model_assets.mae_model,
+            blocking=False,
+            description="Held-out masked loss below the mean-of-visible predictor's on the same masks.",
+        ),
     ],
     can_subset=True,
     name="mae_model_checks",
@@ -99,32 +134,59 @@ def mae_model_checks(context: dg.AssetCheckExecutionContext):
     state = load_checkpoint(model_assets.latest_checkpoint(context))
     selected = {key.name for key in context.selected_asset_check_keys}
     if "mae_model_weights_finite" in selected:
-        weights = pl.DataFrame({"tensor": list(state["model"]),
-                                "finite": [bool(t.isfinite().all()) for t in state["model"].values()]})
-        yield gx_check_result(weights, [Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True])],
-                              asset_key=model_assets.mae_model.key, check_name="mae_model_weights_finite",
-                              sample_columns=["tensor"])
+        weights = pl.DataFrame(
+            {
+                "tensor": list(state["model"]),
+                "finite": [bool(t.isfinite().all()) for t in state["model"].values()],
+            }
+        )
+        yield gx_check_result(
+            weights,
+            [Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True])],
+            asset_key=model_assets.mae_model.key,
+            check_name="mae_model_weights_finite",
+            sample_columns=["tensor"],
+        )
     if "mae_model_loss_decreased" in selected:
         losses = pl.DataFrame({"first_loss": [state["losses"][0]], "final_loss": [state["losses"][-1]]})
         yield gx_check_result(
-            losses, [Expect("expect_column_pair_values_a_to_be_greater_than_b", column_A="first_loss",
-                            column_B="final_loss")],
-            asset_key=model_assets.mae_model.key, check_name="mae_model_loss_decreased")
+            losses,
+            [
+                Expect(
+                    "expect_column_pair_values_a_to_be_greater_than_b",
+                    column_A="first_loss",
+                    column_B="final_loss",
+                )
+            ],
+            asset_key=model_assets.mae_model.key,
+            check_name="mae_model_loss_decreased",
+        )
     if "mae_model_beats_mean_of_visible" in selected:
         ratio = baseline_ratio(state["holdout"][-1]) if state.get("holdout") else None
-        frame = pl.DataFrame({"holdout_vs_mean_of_visible": [ratio]}, schema={"holdout_vs_mean_of_visible": pl.Float64})
+        frame = pl.DataFrame(
+            {"holdout_vs_mean_of_visible": [ratio]}, schema={"holdout_vs_mean_of_visible": pl.Float64}
+        )
         yield gx_check_result(
-            frame, [Expect("expect_column_values_to_not_be_null", column="holdout_vs_mean_of_visible"),
-                    Expect("expect_column_values_to_be_between", column="holdout_vs_mean_of_visible", max_value=1.0)],
-            asset_key=model_assets.mae_model.key, check_name="mae_model_beats_mean_of_visible",
-            severity=dg.AssetCheckSeverity.WARN)
+            frame,
+            [
+                Expect("expect_column_values_to_not_be_null", column="holdout_vs_mean_of_visible"),
+                Expect(
+                    "expect_column_values_to_be_between", column="holdout_vs_mean_of_visible", max_value=1.0
+                ),
+            ],
+            asset_key=model_assets.mae_model.key,
+            check_name="mae_model_beats_mean_of_visible",
+            severity=dg.AssetCheckSeverity.WARN,
+        )
 
 
 @dg.multi_asset_check(specs=EMBEDDING_SPECS, can_subset=True, name="cell_embeddings_checks")
 def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     region = context.partition_key
     trained = embed.load_model(model_assets.latest_checkpoint(context), device="cpu")
-    both = warehouse.read(model_assets.EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version})
+    both = warehouse.read(
+        model_assets.EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version}
+    )
     df = both.filter(pl.col("level") == trained.image_level)
     image_ids = raster.open_shards(model_assets.raster_dir(warehouse, region)).image_ids.view(np.int64)
     tokens = both.filter(pl.col("level") == trained.token_level)
@@ -133,30 +195,55 @@ def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: Wa
     sample = ["region", "cell_id", "token"]
     if "cell_embeddings_finite_and_sized" in selected:
         length = pl.col("embedding").list.eval(pl.element().cast(pl.Float64).pow(2)).list.sum().sqrt()
-        frame = df.select(*sample, dim=pl.col("embedding").list.len(),
-                          finite=pl.col("embedding").list.eval(pl.element().is_finite()).list.all(),
-                          unit_length=(length - 1.0).abs() < UNIT_TOLERANCE)
-        yield gx_check_result(frame, [
-            Expect("expect_table_row_count_to_be_between", min_value=1),
-            Expect("expect_column_values_to_be_in_set", column="dim", value_set=[trained.dim]),
-            Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True]),
-            Expect("expect_column_values_to_be_in_set", column="unit_length", value_set=[True]),
-        ], asset_key=key, check_name="cell_embeddings_finite_and_sized", sample_columns=sample)
+        frame = df.select(
+            *sample,
+            dim=pl.col("embedding").list.len(),
+            finite=pl.col("embedding").list.eval(pl.element().is_finite()).list.all(),
+            unit_length=(length - 1.0).abs() < UNIT_TOLERANCE,
+        )
+        yield gx_check_result(
+            frame,
+            [
+                Expect("expect_table_row_count_to_be_between", min_value=1),
+                Expect("expect_column_values_to_be_in_set", column="dim", value_set=[trained.dim]),
+                Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True]),
+                Expect("expect_column_values_to_be_in_set", column="unit_length", value_set=[True]),
+            ],
+            asset_key=key,
+            check_name="cell_embeddings_finite_and_sized",
+            sample_columns=sample,
+        )
     if "cell_embeddings_one_row_per_image_cell" in selected:
         frame = df.select(*sample, in_rasters=pl.col("cell_id").is_in(pl.Series(image_ids).implode()))
-        token_frame = tokens.select(pl.len().alias("token_rows"), pl.col("cell_id").n_unique().alias("unique"))
+        token_frame = tokens.select(
+            pl.len().alias("token_rows"), pl.col("cell_id").n_unique().alias("unique")
+        )
         expected_tokens = len(image_ids) * trained.model.config.num_patches
-        yield gx_check_result(frame.join(token_frame, how="cross"), [
-            Expect("expect_table_row_count_to_equal", value=len(image_ids)),
-            Expect("expect_column_values_to_be_unique", column="cell_id"),
-            Expect("expect_column_values_to_be_in_set", column="in_rasters", value_set=[True]),
-            Expect("expect_column_values_to_be_in_set", column="token_rows", value_set=[expected_tokens]),
-            Expect("expect_column_values_to_be_in_set", column="unique", value_set=[expected_tokens]),
-        ], asset_key=key, check_name="cell_embeddings_one_row_per_image_cell", sample_columns=sample)
+        yield gx_check_result(
+            frame.join(token_frame, how="cross"),
+            [
+                Expect("expect_table_row_count_to_equal", value=len(image_ids)),
+                Expect("expect_column_values_to_be_unique", column="cell_id"),
+                Expect("expect_column_values_to_be_in_set", column="in_rasters", value_set=[True]),
+                Expect("expect_column_values_to_be_in_set", column="token_rows", value_set=[expected_tokens]),
+                Expect("expect_column_values_to_be_in_set", column="unique", value_set=[expected_tokens]),
+            ],
+            asset_key=key,
+            check_name="cell_embeddings_one_row_per_image_cell",
+            sample_columns=sample,
+        )
     if "cell_embeddings_not_collapsed" in selected:
         matrix = np.stack(df["embedding"].to_numpy()) if df.height else np.zeros((0, trained.dim))
         variance = float(matrix.var(axis=0).mean()) if df.height > 1 else 0.0
         yield gx_check_result(
             pl.DataFrame({"mean_dimension_variance": [variance]}),
-            [Expect("expect_column_values_to_be_between", column="mean_dimension_variance", min_value=VARIANCE_FLOOR)],
-            asset_key=key, check_name="cell_embeddings_not_collapsed")
+            [
+                Expect(
+                    "expect_column_values_to_be_between",
+                    column="mean_dimension_variance",
+                    min_value=VARIANCE_FLOOR,
+                )
+            ],
+            asset_key=key,
+            check_name="cell_embeddings_not_collapsed",
+        )
