@@ -1,7 +1,10 @@
 """Embeddings from a trained checkpoint at two granularities, and the `cell_embeddings` table rows.
 
 - image cells: the encoder's output pooled over the tokens: the mean over every token (the image and
-  its context window) and the spread over the image's own tokens (2 x width values);
+  its context window) and the spread over the image's own tokens (2 x width values), then the same
+  pooled vector averaged over the region's image cells within `NEIGHBOUR_RING` steps (4 x width in
+  all). The encoder sees its neighbours only as coarse totals; their layout (how POIs cluster) reaches a
+  cell only through this mean, and layout varies smoothly over several cells (BENCHMARKS.md);
 - token cells: one embedding per image token, i.e. per patch cell at `pixel_level - log2(patch_size)`
   (the pixel level itself with the paper's 1-pixel patches), each having attended to the whole input.
 
@@ -20,11 +23,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from s2vec_core import s2
+from s2vec_core import neighbours, s2
 from s2vec_core.catalog import sha256_file
 from s2vec_core.model import MAEConfig, MaskedAutoencoder
 from s2vec_core.raster import NormStats, ShardSet
 from s2vec_core.train import load_checkpoint, select_device
+
+
+NEIGHBOUR_RING = 1
+"""Image cells on each side whose pooled embeddings are averaged into a cell's second half."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,8 @@ class TrainedModel:
 
     @property
     def dim(self) -> int:
-        """Length of an image-cell embedding (mean and spread: 2 x width)."""
-        return self.model.embedding_dim
+        """Length of an image-cell embedding: its own pooled vector and its neighbours' mean (4 x width)."""
+        return 2 * self.model.embedding_dim
 
     @property
     def token_dim(self) -> int:
@@ -71,15 +78,16 @@ def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedMo
 @torch.inference_mode()
 def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
                  tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """float32 [len(shards), dim] pooled embeddings in the shards' row order (and, with `tokens`,
-    float32 [len(shards), N, token_dim] per image token in row-major patch-grid order)."""
+    """float32 [len(shards), dim] image-cell embeddings in the shards' row order: each cell's pooled
+    encoder output, then the mean of that over its neighbours among the shards' cells (and, with
+    `tokens`, float32 [len(shards), N, token_dim] per image token in row-major patch-grid order)."""
     if shards.channels != trained.norm.channels:
         raise ValueError("the shards' channels differ from the ones the model was trained on")
     if shards.has_context != (trained.context_norm is not None):
         raise ValueError("the model and the shards disagree on context windows: re-rasterise with the model's grid")
     dev = next(trained.model.parameters()).device
     config = trained.model.config
-    pooled = np.empty((len(shards), trained.dim), dtype=np.float32)
+    pooled = np.empty((len(shards), trained.model.embedding_dim), dtype=np.float32)
     per_token = np.empty((len(shards), config.num_patches, trained.token_dim), dtype=np.float32) if tokens else None
     for start in range(0, len(shards), batch_size):
         rows = np.arange(start, min(start + batch_size, len(shards)))
@@ -90,7 +98,9 @@ def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
         pooled[rows] = p.float().cpu().numpy()
         if per_token is not None:
             per_token[rows] = t.float().cpu().numpy()
-    return (pooled, per_token) if tokens else pooled
+    around = neighbours.ring_mean(shards.image_ids, pooled, trained.image_level, NEIGHBOUR_RING)
+    cells = np.concatenate([pooled, around], axis=1)
+    return (cells, per_token) if tokens else cells
 
 
 def token_cells(image_ids: np.ndarray, image_level: int, token_level: int) -> np.ndarray:

@@ -10,9 +10,10 @@ import polars as pl
 import pytest
 
 from s2vec_core import s2
-from s2vec_core.embed import embed_shards, embeddings_frame, load_model, token_cells
+from s2vec_core.embed import NEIGHBOUR_RING, embed_shards, embeddings_frame, load_model, token_cells
 from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
+from s2vec_core.neighbours import ring_mean
 from s2vec_core.osm import extract_cells
 from s2vec_core.raster import open_shards, rasterize, write_shards
 from s2vec_core.train import TrainConfig, train
@@ -39,7 +40,8 @@ def test_embeddings_are_reproducible(trained):
     first = load_model(root / "model.pt", device="cpu")
     a = embed_shards(first, shards, batch_size=8)
     b = embed_shards(load_model(root / "model.pt", device="cpu"), shards, batch_size=8)
-    assert a.dtype == np.float32 and a.shape == (len(shards), 32)  # mean and spread of width-16 tokens
+    # Mean and spread of width-16 tokens, then their mean over the cell's neighbours.
+    assert a.dtype == np.float32 and a.shape == (len(shards), 64) and first.dim == 64
     assert np.isfinite(a).all() and a.std(axis=0).mean() > 1e-4
     np.testing.assert_array_equal(a, b)
     # Batch composition only changes float summation order, not the result beyond rounding.
@@ -61,7 +63,11 @@ def test_token_embeddings_are_one_per_patch_cell_inside_the_image(trained):
     # image tokens alone is not the pooled embedding (which includes the context tokens).
     assert tokens.std(axis=1).mean() > 1e-3
     assert not np.allclose(tokens.mean(axis=1), pooled[:, :16], atol=1e-4)
-    np.testing.assert_allclose(tokens.std(axis=1, ddof=1), pooled[:, 16:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tokens.std(axis=1, ddof=1), pooled[:, 16:32], rtol=1e-4, atol=1e-5)
+    # The second half is the first half averaged over the neighbours present in the shards.
+    around = ring_mean(shards.image_ids, pooled[:, :32], IMAGE_LEVEL, NEIGHBOUR_RING)
+    np.testing.assert_allclose(pooled[:, 32:], around, rtol=1e-5, atol=1e-6)
+    assert np.abs(pooled[:, 32:]).sum(axis=1).min() > 0  # every monaco image cell has a neighbour
     frame = embeddings_frame("monaco", cells.reshape(-1), model.token_level, tokens.reshape(-1, model.token_dim), "v")
     assert frame.height == cells.size and frame["level"].unique().to_list() == [model.token_level]
 
@@ -77,8 +83,8 @@ def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):
     # Delta has no fixed-size list type: the column comes back as List(Float32), every row of length d.
     assert dict(back.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
                                  "model_version": pl.String, "embedding": pl.List(pl.Float32)}
-    assert back["embedding"].list.len().unique().to_list() == [32]
-    back = back.with_columns(pl.col("embedding").list.to_array(32))
+    assert back["embedding"].list.len().unique().to_list() == [model.dim]
+    back = back.with_columns(pl.col("embedding").list.to_array(model.dim))
     back = back.sort("cell_id")
     assert back["cell_id"].is_unique().all() and back.height == len(shards)
     ids = back["cell_id"].to_numpy()

@@ -121,7 +121,7 @@ def test_rasters_model_embeddings(world):
     versions = registry.versions(str(root))
     assert versions.select("model_version", "status").rows() == [(meta["model_version"].value, "current")]
     row = versions.row(0, named=True)
-    assert (row["dim"], row["token_dim"], row["regions"]) == (2 * TINY["width"], TINY["width"], [REGION])
+    assert (row["dim"], row["token_dim"], row["regions"]) == (4 * TINY["width"], TINY["width"], [REGION])
     assert (
         embedded.asset_materializations_for_node("cell_embeddings")[0].metadata["model_status"].value
         == "current"
@@ -131,10 +131,10 @@ def test_rasters_model_embeddings(world):
     assert (last["run_id"], last["asset"], last["region"]) == (embedded.run_id, "cell_embeddings", REGION)
     assert last["model_version"] == meta["model_version"].value
     facts = warehouse.table_facts(uri)
-    assert facts["dims"] == {str(LEVELS["image_level"]): 2 * TINY["width"], str(token_level): TINY["width"]}
+    assert facts["dims"] == {str(LEVELS["image_level"]): 4 * TINY["width"], str(token_level): TINY["width"]}
     assert facts["unit_length"] is True and "ODbL" in facts["licence"]
     lengths = table.group_by("level").agg(pl.col("embedding").list.len().unique()).sort("level").rows()
-    assert lengths == [(LEVELS["image_level"], [2 * TINY["width"]]), (token_level, [TINY["width"]])]
+    assert lengths == [(LEVELS["image_level"], [4 * TINY["width"]]), (token_level, [TINY["width"]])]
     assert (s2.cell_level(table["cell_id"].to_numpy()) == table["level"].to_numpy()).all()
 
     # Same data and config: the finished checkpoint is found, nothing retrains, the version is stable.
