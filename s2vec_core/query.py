@@ -29,7 +29,7 @@ import polars as pl
 from s2vec_core import registry, s2, warehouse
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.targets import cell_area_km2
-from s2vec_core.vectors import NORM_COLUMN, to_matrix
+from s2vec_core.vectors import NORM_COLUMN, to_matrix, unit_rows
 
 AsOf = int | datetime | str | None
 RESULT_COLUMNS = ("region", "level", "cell_id", "token", "model_version", "embedding", NORM_COLUMN)
@@ -58,6 +58,8 @@ class Snapshot:
     def scan(self, regions: Sequence[str] | None = None) -> pl.LazyFrame:
         lf = pl.scan_delta(self.uri, version=self.table_version, storage_options=self.storage_options)
         lf = lf.filter((pl.col("model_version") == self.model_version) & (pl.col("level") == self.level))
+        if NORM_COLUMN not in lf.collect_schema():  # tables written before vectors were stored unit length
+            lf = lf.with_columns(pl.lit(None, pl.Float32).alias(NORM_COLUMN))
         return lf.filter(pl.col("region").is_in(list(regions))) if regions else lf
 
 
@@ -389,7 +391,8 @@ def _candidates(snap: Snapshot, regions: Sequence[str] | None) -> tuple[pl.DataF
             raise QueryError(
                 f"no embeddings at level {snap.level} under model {snap.model_version[:12]} in {regions}"
             )
-        snap._matrices[key] = (rows.drop("embedding"), to_matrix(rows["embedding"]))
+        # Stored vectors are unit length; normalising again keeps scores cosines for older tables too.
+        snap._matrices[key] = (rows.drop("embedding"), unit_rows(to_matrix(rows["embedding"]))[0])
     return snap._matrices[key]
 
 
