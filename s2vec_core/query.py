@@ -29,7 +29,7 @@ import polars as pl
 from s2vec_core import registry, s2, warehouse
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.targets import cell_area_km2
-from s2vec_core.vectors import NORM_COLUMN, to_matrix, unit_rows
+from s2vec_core.vectors import NORM_COLUMN, to_matrix
 
 AsOf = int | datetime | str | None
 RESULT_COLUMNS = ("region", "level", "cell_id", "token", "model_version", "embedding", NORM_COLUMN)
@@ -356,13 +356,22 @@ def _input_columns(lat, lng, tokens, cell_ids) -> pl.DataFrame:
 
 
 def _one_row_per_cell(rows: pl.DataFrame, regions: Sequence[str] | None) -> pl.DataFrame:
-    """A cell in several regions' extracts keeps one row: the first region in `regions`, else by name."""
+    """A cell in several regions' extracts keeps one row: the first region in `regions`, else by name;
+    rows come back sorted by cell_id."""
+    return rows[_first_per_cell(rows, regions)]
+
+
+def _first_per_cell(rows: pl.DataFrame, regions: Sequence[str] | None) -> np.ndarray:
+    """Row positions of `_one_row_per_cell`, found on the keys alone (sorting the frame would move every
+    vector)."""
     order = {r: i for i, r in enumerate(regions)} if regions else None
     key = pl.col("region").replace_strict(order, default=len(order)) if order else pl.col("region")
-    # Order the keys only, then gather once: sorting the frame itself would move every vector twice.
     keys = rows.select(pl.col("cell_id"), key.alias("_priority")).with_row_index("_row")
-    keep = keys.sort("cell_id", "_priority").unique("cell_id", keep="first", maintain_order=True)["_row"]
-    return rows[keep]
+    return (
+        keys.sort("cell_id", "_priority")
+        .unique("cell_id", keep="first", maintain_order=True)["_row"]
+        .to_numpy()
+    )
 
 
 def load(source: Snapshot, regions: Sequence[str] | None = None) -> Snapshot:
@@ -386,13 +395,20 @@ def _candidates(snap: Snapshot, regions: Sequence[str] | None) -> tuple[pl.DataF
     that repeated `similar` calls on one snapshot read the table once."""
     key = tuple(regions or ())
     if key not in snap._matrices:
-        rows = _one_row_per_cell(snap.scan(regions).collect(), regions)
+        rows = snap.scan(regions).collect()
         if rows.height == 0:
             raise QueryError(
                 f"no embeddings at level {snap.level} under model {snap.model_version[:12]} in {regions}"
             )
-        # Stored vectors are unit length; normalising again keeps scores cosines for older tables too.
-        snap._matrices[key] = (rows.drop("embedding"), unit_rows(to_matrix(rows["embedding"]))[0])
+        keep = _first_per_cell(rows, regions)
+        matrix = to_matrix(rows["embedding"])[keep]
+        old_table = rows[NORM_COLUMN].null_count() == rows.height
+        meta = rows.drop("embedding")[keep]
+        del rows
+        if old_table:  # written before vectors were stored unit length: normalise so scores stay cosines
+            norms = np.linalg.norm(matrix, axis=1)
+            matrix /= np.where(norms > 0, norms, 1.0)[:, None].astype(np.float32)
+        snap._matrices[key] = (meta, matrix)
     return snap._matrices[key]
 
 
