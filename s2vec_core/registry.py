@@ -106,7 +106,8 @@ def record_trained(
     commit: Mapping[str, str] | None = None,
     storage_options: dict[str, str] | None = None,
 ) -> str:
-    """Register (or refresh) a trained model; an already registered version keeps its status. Returns it."""
+    """Register a trained model; an already registered version keeps its status, training time and run
+    (the configs and losses are refreshed). Returns the status."""
     known = versions(root, storage_options=storage_options).filter(
         pl.col("model_version") == record.model_version
     )
@@ -115,7 +116,8 @@ def record_trained(
     row = {
         "model_version": record.model_version,
         "status": status,
-        "trained_at": record.trained_at or datetime.now(UTC),
+        # A re-run that finds the finished checkpoint does not retrain: the first training time stands.
+        "trained_at": known["trained_at"][0] if known.height else (record.trained_at or datetime.now(UTC)),
         "became_current_at": became,
         "regions": sorted(record.regions),
         "image_level": record.image_level,
@@ -129,7 +131,7 @@ def record_trained(
         "training_loss": float(record.training_loss),
         "holdout_loss": None if record.holdout_loss is None else float(record.holdout_loss),
         "checkpoint": record.checkpoint,
-        "run_id": record.run_id,
+        "run_id": known["run_id"][0] if known.height else record.run_id,
     }
     _write(root, pl.DataFrame([row], schema=SCHEMA), commit, storage_options)
     return status

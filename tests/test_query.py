@@ -359,3 +359,28 @@ def test_the_downstream_readme_section_runs_and_its_sql_matches_the_api(readme_w
     assert namespace["same"]["model_version"][0] == V2  # the last run made v2 current
     assert namespace["pinned"]["model_version"][0] == V1
     assert namespace["current_rows"]["model_version"].unique().to_list() == [V2]
+
+
+def test_promotion_is_one_commit_and_a_rerun_keeps_the_record(tmp_path):
+    root = str(tmp_path)
+    uri = warehouse.table_uri(root, CELL_EMBEDDINGS.name)
+    cells = _cells_around(FACE_POINTS[:1], LEVEL, n=5)
+    for version in (V1, V2):
+        registry.record_trained(root, _record(version, ["east", "west"], 4))
+        for region in ("east", "west"):
+            assert not registry.promote_if_complete(root, version)  # not every region embedded yet
+            warehouse.write_partition(
+                _rows(region, cells, LEVEL, version, 4, 0), uri, {"region": region, "model_version": version}
+            )
+        before = warehouse.table_version(warehouse.table_uri(root, "model_versions"))
+        assert registry.promote_if_complete(root, version)
+        assert warehouse.table_version(warehouse.table_uri(root, "model_versions")) == before + 1
+    first = query.versions(root).filter(pl.col("model_version") == V2).row(0, named=True)
+    assert registry.record_trained(root, _record(V2, ["east", "west"], 4)) == "current"  # an unchanged re-run
+    again = query.versions(root).filter(pl.col("model_version") == V2).row(0, named=True)
+    assert (again["status"], again["trained_at"], again["run_id"]) == (
+        "current",
+        first["trained_at"],
+        first["run_id"],
+    )
+    assert query.versions(root).filter(pl.col("status") == "current").height == 1
