@@ -24,7 +24,8 @@ import polars as pl
 # polars imports pyarrow lazily on the first to_arrow(); importing it here keeps that one-time ~20 ms
 # out of the first write (it is a third of writing a small region's embeddings).
 import pyarrow  # noqa: F401
-from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Field, WriterProperties, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
 
 COMMIT_PREFIX = "s2vec."
@@ -89,6 +90,7 @@ def write_partition(
     commit: Mapping[str, str] | None = None,
     facts: Mapping[str, object] | None = None,
     row_group_rows: int | None = None,
+    add_columns: bool = False,
 ) -> int:
     """Replace the rows of `partition` in the Delta table at `uri` with `df`; return the new version.
 
@@ -97,6 +99,8 @@ def write_partition(
     the commit info (see `COMMIT_KEYS`); `description` and `facts` into the table description, updated
     (one more commit, same commit info) only when they change. `row_group_rows` caps Parquet row groups:
     with rows sorted by cell id, small groups let a point lookup skip most of a file by its statistics.
+    `add_columns` is a deliberate, additive migration: columns of `df` that the table lacks are added
+    first (one commit; older rows read null), then the rows are written.
     """
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
@@ -119,6 +123,8 @@ def write_partition(
         )
         table = DeltaTable(uri, storage_options=storage_options)
     else:
+        if add_columns:
+            _add_missing_columns(table, data.schema, properties)
         _check_schema(table, df, uri)
         # Writing through the table object updates it to the commit it made: its version is this
         # write's, even if another writer commits right after.
@@ -280,6 +286,16 @@ def _check_rows_in_partition(df: pl.DataFrame, partition: Mapping[str, Partition
             raise WarehouseError(
                 f"{stray} rows have {key} != {value!r}; refusing to write outside the partition"
             )
+
+
+def _add_missing_columns(table: DeltaTable, schema, properties: CommitProperties | None) -> None:
+    """Add the (nullable) columns of an Arrow `schema` that `table` lacks, at the end, in one commit."""
+    known = {f.name for f in table.schema().fields}
+    new = [f for f in DeltaSchema.from_arrow(schema).fields if f.name not in known]
+    if new:
+        table.alter.add_columns(
+            [Field(f.name, f.type, nullable=True) for f in new], commit_properties=properties
+        )
 
 
 def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:

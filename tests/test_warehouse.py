@@ -172,3 +172,17 @@ def test_bbox_clips_cells_by_their_centre():
     frame = pl.DataFrame({"cell_id": ids, "value": [1.0, 2.0, 3.0]})
     assert bbox.clip(frame, (9.47, 47.04, 9.64, 47.28))["value"].to_list() == [1.0]
     assert bbox.clip(frame, None).equals(frame)
+
+
+def test_a_deliberate_additive_migration_adds_columns_and_old_rows_read_null(tmp_path):
+    uri = warehouse.table_uri(tmp_path, "t")
+    warehouse.write_partition(_frame("a", 4, 1), uri, {"region": "a"})
+    newer = _frame("b", 3, 2).with_columns(norm=pl.lit(2.0, pl.Float32))
+    with pytest.raises(warehouse.WarehouseError, match=r"new columns \['norm'\]"):
+        warehouse.write_partition(newer, uri, {"region": "b"})
+    warehouse.write_partition(newer, uri, {"region": "b"}, add_columns=True, commit={"run_id": "r"})
+    table = warehouse.read_table(uri)
+    assert table.columns[-1] == "norm" and table.schema["norm"] == pl.Float32
+    assert table.filter(pl.col("region") == "a")["norm"].null_count() == 4
+    assert table.filter(pl.col("region") == "b")["norm"].to_list() == [2.0] * 3
+    assert warehouse.history(uri)["run_id"].to_list()[-2:] == ["r", "r"]  # the migration commit names the run

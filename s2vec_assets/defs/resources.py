@@ -54,6 +54,7 @@ class WarehouseResource(dg.ConfigurableResource):
         commit: dict[str, str] | None = None,
         facts: dict[str, object] | None = None,
         row_group_rows: int | None = None,
+        add_columns: bool = False,
     ) -> int:
         """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version. `commit`
         (run id, asset, region, model version) goes into the Delta commit info."""
@@ -66,6 +67,7 @@ class WarehouseResource(dg.ConfigurableResource):
             commit=commit,
             facts=facts,
             row_group_rows=row_group_rows,
+            add_columns=add_columns,
         )
 
     def model_version(self, pin: str | None = None) -> str | None:

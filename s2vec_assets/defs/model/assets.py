@@ -401,6 +401,8 @@ def cell_embeddings(
         commit=commit,
         facts=embeddings_facts(trained),
         row_group_rows=CELL_EMBEDDINGS.row_group_rows,
+        # Tables from before unit vectors lack `norm`: add it (their rows read null, which readers handle).
+        add_columns=True,
     )
     current = registry.promote_if_complete(
         warehouse.root,
