@@ -343,7 +343,7 @@ def test_the_downstream_readme_section_runs_and_its_sql_matches_the_api(readme_w
                     assert len(rows) == 5 and "embedding" not in rows[0]
         else:
             sql.append(code)
-    lookup_sql, similar_sql = sql
+    lookup_sql, similar_sql, aggregate_sql = sql
     con, cell_id = namespace["con"], namespace["cell_id"]
     api_row = query.lookup(cell_ids=[cell_id]).select(query.RESULT_COLUMNS)
     sql_row = con.execute(lookup_sql, {"cell_id": cell_id}).pl()
@@ -356,6 +356,9 @@ def test_the_downstream_readme_section_runs_and_its_sql_matches_the_api(readme_w
         assert top["cell_id"].to_list() == api["cell_id"].to_list()
         assert np.allclose(top["score"].to_numpy(), api["score"].to_numpy(), atol=1e-6)
         assert top["model_version"].unique().to_list() == [V2]
+    (sql_mean,) = con.execute(aggregate_sql).fetchone()
+    api_mean = query.aggregate(cell_ids=namespace["cells"]["cell_id"].to_numpy())["embedding"][0]
+    assert np.allclose(sql_mean, api_mean.to_numpy(), atol=1e-6)
     assert namespace["same"]["model_version"][0] == V2  # the last run made v2 current
     assert namespace["pinned"]["model_version"][0] == V1
     assert namespace["current_rows"]["model_version"].unique().to_list() == [V2]
