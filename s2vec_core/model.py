@@ -9,8 +9,11 @@ ones plus mask tokens. The loss is a channel-weighted MSE on the masked tokens o
 linear head predicts each channel's mean over the cell and over every ring of neighbours. The summary
 term is what makes the pooled embedding carry the counts of the cell and its surroundings, which
 reconstruction alone spreads over tokens: on sparse counts a masked pixel is mostly Poisson noise
-around its visible mean. (Also predicting the cell's per-channel mean square, for layout, changed no
-downstream score: tried and removed.)
+around its visible mean. A *layout* term does the same for arrangement: from the spread of the visible
+image tokens, a head predicts each channel group's occupancy, dispersion and top-10% share over the
+image's tokens (`layout_statistics`; groups from the taxonomy), so the embedding's spread half says
+whether POIs cluster (arrangement R2 0.12 -> 0.24, BENCHMARKS.md). A per-channel mean square instead
+changed nothing: single POI channels are almost binary per pixel.
 `embed()` runs the encoder on the whole input and pools: the mean over all tokens and the spread over
 the image tokens (and returns the image tokens, one per p x p pixel block, for per-cell embeddings at
 the finer level).

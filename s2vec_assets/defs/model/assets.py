@@ -210,7 +210,7 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     group_name="model",
     kinds={"pytorch"},
     pool="gpu",
-    code_version="2",
+    code_version="3",
     description=(
         "The S2Vec masked autoencoder trained on every materialised region's rasters (AdamW, warmup + cosine, "
         "bf16 on CUDA). The checkpoint is rewritten atomically each epoch; a retried run resumes it. "
@@ -360,10 +360,11 @@ def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
     deps=[raster_tensors, mae_model],
     group_name="model",
     kinds={"pytorch", "delta", "polars"},
-    code_version="2",
+    code_version="3",
     description=(
         "S2Vec embeddings from the latest mae_model at two granularities, told apart by `level`: per image cell "
-        "(encoder output on the unmasked image and its context window, mean-pooled) and per image token (one per "
+        "(encoder output on the unmasked image and its context window, pooled, then that averaged over the "
+        "neighbouring image cells) and per image token (one per "
         "patch cell, the pixel level with 1-pixel patches), unit length with the raw length in `norm`. Delta "
         "table `cell_embeddings`; a run replaces only its (region, model_version) rows, and the last region "
         "of a model makes it the current version in `model_versions`."
