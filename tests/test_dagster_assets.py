@@ -50,8 +50,13 @@ def resources_for(defs: dg.Definitions, root: Path, **overrides) -> dict:
 
 def materialize(defs, resources, instance, region, selection=OWN, run_config=None):
     return dg.materialize(
-        [*defs.assets, *defs.asset_checks], resources=resources, instance=instance, partition_key=region,
-        selection=selection, run_config=run_config, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        resources=resources,
+        instance=instance,
+        partition_key=region,
+        selection=selection,
+        run_config=run_config,
+        raise_on_error=False,
     )
 
 
@@ -62,7 +67,9 @@ def run_checks(defs, resources, instance, region) -> tuple[bool, dict[str, dg.As
         selection=dg.AssetSelection.checks_for_assets(feature_assets.cell_features),
         partitions_def=region_partitions,
     )
-    job_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources)
+    job_defs = dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources
+    )
     # Dagster's partition_key argument wants a selected asset; a checks-only run takes the partition tag.
     result = job_defs.resolve_job_def(job.name).execute_in_process(
         tags={"dagster/partition": region}, instance=instance, raise_on_error=False
@@ -113,14 +120,17 @@ def test_a_backfill_of_all_regions_is_one_run_per_region(defs, instance):
 
 
 def test_each_region_materialises_with_metadata_and_passing_checks(materialized, instance):
-    root, resources, results = materialized
+    root, _, results = materialized
     table = pl.read_delta(str(root / "cell_features"))
     for region, result in results.items():
         assert result.success, region
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == dict.fromkeys(CHECKS, True), region
 
-        meta = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
+        meta = {
+            m.asset_key.to_user_string(): m.materialization.metadata
+            for m in result.get_asset_materialization_events()
+        }
         source = Path(load_catalog(REPO / "regions.toml")[region].source)
         assert meta["osm_extract"]["sha256"].value == sha256_file(source)
         assert meta["osm_extract"]["size_bytes"].value == source.stat().st_size
@@ -185,7 +195,9 @@ def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path)
     _, checks = run_checks(defs, resources, instance, region)
     unique = checks["cell_features_unique_cells"]
     assert not unique.passed
-    assert [f["expectation"] for f in _failed_expectations(unique)] == ["expect_compound_columns_to_be_unique"]
+    assert [f["expectation"] for f in _failed_expectations(unique)] == [
+        "expect_compound_columns_to_be_unique"
+    ]
     assert dup["token"] in unique.metadata["bad_rows"].value
     assert checks["cell_features_valid_cell_ids"].passed
 
@@ -199,7 +211,9 @@ def test_checks_fail_on_a_cell_id_at_the_wrong_level(defs, instance, materialize
         i = rows["level"].arg_min()
         child = s2.children_range(s2.as_uint64(rows["cell_id"][i : i + 1].to_numpy()), coarse + 1)[0]
         return rows.with_columns(
-            cell_id=pl.when(pl.int_range(pl.len()) == i).then(int(s2.as_int64(child)[0])).otherwise("cell_id"),
+            cell_id=pl.when(pl.int_range(pl.len()) == i)
+            .then(int(s2.as_int64(child)[0]))
+            .otherwise("cell_id"),
             token=pl.when(pl.int_range(pl.len()) == i).then(pl.lit(s2.to_token(child)[0])).otherwise("token"),
         )
 
@@ -218,7 +232,9 @@ def test_checks_fail_on_a_negative_or_non_finite_value(defs, instance, materiali
     channel = CHANNEL_NAMES[0]
 
     def poison(rows: pl.DataFrame) -> pl.DataFrame:
-        return rows.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(bad).otherwise(pl.col(channel)).alias(channel))
+        return rows.with_columns(
+            pl.when(pl.int_range(pl.len()) == 3).then(bad).otherwise(pl.col(channel)).alias(channel)
+        )
 
     resources, _ = _corrupt(materialized, tmp_path, region, poison)
     _, checks = run_checks(defs, resources, instance, region)
@@ -250,7 +266,9 @@ def test_a_corrupt_extract_fails_clearly_and_writes_nothing(defs, instance, mate
     shutil.copytree(root / "cell_features", tmp_path / "wh" / "cell_features")
     before = pl.read_delta(str(tmp_path / "wh" / "cell_features"))
     resources = resources_for(
-        defs, tmp_path / "wh", osm_source=OsmSourceResource(catalog_path=str(catalog), cache_dir=str(tmp_path))
+        defs,
+        tmp_path / "wh",
+        osm_source=OsmSourceResource(catalog_path=str(catalog), cache_dir=str(tmp_path)),
     )
 
     result = materialize(defs, resources, instance, region)
@@ -262,8 +280,14 @@ def test_a_corrupt_extract_fails_clearly_and_writes_nothing(defs, instance, mate
 
 def test_bad_levels_config_fails_with_a_clear_error_before_writing(defs, instance, tmp_path):
     config = {"ops": {"cell_features": {"config": {"levels": [13, 40]}}}}
-    result = materialize(defs, resources_for(defs, tmp_path), instance, REGIONS[1],
-                         selection=[dg.AssetKey("cell_features")], run_config=config)
+    result = materialize(
+        defs,
+        resources_for(defs, tmp_path),
+        instance,
+        REGIONS[1],
+        selection=[dg.AssetKey("cell_features")],
+        run_config=config,
+    )
     assert not result.success
     error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
     messages = []

@@ -62,7 +62,9 @@ def values_finite_nonnegative(df: pl.DataFrame) -> Suite:
     expectations = []
     for c in CHANNEL_NAMES:
         expectations.append(Expect("expect_column_values_to_not_be_null", column=c))
-        expectations.append(Expect("expect_column_values_to_be_between", column=c, min_value=0, max_value=sys.float_info.max))
+        expectations.append(
+            Expect("expect_column_values_to_be_between", column=c, min_value=0, max_value=sys.float_info.max)
+        )
     return df, expectations, KEYS
 
 
@@ -75,11 +77,15 @@ def totals_consistent(df: pl.DataFrame) -> Suite:
         .agg(levels=pl.len(), min_total=pl.col("total").min(), max_total=pl.col("total").max())
         .with_columns(
             spread=pl.col("max_total") - pl.col("min_total"),
-            tolerance=TOTALS_RTOL * pl.max_horizontal(pl.col("max_total").abs(), pl.col("min_total").abs()) + TOTALS_ATOL,
+            tolerance=TOTALS_RTOL * pl.max_horizontal(pl.col("max_total").abs(), pl.col("min_total").abs())
+            + TOTALS_ATOL,
         )
     )
     expectation = Expect(
-        "expect_column_pair_values_a_to_be_greater_than_b", column_A="tolerance", column_B="spread", or_equal=True
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        column_A="tolerance",
+        column_B="spread",
+        or_equal=True,
     )
     return frame, [expectation], ["channel", "levels", "min_total", "max_total"]
 
@@ -105,7 +111,13 @@ with warnings.catch_warnings():
     # Partitioned check specs are a Dagster preview feature; we use it knowingly (one result per region).
     warnings.simplefilter("ignore", dg.PreviewWarning)
     SPECS = [
-        dg.AssetCheckSpec(name, asset=feature_assets.cell_features, description=desc, blocking=True, partitions_def=region_partitions)
+        dg.AssetCheckSpec(
+            name,
+            asset=feature_assets.cell_features,
+            description=desc,
+            blocking=True,
+            partitions_def=region_partitions,
+        )
         for name, (_, desc) in SUITES.items()
     ]
 
@@ -119,5 +131,9 @@ def cell_features_checks(context: dg.AssetCheckExecutionContext, warehouse: Ware
         if name in selected:
             frame, expectations, sample_columns = build(df)
             yield gx_check_result(
-                frame, expectations, asset_key=feature_assets.cell_features.key, check_name=name, sample_columns=sample_columns
+                frame,
+                expectations,
+                asset_key=feature_assets.cell_features.key,
+                check_name=name,
+                sample_columns=sample_columns,
             )
