@@ -11,7 +11,7 @@ from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
-from s2vec_core import registry, s2, vectors, warehouse
+from s2vec_core import embed, registry, s2, vectors, warehouse
 from s2vec_core.catalog import sha256_file
 
 # Two Dagster runs per stage plus GX take ~30 s on 2 shared cores.
@@ -83,6 +83,9 @@ def test_rasters_model_embeddings(world):
     assert beats == (meta["holdout_vs_mean_of_visible"].value < 1.0)
     assert len(meta["holdout"].value) == TINY["epochs"] and meta["holdout_images"].value >= 1
     checkpoint = Path(meta["checkpoint_path"].value)
+    # The embedding widths are the model's business (s2vec_core.embed); read them, never assume them.
+    trained = embed.load_model(checkpoint, device="cpu")
+    dim, token_dim = trained.dim, trained.token_dim
     assert meta["model_version"].value == sha256_file(checkpoint)
     assert meta["device"].value == "cpu" and meta["epochs"].value == TINY["epochs"]
     assert meta["regions"].value == [REGION] and "data:image/png;base64," in meta["loss_curve"].value
@@ -121,7 +124,7 @@ def test_rasters_model_embeddings(world):
     versions = registry.versions(str(root))
     assert versions.select("model_version", "status").rows() == [(meta["model_version"].value, "current")]
     row = versions.row(0, named=True)
-    assert (row["dim"], row["token_dim"], row["regions"]) == (4 * TINY["width"], TINY["width"], [REGION])
+    assert (row["dim"], row["token_dim"], row["regions"]) == (dim, token_dim, [REGION])
     assert (
         embedded.asset_materializations_for_node("cell_embeddings")[0].metadata["model_status"].value
         == "current"
@@ -131,10 +134,10 @@ def test_rasters_model_embeddings(world):
     assert (last["run_id"], last["asset"], last["region"]) == (embedded.run_id, "cell_embeddings", REGION)
     assert last["model_version"] == meta["model_version"].value
     facts = warehouse.table_facts(uri)
-    assert facts["dims"] == {str(LEVELS["image_level"]): 4 * TINY["width"], str(token_level): TINY["width"]}
+    assert facts["dims"] == {str(LEVELS["image_level"]): dim, str(token_level): token_dim}
     assert facts["unit_length"] is True and "ODbL" in facts["licence"]
     lengths = table.group_by("level").agg(pl.col("embedding").list.len().unique()).sort("level").rows()
-    assert lengths == [(LEVELS["image_level"], [4 * TINY["width"]]), (token_level, [TINY["width"]])]
+    assert lengths == [(LEVELS["image_level"], [dim]), (token_level, [token_dim])]
     assert (s2.cell_level(table["cell_id"].to_numpy()) == table["level"].to_numpy()).all()
 
     # Same data and config: the finished checkpoint is found, nothing retrains, the version is stable.
