@@ -8,6 +8,8 @@
 - token cells: one embedding per image token, i.e. per patch cell at `pixel_level - log2(patch_size)`
   (the pixel level itself with the paper's 1-pixel patches), each having attended to the whole input.
 
+Both are standardised per dimension with the training images' mean and std (`embedding_scale` in the
+checkpoint): raw encoder outputs share one dominant direction, so without it every cosine is ~1.
 `model_version` is the sha256 of the checkpoint file, so an embedding row names the exact weights.
 Inference runs in eval mode, fp32, without gradients and in a fixed batch order: the same checkpoint
 and input give the same embeddings.
@@ -43,6 +45,8 @@ class TrainedModel:
     taxonomy_version: str
     image_level: int
     pixel_level: int
+    scale: dict[str, np.ndarray] | None = None
+    """Per-dimension `pooled_mean`/`pooled_std`/`token_mean`/`token_std` (None for older checkpoints)."""
 
     @property
     def dim(self) -> int:
@@ -72,7 +76,9 @@ def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedMo
     return TrainedModel(model=model, norm=NormStats.from_dict(state["norm"]), context_norm=context_norm,
                         model_version=sha256_file(path),
                         taxonomy_version=state["taxonomy_version"], image_level=int(state["grid"]["image_level"]),
-                        pixel_level=int(state["grid"]["pixel_level"]))
+                        pixel_level=int(state["grid"]["pixel_level"]),
+                        scale={k: np.asarray(v, np.float32) for k, v in state["embedding_scale"].items()}
+                        if state.get("embedding_scale") else None)
 
 
 @torch.inference_mode()
@@ -95,12 +101,18 @@ def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
         ctx = (trained.context_norm.apply_torch(torch.from_numpy(shards.take_context(rows)).to(dev))
                if trained.context_norm else None)
         p, t = trained.model.embed(x, ctx, per_token=True)
-        pooled[rows] = p.float().cpu().numpy()
+        pooled[rows] = _standardise(trained, "pooled", p.float().cpu().numpy())
         if per_token is not None:
-            per_token[rows] = t.float().cpu().numpy()
+            per_token[rows] = _standardise(trained, "token", t.float().cpu().numpy())
     around = neighbours.ring_mean(shards.image_ids, pooled, trained.image_level, NEIGHBOUR_RING)
     cells = np.concatenate([pooled, around], axis=1)
     return (cells, per_token) if tokens else cells
+
+
+def _standardise(trained: TrainedModel, kind: str, v: np.ndarray) -> np.ndarray:
+    if trained.scale is None:
+        return v
+    return (v - trained.scale[f"{kind}_mean"]) / trained.scale[f"{kind}_std"]
 
 
 def token_cells(image_ids: np.ndarray, image_level: int, token_level: int) -> np.ndarray:

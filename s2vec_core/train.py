@@ -225,6 +225,32 @@ def holdout_losses(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, nor
     return {k: v / rows.size for k, v in totals.items()}
 
 
+@torch.no_grad()
+def embedding_scale(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise,
+                    batch_size: int = 256) -> dict[str, list[float]]:
+    """Per-dimension mean and std of the pooled and the token embeddings over the training `rows`.
+
+    Raw encoder outputs share one dominant direction (cosine > 0.999 between any two cells), so stored
+    vectors are standardised with these: a cosine then compares cells, not the model's offset."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, rows.size, batch_size):
+        x, ctx = normalise(*fetch(rows[start:start + batch_size]))
+        pooled, tokens = model.embed(x, ctx, per_token=True)
+        for name, v in (("pooled", pooled.double().flatten(0, -2)), ("token", tokens.double().flatten(0, -2))):
+            parts = [v.shape[0], v.sum(0), v.pow(2).sum(0)]
+            sums[name] = parts if name not in sums else [a + b for a, b in zip(sums[name], parts)]
+    model.train(was_training)
+    out = {}
+    for name, (n, total, squares) in sums.items():
+        mean = total / n
+        out[f"{name}_mean"] = mean.tolist()
+        # Floored: a dimension constant over the training cells must not blow up elsewhere.
+        out[f"{name}_std"] = (squares / n - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3).tolist()
+    return out
+
+
 @contextlib.contextmanager
 def flush_denormals():
     """Flush subnormal floats to zero while training on a CPU.
@@ -362,6 +388,10 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, losses[-1], holdout[-1] if holdout else {})
     wall = time.perf_counter() - run_start
+    state = load_checkpoint(checkpoint)
+    if images or "embedding_scale" not in state:
+        state["embedding_scale"] = embedding_scale(model, fetch, train_rows, normalise)
+        _save_atomic(state, checkpoint)
     return TrainResult(losses=losses, epoch_seconds=seconds, images_per_s=images / wall if images else 0.0,
                        device=str(dev), parameters=sum(p.numel() for p in model.parameters()),
                        checkpoint=checkpoint, resumed_from_epoch=start, holdout=holdout,

@@ -1,7 +1,8 @@
 """Embedding vectors as stored: unit L2 length (cosine = dot product) with the raw length kept beside.
 
-The raw length of an S2Vec embedding grows with how busy a cell is, so it carries information; the
-direction is what similarity compares. Both are stored: `embedding` (unit) and `norm` (Float32).
+The embeddings arrive standardised per dimension against the model's training cells (`embed`), so the
+raw length says how far a cell is from a typical one, which carries information; the direction is what
+similarity compares. Both are stored: `embedding` (unit) and `norm` (Float32).
 """
 
 from __future__ import annotations

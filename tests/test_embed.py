@@ -63,13 +63,33 @@ def test_token_embeddings_are_one_per_patch_cell_inside_the_image(trained):
     # image tokens alone is not the pooled embedding (which includes the context tokens).
     assert tokens.std(axis=1).mean() > 1e-3
     assert not np.allclose(tokens.mean(axis=1), pooled[:, :16], atol=1e-4)
-    np.testing.assert_allclose(tokens.std(axis=1, ddof=1), pooled[:, 16:32], rtol=1e-4, atol=1e-5)
+    # The pooled spread is the tokens' spread, both standardised with the training images' scale.
+    sc = model.scale
+    spread = tokens.std(axis=1, ddof=1) * sc["token_std"]
+    np.testing.assert_allclose((spread - sc["pooled_mean"][16:]) / sc["pooled_std"][16:], pooled[:, 16:32],
+                               rtol=1e-3, atol=1e-3)
     # The second half is the first half averaged over the neighbours present in the shards.
     around = ring_mean(shards.image_ids, pooled[:, :32], IMAGE_LEVEL, NEIGHBOUR_RING)
     np.testing.assert_allclose(pooled[:, 32:], around, rtol=1e-5, atol=1e-6)
     assert np.abs(pooled[:, 32:]).sum(axis=1).min() > 0  # every monaco image cell has a neighbour
     frame = embeddings_frame("monaco", cells.reshape(-1), model.token_level, tokens.reshape(-1, model.token_dim), "v")
     assert frame.height == cells.size and frame["level"].unique().to_list() == [model.token_level]
+
+
+def test_embeddings_are_standardised_against_the_training_images(trained):
+    root, shards = trained
+    model = load_model(root / "model.pt", device="cpu")
+    own = embed_shards(model, shards)[:, : model.model.embedding_dim]
+    # The training rows are 90% of these shards: about zero mean and unit spread per dimension.
+    assert np.abs(own.mean(axis=0)).max() < 0.5 and 0.7 < own.std(axis=0).mean() < 1.3
+    # So a cosine compares cells: raw encoder outputs share one direction (every cosine ~1).
+    unit = own / np.linalg.norm(own, axis=1, keepdims=True)
+    assert np.median(unit @ unit.T) < 0.5
+    raw = load_model(root / "model.pt", device="cpu")
+    object.__setattr__(raw, "scale", None)
+    plain = embed_shards(raw, shards)[:, : model.model.embedding_dim]
+    plain_unit = plain / np.linalg.norm(plain, axis=1, keepdims=True)
+    assert np.median(plain_unit @ plain_unit.T) > np.median(unit @ unit.T)
 
 
 def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):
