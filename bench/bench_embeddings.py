@@ -229,7 +229,7 @@ def main() -> None:
         )
         for name in features
     }
-    for name, one in sets.items():
+    for one in sets.values():
         stats = one[er.SPATIAL_STATS]
         ids, values = stats["cell_id"].to_numpy(), stats.drop("cell_id").to_numpy()
         around = ring_mean(ids, values, grid.image_level, NEIGHBOUR_RING)

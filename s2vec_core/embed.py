@@ -31,7 +31,6 @@ from s2vec_core.model import MAEConfig, MaskedAutoencoder
 from s2vec_core.raster import NormStats, ShardSet
 from s2vec_core.train import load_checkpoint, select_device
 
-
 NEIGHBOUR_RING = 1
 """Image cells on each side whose pooled embeddings are averaged into a cell's second half."""
 
