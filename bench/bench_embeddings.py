@@ -233,7 +233,12 @@ def main() -> None:
         stats = one[er.SPATIAL_STATS]
         ids, values = stats["cell_id"].to_numpy(), stats.drop("cell_id").to_numpy()
         around = ring_mean(ids, values, grid.image_level, NEIGHBOUR_RING)
-        ring = pl.DataFrame({"cell_id": stats["cell_id"], **{f"ring_{c}": around[:, i] for i, c in enumerate(stats.columns[1:])}})
+        ring = pl.DataFrame(
+            {
+                "cell_id": stats["cell_id"],
+                **{f"ring_{c}": around[:, i] for i, c in enumerate(stats.columns[1:])},
+            }
+        )
         one[SCEPTIC] = ev.fuse(stats, ring)
     results = [
         er.evaluate_region(name, sets[name], tasks[name], grid.image_level, splits=("spatial",))
