@@ -12,7 +12,7 @@ reconstruction alone spreads over tokens: on sparse counts a masked pixel is mos
 around its visible mean. A *layout* term does the same for arrangement: from the spread of the visible
 image tokens, a head predicts each channel group's occupancy, dispersion and top-10% share over the
 image's tokens (`layout_statistics`; groups from the taxonomy), so the embedding's spread half says
-whether POIs cluster (arrangement R2 0.12 -> 0.24, BENCHMARKS.md). A per-channel mean square instead
+whether POIs cluster (arrangement LightGBM R2 0.12 -> 0.28, BENCHMARKS.md). A per-channel mean square instead
 changed nothing: single POI channels are almost binary per pixel.
 `embed()` runs the encoder on the whole input and pools: the mean over all tokens and the spread over
 the image tokens (and returns the image tokens, one per p x p pixel block, for per-cell embeddings at
