@@ -87,8 +87,12 @@ def run_one(tool: str, pbf: Path, level: int) -> dict:
         cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
     with tempfile.TemporaryDirectory() as tmp:
         usage_path = Path(tmp) / "usage.json"
-        proc = subprocess.run([sys.executable, "-I", "-S", str(WRAPPER), str(usage_path), *cmd],
-                              stdout=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", str(WRAPPER), str(usage_path), *cmd],
+            check=False,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{tool} failed with exit {proc.returncode}")
         usage = json.loads(usage_path.read_text())
@@ -118,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pbf", type=Path)
     ap.add_argument("--level", type=int, default=17)
     ap.add_argument("--runs", type=int, default=1, help="runs per tool; the median wall is reported")
-    ap.add_argument("--tools", default="peer,s2vec,s2vec-1proc,osmium-export",
-                    help="osmium-export needs osmium-tool (Debian package osmium-tool) on PATH")
+    ap.add_argument(
+        "--tools",
+        default="peer,s2vec,s2vec-1proc,osmium-export",
+        help="osmium-export needs osmium-tool (Debian package osmium-tool) on PATH",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

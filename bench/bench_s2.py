@@ -58,10 +58,14 @@ def main() -> None:
         parser.error("need 0 < --peer-points <= --points")
 
     lat, lng = random_points(args.points, args.seed)
-    print(f"# S2 lat/lng -> cell id, {args.points:,} random points; s2sphere timed on the first "
-          f"{args.peer_points:,} and scaled")
-    print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"numpy {np.__version__}, s2sphere {getattr(s2sphere, '__version__', '?')}")
+    print(
+        f"# S2 lat/lng -> cell id, {args.points:,} random points; s2sphere timed on the first "
+        f"{args.peer_points:,} and scaled"
+    )
+    print(
+        f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+        f"numpy {np.__version__}, s2sphere {getattr(s2sphere, '__version__', '?')}"
+    )
     print("| level | s2vec s | s2vec points/s | s2sphere s (scaled to N) | s2sphere points/s | speed-up |")
     print("|---|---|---|---|---|---|")
     for level in args.levels:
@@ -72,8 +76,10 @@ def main() -> None:
             raise SystemExit(f"level {level}: {mismatches} ids differ from s2sphere; no figures")
         peer_rate = args.peer_points / peer_s
         ours_rate = args.points / ours_s
-        print(f"| {level} | {ours_s:.3f} | {ours_rate:,.0f} | {args.points / peer_rate:.1f} | "
-              f"{peer_rate:,.0f} | {ours_rate / peer_rate:.0f}x |")
+        print(
+            f"| {level} | {ours_s:.3f} | {ours_rate:,.0f} | {args.points / peer_rate:.1f} | "
+            f"{peer_rate:,.0f} | {ours_rate / peer_rate:.0f}x |"
+        )
 
 
 if __name__ == "__main__":

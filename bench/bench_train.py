@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -45,8 +46,13 @@ PBF = REPO / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 SECTION = "## Training and inference"
 
 
-def bare_epoch(model: MaskedAutoencoder, data: torch.Tensor, batch_size: int, device: torch.device,
-               generator: torch.Generator) -> float:
+def bare_epoch(
+    model: MaskedAutoencoder,
+    data: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator,
+) -> float:
     """One epoch of the minimal loop; returns images/s."""
     if id(model) not in bare_epoch.optimizers:
         bare_epoch.optimizers[id(model)] = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -56,7 +62,7 @@ def bare_epoch(model: MaskedAutoencoder, data: torch.Tensor, batch_size: int, de
     start = time.perf_counter()
     order = torch.randperm(data.shape[0], generator=generator)
     for s in range(0, data.shape[0], batch_size):
-        x = data[order[s:s + batch_size]].to(device, non_blocking=True)
+        x = data[order[s : s + batch_size]].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
             loss = model(x, generator=generator)
         optimizer.zero_grad(set_to_none=True)
@@ -74,8 +80,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(name: str, config: MAEConfig, shards, data: torch.Tensor, epochs: int, batch_size: int,
-            device: torch.device, workdir: Path, big_images: int = 0) -> dict:
+def measure(
+    name: str,
+    config: MAEConfig,
+    shards,
+    data: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    workdir: Path,
+    big_images: int = 0,
+) -> dict:
     torch.manual_seed(0)
     bare_model = MaskedAutoencoder(config).to(device).train()
     generator = torch.Generator().manual_seed(0)
@@ -85,16 +100,28 @@ def measure(name: str, config: MAEConfig, shards, data: torch.Tensor, epochs: in
         # Wall time between the ends of consecutive epochs: the whole loop including the checkpoint write.
         ends: list[float] = []
         checkpoint = workdir / f"{name}-{rep}.pt"
-        train(shards, checkpoint, config, TrainConfig(epochs=epochs + 1, batch_size=batch_size, seed=rep),
-              device=str(device), on_epoch_end=lambda e, loss, held: ends.append(time.perf_counter()))
-        ours += [len(shards) / (b - a) for a, b in zip(ends, ends[1:])]
-        print(f"  {name} round {rep + 1}: bare {max(bare):.1f} img/s, s2vec {max(ours):.1f} img/s", flush=True)
+        train(
+            shards,
+            checkpoint,
+            config,
+            TrainConfig(epochs=epochs + 1, batch_size=batch_size, seed=rep),
+            device=str(device),
+            on_epoch_end=lambda e, loss, held, ends=ends: ends.append(time.perf_counter()),
+        )
+        ours += [len(shards) / (b - a) for a, b in itertools.pairwise(ends)]
+        print(
+            f"  {name} round {rep + 1}: bare {max(bare):.1f} img/s, s2vec {max(ours):.1f} img/s", flush=True
+        )
 
     trained = load_model(checkpoint, device=str(device))
     embed_shards(trained, shards)  # warm-up
     row = {
-        "config": name, "parameters": parameter_count(bare_model), "images": len(shards),
-        "bare_img_s": max(bare), "s2vec_img_s": max(ours), "ratio": max(ours) / max(bare),
+        "config": name,
+        "parameters": parameter_count(bare_model),
+        "images": len(shards),
+        "bare_img_s": max(bare),
+        "s2vec_img_s": max(ours),
+        "ratio": max(ours) / max(bare),
         "s2vec_epoch_s": len(shards) / max(ours),
     }
     sizes = [("region", shards)]
@@ -113,8 +140,13 @@ def measure(name: str, config: MAEConfig, shards, data: torch.Tensor, epochs: in
             t0 = time.perf_counter()
             write_partition(frame, uri, partition)
             writes.append(time.perf_counter() - t0)
-        row[label] = {"cells": len(ss), "infer_s": infer_s, "infer_cells_s": len(ss) / infer_s,
-                      "create_s": writes[0], "rewrite_s": writes[1]}
+        row[label] = {
+            "cells": len(ss),
+            "infer_s": infer_s,
+            "infer_cells_s": len(ss) / infer_s,
+            "create_s": writes[0],
+            "rewrite_s": writes[1],
+        }
     return row
 
 
@@ -133,27 +165,36 @@ def tiled_shards(shards, n: int, directory: Path):
 def markdown(rows: list[dict], device: torch.device, command: str) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Command: `{command}`  ",
-        f"Machine: {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else cpu}), "
-        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"data: Liechtenstein 2013 rasters at levels 13/17 ({rows[0]['images']} images of 16x16).  ",
-        "s2vec = an epoch of `s2vec_core.train.train` (memory-mapped shards, normalisation, AdamW + schedule, "
-        "clipping, checkpoint write; first epoch excluded as warm-up); bare = forward/backward/AdamW step over "
-        "a pre-normalised in-memory tensor, same model and batch size. Best epoch of each over two interleaved "
-        "rounds.",
+        (
+            f"Machine: {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else cpu}), "
+            f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"data: Liechtenstein 2013 rasters at levels 13/17 ({rows[0]['images']} images of 16x16).  "
+        ),
+        (
+            "s2vec = an epoch of `s2vec_core.train.train` (memory-mapped shards, normalisation, AdamW + schedule, "
+            "clipping, checkpoint write; first epoch excluded as warm-up); bare = forward/backward/AdamW step over "
+            "a pre-normalised in-memory tensor, same model and batch size. Best epoch of each over two interleaved "
+            "rounds."
+        ),
         "",
         "| config | params | bare loop img/s | s2vec img/s | s2vec / bare | s2vec epoch s |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['parameters']:,} | {r['bare_img_s']:.1f} | {r['s2vec_img_s']:.1f} | "
-                     f"{r['ratio']:.2f} | {r['s2vec_epoch_s']:.2f} |")
+        lines.append(
+            f"| {r['config']} | {r['parameters']:,} | {r['bare_img_s']:.1f} | {r['s2vec_img_s']:.1f} | "
+            f"{r['ratio']:.2f} | {r['s2vec_epoch_s']:.2f} |"
+        )
     lines += [
         "",
-        "Inference (`embed_shards`, batch 256) and the Delta write of its rows (`write_partition`: the first "
-        "write creates the table, the second replaces the region's partition as a re-run does); "
-        "\"big\" = the region's images tiled to a bigger region.",
+        (
+            "Inference (`embed_shards`, batch 256) and the Delta write of its rows (`write_partition`: the first "
+            "write creates the table, the second replaces the region's partition as a re-run does); "
+            '"big" = the region\'s images tiled to a bigger region.'
+        ),
         "",
         "| config | cells | inference s | cells/s | create write s (adds) | re-run write s (adds) |",
         "|---|---|---|---|---|---|",
@@ -162,16 +203,20 @@ def markdown(rows: list[dict], device: torch.device, command: str) -> str:
         for label in ("region", "big"):
             if label in r:
                 m = r[label]
-                lines.append(f"| {r['config']} | {m['cells']:,} | {m['infer_s']:.3f} | {m['infer_cells_s']:.0f} | "
-                             f"{m['create_s']:.3f} ({100 * m['create_s'] / m['infer_s']:.1f}%) | "
-                             f"{m['rewrite_s']:.3f} ({100 * m['rewrite_s'] / m['infer_s']:.1f}%) |")
+                lines.append(
+                    f"| {r['config']} | {m['cells']:,} | {m['infer_s']:.3f} | {m['infer_cells_s']:.0f} | "
+                    f"{m['create_s']:.3f} ({100 * m['create_s'] / m['infer_s']:.1f}%) | "
+                    f"{m['rewrite_s']:.3f} ({100 * m['rewrite_s'] / m['infer_s']:.1f}%) |"
+                )
     worst_loop = min(r["ratio"] for r in rows)
     lines += [
         "",
-        f"Goals (issue 6): training loop >= 0.90 of the bare loop: lowest ratio {worst_loop:.2f} "
-        f"({'met' if worst_loop >= 0.9 else 'not met'}). Delta write adds < 10% to inference: see the table; a "
-        "write costs a fixed ~10-30 ms (Delta commit, table creation), so it is under 1% from a few thousand "
-        "cells and above 10% only for the tiny default model on a region of a few hundred cells.",
+        (
+            f"Goals (issue 6): training loop >= 0.90 of the bare loop: lowest ratio {worst_loop:.2f} "
+            f"({'met' if worst_loop >= 0.9 else 'not met'}). Delta write adds < 10% to inference: see the table; a "
+            "write costs a fixed ~10-30 ms (Delta commit, table creation), so it is under 1% from a few thousand "
+            "cells and above 10% only for the tiny default model on a region of a few hundred cells."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -184,7 +229,7 @@ def write_section(path: Path, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new)
 
 
@@ -195,8 +240,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--big-images", type=int, default=20_000,
-                        help="images of the tiled bigger region for the inference / Delta write timing")
+    parser.add_argument(
+        "--big-images",
+        type=int,
+        default=20_000,
+        help="images of the tiled bigger region for the inference / Delta write timing",
+    )
     parser.add_argument("--write", type=Path, help="update this file's section (e.g. BENCHMARKS.md)")
     parser.add_argument("--json", type=Path, help="also dump the rows as JSON here")
     args = parser.parse_args()
@@ -221,8 +270,9 @@ def main() -> int:
             print(f"{name}: {configs[name]}", flush=True)
             # The big region only for the small model: the paper-scale encoder runs ~50 cells/s on a CPU.
             big = args.big_images if (name == "default" or device.type == "cuda") else 0
-            rows.append(measure(name, configs[name], shards, data, args.epochs, args.batch_size, device, workdir,
-                                big))
+            rows.append(
+                measure(name, configs[name], shards, data, args.epochs, args.batch_size, device, workdir, big)
+            )
     command = "python bench/bench_train.py " + " ".join(sys.argv[1:])
     text = markdown(rows, device, command.strip())
     print(text)

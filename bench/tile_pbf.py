@@ -92,7 +92,7 @@ def tile(src: Source, out: Path, copies: int) -> dict[str, int]:
     step = {t: id_step(m) for t, m in src.max_id.items()}
     hdr = osmium.io.Header()
     hdr.set("generator", "s2vec bench/tile_pbf.py")
-    last_lon, last_lat = offsets[-1]
+    _, last_lat = offsets[-1]
     max_dlon = max(o[0] for o in offsets)
     hdr.add_box(
         osmium.osm.Box(

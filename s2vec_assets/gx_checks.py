@@ -57,7 +57,9 @@ class Expect:
         return cls(**self.kwargs)
 
 
-def run_suite(frame: pl.DataFrame, expectations: Sequence[Expect], suite_name: str) -> ExpectationSuiteValidationResult:
+def run_suite(
+    frame: pl.DataFrame, expectations: Sequence[Expect], suite_name: str
+) -> ExpectationSuiteValidationResult:
     """Validate `frame` against `expectations` in a fresh ephemeral GX context."""
     # No usage analytics from data checks (GX reads this when it is imported).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -74,7 +76,9 @@ def run_suite(frame: pl.DataFrame, expectations: Sequence[Expect], suite_name: s
     )
     suite = gx.ExpectationSuite(name=suite_name, expectations=[e.build() for e in expectations])
     # SUMMARY gives the row positions of a sample of unexpected values (the frame has a RangeIndex).
-    return batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS})
+    return batch.validate(
+        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS}
+    )
 
 
 def gx_check_result(
@@ -104,8 +108,12 @@ def gx_check_result(
         else f"all {len(result.results)} expectations passed"
     )
     return dg.AssetCheckResult(
-        asset_key=asset_key, check_name=check_name, passed=bool(result.success), metadata=metadata,
-        description=summary, severity=severity,
+        asset_key=asset_key,
+        check_name=check_name,
+        passed=bool(result.success),
+        metadata=metadata,
+        description=summary,
+        severity=severity,
     )
 
 
@@ -120,7 +128,10 @@ def _label(r) -> str:
 
 
 def _describe(r) -> dict[str, Any]:
-    out: dict[str, Any] = {"expectation": r.expectation_config.type, "columns": _columns(r.expectation_config.kwargs)}
+    out: dict[str, Any] = {
+        "expectation": r.expectation_config.type,
+        "columns": _columns(r.expectation_config.kwargs),
+    }
     for key in ("observed_value", "unexpected_count", "unexpected_percent"):
         if key in (r.result or {}):
             value = r.result[key]
@@ -139,7 +150,9 @@ def _bad_rows_markdown(frame: pl.DataFrame, failed: list, sample_columns: Sequen
             parts.append(f"observed: {(r.result or {}).get('observed_value', 'n/a')}")
             continue
         columns = list(dict.fromkeys([*sample_columns, *_columns(r.expectation_config.kwargs)]))
-        parts.append(markdown_table(frame[[int(i) for i in rows], [c for c in columns if c in frame.columns]]))
+        parts.append(
+            markdown_table(frame[[int(i) for i in rows], [c for c in columns if c in frame.columns]])
+        )
     if len(failed) > MAX_SAMPLED_EXPECTATIONS:
         parts.append(f"... and {len(failed) - MAX_SAMPLED_EXPECTATIONS} more failing expectations")
     return "\n\n".join(parts)

@@ -157,4 +157,6 @@ def resolve_source(region: Region, cache_dir: str | os.PathLike, timeout_s: floa
 
 def _verify(region: Region, path: Path) -> None:
     if region.sha256 and (actual := sha256_file(path)) != region.sha256:
-        raise ValueError(f"region {region.name!r}: {path} has sha256 {actual}, catalog expects {region.sha256}")
+        raise ValueError(
+            f"region {region.name!r}: {path} has sha256 {actual}, catalog expects {region.sha256}"
+        )

@@ -72,33 +72,47 @@ def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedMo
     model.load_state_dict(state["model"])
     model.to(select_device(device)).eval()
     context_norm = NormStats.from_dict(state["context_norm"]) if state.get("context_norm") else None
-    return TrainedModel(model=model, norm=NormStats.from_dict(state["norm"]), context_norm=context_norm,
-                        model_version=sha256_file(path),
-                        taxonomy_version=state["taxonomy_version"], image_level=int(state["grid"]["image_level"]),
-                        pixel_level=int(state["grid"]["pixel_level"]),
-                        scale={k: np.asarray(v, np.float32) for k, v in state["embedding_scale"].items()}
-                        if state.get("embedding_scale") else None)
+    return TrainedModel(
+        model=model,
+        norm=NormStats.from_dict(state["norm"]),
+        context_norm=context_norm,
+        model_version=sha256_file(path),
+        taxonomy_version=state["taxonomy_version"],
+        image_level=int(state["grid"]["image_level"]),
+        pixel_level=int(state["grid"]["pixel_level"]),
+        scale={k: np.asarray(v, np.float32) for k, v in state["embedding_scale"].items()}
+        if state.get("embedding_scale")
+        else None,
+    )
 
 
 @torch.inference_mode()
-def embed_shards(trained: TrainedModel, shards: ShardSet, batch_size: int = 256,
-                 tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def embed_shards(
+    trained: TrainedModel, shards: ShardSet, batch_size: int = 256, tokens: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """float32 [len(shards), dim] image-cell embeddings in the shards' row order: each cell's pooled
     encoder output, then the mean of that over its neighbours among the shards' cells (and, with
     `tokens`, float32 [len(shards), N, token_dim] per image token in row-major patch-grid order)."""
     if shards.channels != trained.norm.channels:
         raise ValueError("the shards' channels differ from the ones the model was trained on")
     if shards.has_context != (trained.context_norm is not None):
-        raise ValueError("the model and the shards disagree on context windows: re-rasterise with the model's grid")
+        raise ValueError(
+            "the model and the shards disagree on context windows: re-rasterise with the model's grid"
+        )
     dev = next(trained.model.parameters()).device
     config = trained.model.config
     pooled = np.empty((len(shards), trained.model.embedding_dim), dtype=np.float32)
-    per_token = np.empty((len(shards), config.num_patches, trained.token_dim), dtype=np.float32) if tokens else None
+    per_token = (
+        np.empty((len(shards), config.num_patches, trained.token_dim), dtype=np.float32) if tokens else None
+    )
     for start in range(0, len(shards), batch_size):
         rows = np.arange(start, min(start + batch_size, len(shards)))
         x = trained.norm.apply_torch(torch.from_numpy(shards.take(rows)).to(dev))
-        ctx = (trained.context_norm.apply_torch(torch.from_numpy(shards.take_context(rows)).to(dev))
-               if trained.context_norm else None)
+        ctx = (
+            trained.context_norm.apply_torch(torch.from_numpy(shards.take_context(rows)).to(dev))
+            if trained.context_norm
+            else None
+        )
         p, t = trained.model.embed(x, ctx, per_token=True)
         pooled[rows] = _standardise(trained, "pooled", p.float().cpu().numpy())
         if per_token is not None:
@@ -116,22 +130,29 @@ def _standardise(trained: TrainedModel, kind: str, v: np.ndarray) -> np.ndarray:
 
 def token_cells(image_ids: np.ndarray, image_level: int, token_level: int) -> np.ndarray:
     """uint64[n, N]: the cell of each image token, in the encoder's row-major patch-grid order."""
-    return s2.grid_window(image_ids, token_level, 0, 1 << (token_level - image_level)).reshape(len(image_ids), -1)
+    return s2.grid_window(image_ids, token_level, 0, 1 << (token_level - image_level)).reshape(
+        len(image_ids), -1
+    )
 
 
-def embeddings_frame(region: str, image_ids: np.ndarray, level: int, embeddings: np.ndarray,
-                     model_version: str) -> pl.DataFrame:
+def embeddings_frame(
+    region: str, image_ids: np.ndarray, level: int, embeddings: np.ndarray, model_version: str
+) -> pl.DataFrame:
     """Rows of the `cell_embeddings` table: region, level Int8, cell_id Int64, token, model_version,
     embedding Array(Float32, d)."""
     ids = s2.as_uint64(image_ids)
     if embeddings.ndim != 2 or embeddings.shape[0] != ids.size:
         raise ValueError(f"need one embedding row per cell: {ids.size} cells, embeddings {embeddings.shape}")
     dim = embeddings.shape[1]
-    return pl.DataFrame({
-        "region": pl.Series([region] * ids.size, dtype=pl.String),
-        "level": pl.Series(np.full(ids.size, level, np.int8), dtype=pl.Int8),
-        "cell_id": pl.Series(s2.as_int64(ids), dtype=pl.Int64),
-        "token": pl.Series(s2.to_token(ids), dtype=pl.String),
-        "model_version": pl.Series([model_version] * ids.size, dtype=pl.String),
-        "embedding": pl.Series(np.ascontiguousarray(embeddings, dtype=np.float32), dtype=pl.Array(pl.Float32, dim)),
-    })
+    return pl.DataFrame(
+        {
+            "region": pl.Series([region] * ids.size, dtype=pl.String),
+            "level": pl.Series(np.full(ids.size, level, np.int8), dtype=pl.Int8),
+            "cell_id": pl.Series(s2.as_int64(ids), dtype=pl.Int64),
+            "token": pl.Series(s2.to_token(ids), dtype=pl.String),
+            "model_version": pl.Series([model_version] * ids.size, dtype=pl.String),
+            "embedding": pl.Series(
+                np.ascontiguousarray(embeddings, dtype=np.float32), dtype=pl.Array(pl.Float32, dim)
+            ),
+        }
+    )

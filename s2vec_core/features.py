@@ -15,8 +15,13 @@ KEY_COLUMNS = ("region", "level", "cell_id", "token", "taxonomy_version")
 
 def schema() -> pl.Schema:
     """The `cell_features` table schema: keys, then one Float64 column per taxonomy channel."""
-    keys = {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
-            "taxonomy_version": pl.String}
+    keys = {
+        "region": pl.String,
+        "level": pl.Int8,
+        "cell_id": pl.Int64,
+        "token": pl.String,
+        "taxonomy_version": pl.String,
+    }
     return pl.Schema({**keys, **{name: pl.Float64 for name in CHANNEL_NAMES}})
 
 
@@ -28,7 +33,7 @@ def cell_features(pixel_cells: pl.DataFrame, levels: Iterable[int], region: str)
     channel columns) of `extract_cells`; all cells at the finest level. Coarser levels are sums over
     parents, so every channel's total is the same at every level.
     """
-    levels = sorted(set(int(lv) for lv in levels))
+    levels = sorted({int(lv) for lv in levels})
     if not levels:
         raise ValueError("need at least one level")
     long = _as_long(pixel_cells)
@@ -44,8 +49,11 @@ def _as_long(pixel_cells: pl.DataFrame) -> pl.DataFrame:
     if "cell_id" not in pixel_cells.columns:
         raise ValueError("pixel_cells lacks columns: ['cell_id']")
     if {"channel", "value"} <= set(pixel_cells.columns):
-        long = pixel_cells.select(pl.col("cell_id").cast(pl.UInt64), pl.col("channel").cast(pl.UInt16),
-                                  pl.col("value").cast(pl.Float64))
+        long = pixel_cells.select(
+            pl.col("cell_id").cast(pl.UInt64),
+            pl.col("channel").cast(pl.UInt16),
+            pl.col("value").cast(pl.Float64),
+        )
         if long.height and long["channel"].max() >= len(CHANNEL_NAMES):
             raise ValueError(f"channel index beyond the taxonomy's {len(CHANNEL_NAMES)} channels")
         return long
@@ -53,11 +61,16 @@ def _as_long(pixel_cells: pl.DataFrame) -> pl.DataFrame:
     if missing:
         raise ValueError(f"pixel_cells lacks columns: {missing}")
     return (
-        pixel_cells.select(pl.col("cell_id").cast(pl.UInt64), *(pl.col(c).cast(pl.Float64) for c in CHANNEL_NAMES))
+        pixel_cells.select(
+            pl.col("cell_id").cast(pl.UInt64), *(pl.col(c).cast(pl.Float64) for c in CHANNEL_NAMES)
+        )
         .unpivot(index="cell_id", variable_name="name", value_name="value")
         .filter(pl.col("value") != 0)
-        .with_columns(channel=pl.col("name").replace_strict(CHANNEL_NAMES, list(range(len(CHANNEL_NAMES))),
-                                                            return_dtype=pl.UInt16))
+        .with_columns(
+            channel=pl.col("name").replace_strict(
+                CHANNEL_NAMES, list(range(len(CHANNEL_NAMES))), return_dtype=pl.UInt16
+            )
+        )
         .select("cell_id", "channel", "value")
     )
 
@@ -79,7 +92,7 @@ def _at_level(long: pl.DataFrame, level: int, finest: int, region: str) -> pl.Da
     bounds = np.searchsorted(channel[order], np.arange(len(CHANNEL_NAMES) + 1))
     columns = {}
     for i, name in enumerate(CHANNEL_NAMES):
-        pick = order[bounds[i]:bounds[i + 1]]
+        pick = order[bounds[i] : bounds[i + 1]]
         col = np.zeros(unique.size)
         col[row[pick]] = value[pick]
         columns[name] = col

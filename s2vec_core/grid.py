@@ -36,9 +36,13 @@ class Grid:
             raise ValueError(f"feature levels must be within 0..{MAX_LEVEL}, got {self.feature_levels}")
         missing = {self.image_level, self.pixel_level} - set(levels)
         if missing:
-            raise ValueError(f"feature_levels {levels} must include the image and pixel levels {sorted(missing)}")
+            raise ValueError(
+                f"feature_levels {levels} must include the image and pixel levels {sorted(missing)}"
+            )
         if max(levels) != self.pixel_level:
-            raise ValueError(f"the pixel level {self.pixel_level} must be the finest feature level, got {levels}")
+            raise ValueError(
+                f"the pixel level {self.pixel_level} must be the finest feature level, got {levels}"
+            )
         if self.context_ring < 0:
             raise ValueError(f"context_ring must be >= 0, got {self.context_ring}")
         object.__setattr__(self, "feature_levels", levels)
@@ -59,4 +63,8 @@ class Grid:
     @property
     def context_size(self) -> int:
         """Context pixels per side: (2 * ring + 1) image cells of 2 x 2 quadrants (0 without context)."""
-        return (2 * self.context_ring + 1) * (1 << (self.context_level - self.image_level)) if self.context_ring else 0
+        return (
+            (2 * self.context_ring + 1) * (1 << (self.context_level - self.image_level))
+            if self.context_ring
+            else 0
+        )

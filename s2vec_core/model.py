@@ -56,18 +56,27 @@ class MAEConfig:
         object.__setattr__(self, "layout_groups", tuple(tuple(int(i) for i in g) for g in self.layout_groups))
         problems = []
         if any(not g or min(g) < 0 or max(g) >= self.in_channels for g in self.layout_groups):
-            problems.append(f"layout_groups {self.layout_groups} must be non-empty sets of channel indices "
-                            f"below in_channels={self.in_channels}")
+            problems.append(
+                f"layout_groups {self.layout_groups} must be non-empty sets of channel indices "
+                f"below in_channels={self.in_channels}"
+            )
         if self.in_channels < 1:
             problems.append(f"in_channels={self.in_channels} < 1")
         if self.patch_size < 1 or self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.context_size and (self.context_patch < 1 or self.context_size % self.context_patch
-                                  or (self.context_size // self.context_patch) % 2 == 0):
-            problems.append(f"context_size {self.context_size} must be an odd number of context_patch "
-                            f"{self.context_patch} blocks (the cell in the middle)")
-        for name, dim, heads in (("width", self.width, self.heads),
-                                 ("decoder_width", self.decoder_width, self.decoder_heads)):
+        if self.context_size and (
+            self.context_patch < 1
+            or self.context_size % self.context_patch
+            or (self.context_size // self.context_patch) % 2 == 0
+        ):
+            problems.append(
+                f"context_size {self.context_size} must be an odd number of context_patch "
+                f"{self.context_patch} blocks (the cell in the middle)"
+            )
+        for name, dim, heads in (
+            ("width", self.width, self.heads),
+            ("decoder_width", self.decoder_width, self.decoder_heads),
+        ):
             if dim < 4 or dim % 4:
                 problems.append(f"{name}={dim} must be a positive multiple of 4 (2-D sin-cos positions)")
             if heads < 1 or dim % heads:
@@ -75,10 +84,13 @@ class MAEConfig:
         if self.depth < 1 or self.decoder_depth < 1:
             problems.append("depth and decoder_depth must be >= 1")
         if not 0.0 <= self.mask_ratio < 1.0 or self.visible_patches < 1:
-            problems.append(f"mask_ratio={self.mask_ratio} must leave at least one of {self.num_patches} patches")
+            problems.append(
+                f"mask_ratio={self.mask_ratio} must leave at least one of {self.num_patches} patches"
+            )
         if self.summary_weight < 0 or self.layout_weight < 0:
-            problems.append(f"summary_weight={self.summary_weight} and layout_weight={self.layout_weight} "
-                            "must be >= 0")
+            problems.append(
+                f"summary_weight={self.summary_weight} and layout_weight={self.layout_weight} must be >= 0"
+            )
         if problems:
             raise ValueError("invalid MAEConfig: " + "; ".join(problems))
 
@@ -86,8 +98,18 @@ class MAEConfig:
     def paper(cls, in_channels: int, context_size: int = 0) -> MAEConfig:
         """Paper scale (image level 8 / pixel level 12 = 16x16, pixel patches, width 256, 6 layers,
         8 heads, decoder 128 x 2, as srai's S2VecEmbedder): 5.2M parameters with 92 channels, meant for a GPU."""
-        return cls(in_channels=in_channels, image_size=16, patch_size=1, width=256, depth=6, heads=8,
-                   decoder_width=128, decoder_depth=2, decoder_heads=8, context_size=context_size)
+        return cls(
+            in_channels=in_channels,
+            image_size=16,
+            patch_size=1,
+            width=256,
+            depth=6,
+            heads=8,
+            decoder_width=128,
+            decoder_depth=2,
+            decoder_heads=8,
+            context_size=context_size,
+        )
 
     @property
     def grid_size(self) -> int:
@@ -95,7 +117,7 @@ class MAEConfig:
 
     @property
     def num_patches(self) -> int:
-        return self.grid_size ** 2
+        return self.grid_size**2
 
     @property
     def visible_patches(self) -> int:
@@ -141,8 +163,15 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
 
 
 def _blocks(width: int, heads: int, depth: int, mlp_ratio: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=int(width * mlp_ratio), dropout=0.0,
-                                       activation="gelu", batch_first=True, norm_first=True)
+    layer = nn.TransformerEncoderLayer(
+        width,
+        heads,
+        dim_feedforward=int(width * mlp_ratio),
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
@@ -165,7 +194,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pred = nn.Linear(c.decoder_width, c.patch_size**2 * c.in_channels)
         # Positions follow from the config, so they are not part of the state dict.
         self.register_buffer("pos", sincos_2d(c.width, c.grid_size).unsqueeze(0), persistent=False)
-        self.register_buffer("decoder_pos", sincos_2d(c.decoder_width, c.grid_size).unsqueeze(0), persistent=False)
+        self.register_buffer(
+            "decoder_pos", sincos_2d(c.decoder_width, c.grid_size).unsqueeze(0), persistent=False
+        )
         if c.context_size:
             context_dim = c.context_patch**2 * c.in_channels
             self.context_embed = nn.Linear(context_dim, c.width)
@@ -173,9 +204,14 @@ class MaskedAutoencoder(nn.Module):
             # Which stream a token belongs to: positions alone would not tell an image patch from a neighbour.
             self.stream = nn.Parameter(torch.zeros(2, c.width))
             self.decoder_stream = nn.Parameter(torch.zeros(2, c.decoder_width))
-            self.register_buffer("context_pos", sincos_2d(c.width, c.context_grid).unsqueeze(0), persistent=False)
-            self.register_buffer("decoder_context_pos", sincos_2d(c.decoder_width, c.context_grid).unsqueeze(0),
-                                 persistent=False)
+            self.register_buffer(
+                "context_pos", sincos_2d(c.width, c.context_grid).unsqueeze(0), persistent=False
+            )
+            self.register_buffer(
+                "decoder_context_pos",
+                sincos_2d(c.decoder_width, c.context_grid).unsqueeze(0),
+                persistent=False,
+            )
         self.summary_head = nn.Linear(c.width, (c.context_ring + 1) * c.in_channels)
         if c.layout_groups:
             # Reads the spread half of the `embed` pooling, so the embedding itself has to carry the layout
@@ -225,7 +261,9 @@ class MaskedAutoencoder(nn.Module):
     def _check(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
         c = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
-            raise ValueError(f"expected [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected [B, {c.in_channels}, {c.image_size}, {c.image_size}], got {tuple(x.shape)}"
+            )
         if c.context_size:
             want = (x.shape[0], c.in_channels, c.context_size, c.context_size)
             if context is None or tuple(context.shape) != want:
@@ -234,8 +272,9 @@ class MaskedAutoencoder(nn.Module):
         elif context is not None:
             raise ValueError("this model has no context stream (context_size 0); pass context=None")
 
-    def random_mask(self, batch: int, tokens: int | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+    def random_mask(
+        self, batch: int, tokens: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Indices [B, N] of a random token order; the first visible ones are kept.
 
         Drawn on the CPU (from `generator` if given) so masks are reproducible whatever the device."""
@@ -244,20 +283,42 @@ class MaskedAutoencoder(nn.Module):
 
     def _streams(self, x: torch.Tensor, context: torch.Tensor | None) -> list[dict]:
         c = self.config
-        streams = [{"target": self.patchify(x), "embed": self.patch_embed, "pos": self.pos,
-                    "dpos": self.decoder_pos, "pred": self.decoder_pred, "visible": c.visible_patches,
-                    "weight": self.channel_weight, "repeat": c.patch_size**2}]
+        streams = [
+            {
+                "target": self.patchify(x),
+                "embed": self.patch_embed,
+                "pos": self.pos,
+                "dpos": self.decoder_pos,
+                "pred": self.decoder_pred,
+                "visible": c.visible_patches,
+                "weight": self.channel_weight,
+                "repeat": c.patch_size**2,
+            }
+        ]
         if c.context_size:
-            streams.append({"target": self._patches(context, c.context_patch), "embed": self.context_embed,
-                            "pos": self.context_pos, "dpos": self.decoder_context_pos, "pred": self.context_pred,
-                            "visible": c.visible_context, "weight": self.context_weight,
-                            "repeat": c.context_patch**2})
+            streams.append(
+                {
+                    "target": self._patches(context, c.context_patch),
+                    "embed": self.context_embed,
+                    "pos": self.context_pos,
+                    "dpos": self.decoder_context_pos,
+                    "pred": self.context_pred,
+                    "visible": c.visible_context,
+                    "weight": self.context_weight,
+                    "repeat": c.context_patch**2,
+                }
+            )
             for n, s in enumerate(streams):
                 s["type"], s["dtype"] = self.stream[n], self.decoder_stream[n]
         return streams
 
-    def losses(self, x: torch.Tensor, context: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, baseline: bool = False) -> dict[str, torch.Tensor]:
+    def losses(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        baseline: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """The loss terms for one random mask per stream: `image`, `context` (masked-token weighted MSE),
         `summary` and `total`; with `baseline`, also `image_baseline` / `context_baseline`: the same
         error when every masked pixel is predicted as the mean of the image's visible pixels."""
@@ -267,7 +328,7 @@ class MaskedAutoencoder(nn.Module):
         visible, keeps = [], []
         for s in streams:
             n = s["target"].shape[1]
-            keep = self.random_mask(b, n, generator)[:, :s["visible"]]
+            keep = self.random_mask(b, n, generator)[:, : s["visible"]]
             tokens = s["embed"](s["target"]) + s["pos"] + s.get("type", 0)
             visible.append(torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.config.width)))
             keeps.append(keep)
@@ -276,7 +337,7 @@ class MaskedAutoencoder(nn.Module):
         full, offset = [], 0
         for s, keep in zip(streams, keeps):
             n = s["target"].shape[1]
-            part = dec[:, offset:offset + keep.shape[1]]
+            part = dec[:, offset : offset + keep.shape[1]]
             offset += keep.shape[1]
             slots = self.mask_token.to(dec.dtype).expand(b, n, -1)
             slots = slots.scatter(1, keep.unsqueeze(-1).expand(-1, -1, part.shape[-1]), part)
@@ -285,17 +346,18 @@ class MaskedAutoencoder(nn.Module):
         out, offset = {}, 0
         for s, keep, name in zip(streams, keeps, ("image", "context")):
             n = s["target"].shape[1]
-            pred = s["pred"](decoded[:, offset:offset + n]).float()
+            pred = s["pred"](decoded[:, offset : offset + n]).float()
             offset += n
             masked = torch.ones(b, n, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
             weight = s["weight"].repeat(s["repeat"])
             target = s["target"].float()
             out[name] = _weighted(pred, target, weight, masked)
             if baseline:
-                out[f"{name}_baseline"] = _weighted(_visible_mean(target, masked, s["repeat"]), target, weight,
-                                                    masked)
+                out[f"{name}_baseline"] = _weighted(
+                    _visible_mean(target, masked, s["repeat"]), target, weight, masked
+                )
         if self.config.layout_groups:
-            image = encoded[:, :keeps[0].shape[1]]
+            image = encoded[:, : keeps[0].shape[1]]
             layout = self.layout_head(image.std(dim=1)).float()
             target = layout_statistics(streams[0]["target"].float(), self.membership, streams[0]["repeat"])
             out["layout"] = (layout - target.flatten(1)).pow(2).mean()
@@ -303,9 +365,11 @@ class MaskedAutoencoder(nn.Module):
         truth = self._summary_target(x, context)
         weight = (self.context_weight if context is not None else self.channel_weight).repeat(truth.shape[1])
         out["summary"] = ((summary - truth.flatten(1)).pow(2) * weight).mean()
-        out["total"] = (sum(out[k] for k in ("image", "context") if k in out)
-                        + self.config.summary_weight * out["summary"]
-                        + self.config.layout_weight * out.get("layout", 0.0))
+        out["total"] = (
+            sum(out[k] for k in ("image", "context") if k in out)
+            + self.config.summary_weight * out["summary"]
+            + self.config.layout_weight * out.get("layout", 0.0)
+        )
         return out
 
     def _summary_target(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -313,19 +377,27 @@ class MaskedAutoencoder(nn.Module):
         if context is None:
             return x.float().mean(dim=(2, 3)).unsqueeze(1)
         c = self.config
-        per_cell = context.float().reshape(x.shape[0], c.in_channels, c.context_grid, c.context_patch,
-                                           c.context_grid, c.context_patch).mean(dim=(3, 5)).flatten(2)
+        per_cell = (
+            context.float()
+            .reshape(
+                x.shape[0], c.in_channels, c.context_grid, c.context_patch, c.context_grid, c.context_patch
+            )
+            .mean(dim=(3, 5))
+            .flatten(2)
+        )
         rings = torch.zeros(x.shape[0], c.context_ring + 1, c.in_channels, device=x.device)
         rings.index_add_(1, self.ring_of, per_cell.transpose(1, 2))
         return rings / torch.bincount(self.ring_of).to(rings.dtype).view(1, -1, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The training loss (`losses(...)["total"]`) of normalised images `x` (and context windows)."""
         return self.losses(x, context, generator)["total"]
 
-    def embed(self, x: torch.Tensor, context: torch.Tensor | None = None,
-              per_token: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, per_token: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Encoder on the unmasked input: [B, 2 * width] = the mean over all tokens, then the standard
         deviation over the image tokens (and the image tokens [B, N, width], one per patch in row-major
         patch-grid order). The mean carries what is in and around the cell; the spread over the cell's
@@ -334,7 +406,7 @@ class MaskedAutoencoder(nn.Module):
         self._check(x, context)
         tokens = [s["embed"](s["target"]) + s["pos"] + s.get("type", 0) for s in self._streams(x, context)]
         encoded = self.encoder_norm(self.encoder(torch.cat(tokens, dim=1)))
-        image = encoded[:, :self.config.num_patches]
+        image = encoded[:, : self.config.num_patches]
         pooled = torch.cat([encoded.mean(dim=1), image.std(dim=1)], dim=1)
         return (pooled, image) if per_token else pooled
 
@@ -357,7 +429,9 @@ def layout_statistics(patches: torch.Tensor, membership: torch.Tensor, repeat: i
     return torch.stack([occupancy, dispersion, top], dim=-1) * (total > 0).unsqueeze(-1)
 
 
-def _weighted(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def _weighted(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
     """Mean over masked tokens of the channel-weighted squared error per token."""
     return ((pred - target).pow(2) * weight).mean(dim=-1)[masked].mean()
 

@@ -236,7 +236,10 @@ def _wkb_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     # Group rings by area (the fast path put simple areas first).
     order = np.argsort(ring_area, kind="stable")
     ring_area, ring_pt_start, ring_npts, ring_outer = (
-        ring_area[order], ring_pt_start[order], ring_npts[order], ring_outer[order]
+        ring_area[order],
+        ring_pt_start[order],
+        ring_npts[order],
+        ring_outer[order],
     )
     ring, pos = _ranges(ring_npts)
     byte_idx = (ring_pt_start[ring] + 16 * pos)[:, None] + np.arange(16)
@@ -458,8 +461,24 @@ def _wide(long: pl.DataFrame) -> pl.DataFrame:
 
 # Keys in the order tags are probed: the most frequent first, so the early exit in _channels (all of
 # an object's tags accounted for) comes soon. Keys not listed follow alphabetically.
-_KEY_ORDER = ("building", "highway", "landuse", "natural", "amenity", "barrier", "waterway", "leisure",
-              "power", "railway", "shop", "man_made", "tourism", "public_transport", "historic", "office")
+_KEY_ORDER = (
+    "building",
+    "highway",
+    "landuse",
+    "natural",
+    "amenity",
+    "barrier",
+    "waterway",
+    "leisure",
+    "power",
+    "railway",
+    "shop",
+    "man_made",
+    "tourism",
+    "public_transport",
+    "historic",
+    "office",
+)
 
 
 def _key_table(lookup) -> tuple[tuple[str, dict[str, tuple[int, ...]], tuple[int, ...]], ...]:
@@ -518,7 +537,7 @@ class _ReaderBase(osmium.SimpleHandler):
     pyosmium reads a file once per handler and assembles areas only if the handler has `area`, so the
     geometry kinds a pass handles are chosen by class: `_PointLineReader`, `_AreaReader` or both."""
 
-    def __init__(self, ex: "_Extractor") -> None:
+    def __init__(self, ex: _Extractor) -> None:
         super().__init__()
         self.ex = ex
         self.fab = osmium.geom.WKBFactory()
@@ -555,6 +574,7 @@ class _PointLineReader(_ReaderBase):
         ex.stats["tagged_ways"] += 1
         if len(ex.l_wkb) >= FLUSH_LINES:
             ex.flush_lines()
+
 
 class _AreaReader(_ReaderBase):
     def area(self, a) -> None:
@@ -645,8 +665,9 @@ class _Extractor:
         seg, cells, frac = _split_on_grid(face[a], gx[a], gy[a], gx[b], gy[b], on_face, self.level)
         across = np.flatnonzero(~on_face)
         if across.size:  # segments over a cube-face edge (rare): short pieces, each at its midpoint
-            x_seg, x_cells, x_frac = self._split_in_pieces(lat[a[across]], lon[a[across]], lat[b[across]],
-                                                           lon[b[across]], length[across])
+            x_seg, x_cells, x_frac = self._split_in_pieces(
+                lat[a[across]], lon[a[across]], lat[b[across]], lon[b[across]], length[across]
+            )
             seg = np.concatenate([seg, across[x_seg]])
             cells = np.concatenate([cells, x_cells])
             frac = np.concatenate([frac, x_frac])
@@ -718,11 +739,23 @@ class _Extractor:
             pieces = np.where(on_face, ((box[3] - box[2]) / spacing + 1) * (box[1] - box[0] + 2), 0.0)
             batch = (np.cumsum(pieces) // SPREAD_BATCH_PIECES).astype(np.int64)
             for b in np.unique(batch[on_face]):
-                self._add_spread(_spread_on_grid(face, gx, gy, ring, pa, on_face & (batch == b), area_m2,
-                                                 self.level, spacing), owner, ch, spread, n_samples)
+                self._add_spread(
+                    _spread_on_grid(
+                        face, gx, gy, ring, pa, on_face & (batch == b), area_m2, self.level, spacing
+                    ),
+                    owner,
+                    ch,
+                    spread,
+                    n_samples,
+                )
             if across.any():
-                self._add_spread(self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx),
-                                 owner, ch, spread, n_samples)
+                self._add_spread(
+                    self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx),
+                    owner,
+                    ch,
+                    spread,
+                    n_samples,
+                )
         at_centroid = _CENTROID_AREA[ch] | (spread & (n_samples[owner] == 0))
         value = np.where(_COUNT[ch], 1.0, area_m2[owner])
         keep = _COUNT[ch] | at_centroid
@@ -831,8 +864,12 @@ def _start_area_worker(path: Path, level: int, out: Path) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     # Output goes to files, not pipes: nothing the worker prints can block it while this process reads.
     with open(f"{out}.err", "wb") as err:
-        return subprocess.Popen([sys.executable, "-c", code, str(path), str(level), str(out), str(os.getpid())],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(path), str(level), str(out), str(os.getpid())],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
 
 
 def _area_worker(path: str, level: str, out: str, parent: str) -> None:
@@ -870,8 +907,9 @@ def _finish_area_worker(proc: subprocess.Popen, path: Path, out: Path, ex: _Extr
         ex.stats[k] += v
 
 
-def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = None,
-                       workers: int | None = None) -> pl.DataFrame:
+def extract_cells_long(
+    pbf_path: str | Path, level: int, stats: dict | None = None, workers: int | None = None
+) -> pl.DataFrame:
     """Non-zero channel values per S2 cell at `level`, long form: `cell_id` (UInt64), `channel` (UInt16,
     index into CHANNEL_NAMES), `value` (Float64), sorted by cell then channel.
 
@@ -905,15 +943,19 @@ def extract_cells_long(pbf_path: str | Path, level: int, stats: dict | None = No
         log.warning(
             "%s: %d ways with %d missing node locations kept only their located parts; "
             "%d invalid areas skipped",
-            path, ex.stats["ways_missing_nodes"], ex.stats["missing_node_refs"], ex.stats["areas_invalid"],
+            path,
+            ex.stats["ways_missing_nodes"],
+            ex.stats["missing_node_refs"],
+            ex.stats["areas_invalid"],
         )
     if stats is not None:
         stats.update(ex.stats)
     return ex.agg.long()
 
 
-def extract_cells(pbf_path: str | Path, level: int, stats: dict | None = None,
-                  workers: int | None = None) -> pl.DataFrame:
+def extract_cells(
+    pbf_path: str | Path, level: int, stats: dict | None = None, workers: int | None = None
+) -> pl.DataFrame:
     """Channel values per S2 cell at `level` for the PBF at `pbf_path` (see module docstring).
 
     Returns `cell_id` (UInt64, unique, sorted) then one Float64 column per channel in CHANNEL_NAMES

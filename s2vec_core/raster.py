@@ -59,7 +59,9 @@ def channel_columns(frame: pl.DataFrame) -> tuple[str, ...]:
     return tuple(c for c in frame.columns if c not in KEY_COLUMNS)
 
 
-def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int, context_ring: int = 0) -> Rasters:
+def rasterize(
+    cell_features: pl.DataFrame, image_level: int, pixel_level: int, context_ring: int = 0
+) -> Rasters:
     """One tensor per image cell that has pixel-level rows in `cell_features` (and its context window
     of `context_ring` image cells on each side when > 0).
 
@@ -88,7 +90,9 @@ def rasterize(cell_features: pl.DataFrame, image_level: int, pixel_level: int, c
         raise RasterError("cell_features holds non-finite channel values")
 
     image_ids = np.unique(s2.parent(ids, image_level))
-    tensors = _gather(ids, values, s2.grid_window(image_ids, pixel_level, 0, 1 << (pixel_level - image_level)))
+    tensors = _gather(
+        ids, values, s2.grid_window(image_ids, pixel_level, 0, 1 << (pixel_level - image_level))
+    )
     context = None
     if context_ring:
         level = image_level + 1
@@ -125,8 +129,13 @@ class NormStats:
     max_weight: float = 10.0
 
     @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], channels: tuple[str, ...], clip: float = 10.0,
-            max_weight: float = 10.0) -> NormStats:
+    def fit(
+        cls,
+        chunks: Iterable[np.ndarray],
+        channels: tuple[str, ...],
+        clip: float = 10.0,
+        max_weight: float = 10.0,
+    ) -> NormStats:
         """Statistics over chunks of [n, C, S, S] raw training tensors (streamed, summed in float64)."""
         total_sq = np.zeros(len(channels))
         nonzero = np.zeros(len(channels))
@@ -147,8 +156,13 @@ class NormStats:
         if active.any():
             weight[active] = np.minimum(np.sqrt(np.median(energy[active]) / energy[active]), max_weight)
             weight /= weight[active].mean()
-        return cls(tuple(channels), tuple(float(x) for x in scale), tuple(float(w) for w in weight), float(clip),
-                   float(max_weight))
+        return cls(
+            tuple(channels),
+            tuple(float(x) for x in scale),
+            tuple(float(w) for w in weight),
+            float(clip),
+            float(max_weight),
+        )
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale float32[C, 1, 1], weight float32[C])."""
@@ -165,20 +179,31 @@ class NormStats:
         return (torch.log1p(raw) / scale).clamp_(max=self.clip)
 
     def to_dict(self) -> dict:
-        return {"channels": list(self.channels), "scale": list(self.scale), "weight": list(self.weight),
-                "clip": self.clip, "max_weight": self.max_weight}
+        return {
+            "channels": list(self.channels),
+            "scale": list(self.scale),
+            "weight": list(self.weight),
+            "clip": self.clip,
+            "max_weight": self.max_weight,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
-        stats = cls(tuple(d["channels"]), tuple(float(x) for x in d["scale"]), tuple(float(x) for x in d["weight"]),
-                    float(d["clip"]), float(d["max_weight"]))
+        stats = cls(
+            tuple(d["channels"]),
+            tuple(float(x) for x in d["scale"]),
+            tuple(float(x) for x in d["weight"]),
+            float(d["clip"]),
+            float(d["max_weight"]),
+        )
         if not len(stats.channels) == len(stats.scale) == len(stats.weight):
             raise RasterError("norm stats: channels, scale and weight differ in length")
         return stats
 
 
-def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int = 4096,
-                 extra_meta: dict | None = None) -> pl.DataFrame:
+def write_shards(
+    rasters: Rasters, directory: str | os.PathLike, shard_size: int = 4096, extra_meta: dict | None = None
+) -> pl.DataFrame:
     """Write `rasters` as `shard-NNNNN.npy` files (and `context-NNNNN.npy` for the context windows)
     plus an index; replace `directory` atomically.
 
@@ -198,28 +223,35 @@ def write_shards(rasters: Rasters, directory: str | os.PathLike, shard_size: int
     names = [f"shard-{s // shard_size:05d}.npy" for s in starts]
     digest = hashlib.sha256()
     for start, name in zip(starts, names):
-        block = np.ascontiguousarray(rasters.tensors[start:start + shard_size])
+        block = np.ascontiguousarray(rasters.tensors[start : start + shard_size])
         np.save(tmp / name, block)
         digest.update(block.data)
         if rasters.context is not None:
-            block = np.ascontiguousarray(rasters.context[start:start + shard_size])
+            block = np.ascontiguousarray(rasters.context[start : start + shard_size])
             np.save(tmp / _context_name(name), block)
             digest.update(block.data)
     rows = np.arange(n)
-    index = pl.DataFrame({
-        "cell_id": pl.Series(s2.as_int64(rasters.image_ids), dtype=pl.Int64),
-        "token": pl.Series(s2.to_token(rasters.image_ids), dtype=pl.String),
-        "shard": pl.Series(np.asarray(names)[rows // shard_size], dtype=pl.String),
-        "row": pl.Series(rows % shard_size, dtype=pl.Int32),
-    })
+    index = pl.DataFrame(
+        {
+            "cell_id": pl.Series(s2.as_int64(rasters.image_ids), dtype=pl.Int64),
+            "token": pl.Series(s2.to_token(rasters.image_ids), dtype=pl.String),
+            "shard": pl.Series(np.asarray(names)[rows // shard_size], dtype=pl.String),
+            "row": pl.Series(rows % shard_size, dtype=pl.Int32),
+        }
+    )
     index.write_parquet(tmp / INDEX_FILE)
-    meta = {"channels": list(rasters.channels), "image_level": rasters.image_level,
-            "pixel_level": rasters.pixel_level, "shape": list(rasters.tensors.shape[1:]), "images": n,
-            "context_ring": rasters.context_ring,
-            "context_shape": list(rasters.context.shape[1:]) if rasters.context is not None else None,
-            # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
-            "sha256": hashlib.sha256(digest.digest() + rasters.image_ids.tobytes()).hexdigest(),
-            **(extra_meta or {})}
+    meta = {
+        "channels": list(rasters.channels),
+        "image_level": rasters.image_level,
+        "pixel_level": rasters.pixel_level,
+        "shape": list(rasters.tensors.shape[1:]),
+        "images": n,
+        "context_ring": rasters.context_ring,
+        "context_shape": list(rasters.context.shape[1:]) if rasters.context is not None else None,
+        # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
+        "sha256": hashlib.sha256(digest.digest() + rasters.image_ids.tobytes()).hexdigest(),
+        **(extra_meta or {}),
+    }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
@@ -237,9 +269,9 @@ def _context_name(shard_name: str) -> str:
 class ShardSet:
     """Memory-mapped shards of one or more raster directories, addressable by a global row."""
 
-    image_ids: np.ndarray           # uint64[n], in global row order
-    shard_of: np.ndarray            # int32[n], which entry of `shards`
-    row_of: np.ndarray              # int64[n], row within that shard
+    image_ids: np.ndarray  # uint64[n], in global row order
+    shard_of: np.ndarray  # int32[n], which entry of `shards`
+    row_of: np.ndarray  # int64[n], row within that shard
     shards: tuple[np.ndarray, ...]  # read-only memmaps [m, C, S, S]
     channels: tuple[str, ...]
     meta: dict
@@ -296,8 +328,11 @@ def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> Sha
         m.setdefault("context_shape", None)
         if meta is None:
             meta = m
-        elif (m["channels"], m["shape"], m["context_shape"]) != (meta["channels"], meta["shape"],
-                                                                  meta["context_shape"]):
+        elif (m["channels"], m["shape"], m["context_shape"]) != (
+            meta["channels"],
+            meta["shape"],
+            meta["context_shape"],
+        ):
             raise RasterError(f"{d}: channels, image or context shape differ from {directories[0]}")
         index = pl.read_parquet(d / INDEX_FILE)
         names = index["shard"].unique(maintain_order=True).to_list()
@@ -308,5 +343,12 @@ def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> Sha
         ids.append(s2.as_uint64(index["cell_id"].to_numpy()))
         shard_of.append(index["shard"].replace_strict(local, return_dtype=pl.Int32).to_numpy())
         row_of.append(index["row"].to_numpy().astype(np.int64))
-    return ShardSet(np.concatenate(ids), np.concatenate(shard_of), np.concatenate(row_of), tuple(shards),
-                    tuple(meta["channels"]), meta, tuple(contexts) if meta["context_shape"] is not None else None)
+    return ShardSet(
+        np.concatenate(ids),
+        np.concatenate(shard_of),
+        np.concatenate(row_of),
+        tuple(shards),
+        tuple(meta["channels"]),
+        meta,
+        tuple(contexts) if meta["context_shape"] is not None else None,
+    )

@@ -55,8 +55,15 @@ def _build_lookup() -> tuple[np.ndarray, np.ndarray]:
                 continue
             r = pos_to_ij[orientation]
             for index in range(4):
-                stack.append((level + 1, (i << 1) + (r[index] >> 1), (j << 1) + (r[index] & 1),
-                              (pos << 2) + index, orientation ^ pos_to_orientation[index]))
+                stack.append(
+                    (
+                        level + 1,
+                        (i << 1) + (r[index] >> 1),
+                        (j << 1) + (r[index] & 1),
+                        (pos << 2) + index,
+                        orientation ^ pos_to_orientation[index],
+                    )
+                )
     return lookup_pos, lookup_ij
 
 
@@ -69,7 +76,8 @@ _LOOKUP_POS, _LOOKUP_IJ = _build_lookup()
 
 def _check_level(level: object, name: str = "level") -> int:
     if isinstance(level, bool) or not isinstance(level, Integral):
-        raise ValueError(f"{name} must be an integer in 0..{MAX_LEVEL}, got {level!r}")
+        # ValueError, as for a level out of range: callers catch one error for a bad level.
+        raise ValueError(f"{name} must be an integer in 0..{MAX_LEVEL}, got {level!r}")  # noqa: TRY004
     level = int(level)
     if not 0 <= level <= MAX_LEVEL:
         raise ValueError(f"{name} must be in 0..{MAX_LEVEL}, got {level}")
@@ -141,8 +149,9 @@ def cell_level(ids: npt.ArrayLike) -> np.ndarray:
 def _check_not_finer(ids: np.ndarray, level: int, what: str) -> None:
     levels = _levels(ids)
     if (levels < level).any():
-        raise ValueError(f"{what} at level {level} needs cells at level >= {level}; "
-                         f"got cells at level {int(levels.min())}")
+        raise ValueError(
+            f"{what} at level {level} needs cells at level >= {level}; got cells at level {int(levels.min())}"
+        )
 
 
 def parent(ids: npt.ArrayLike, level: int) -> np.ndarray:
@@ -160,8 +169,10 @@ def children_range(ids: npt.ArrayLike, level: int) -> tuple[np.ndarray, np.ndarr
     arr = _valid_ids(ids)
     levels = _levels(arr)
     if (levels > level).any():
-        raise ValueError(f"children at level {level} need cells at level <= {level}; "
-                         f"got cells at level {int(levels.max())}")
+        raise ValueError(
+            f"children at level {level} need cells at level <= {level}; "
+            f"got cells at level {int(levels.max())}"
+        )
     lsb = _lsb(arr)
     child_lsb = _lsb_for_level(level)
     return arr - lsb + child_lsb, arr + lsb - child_lsb
@@ -397,8 +408,13 @@ def _cell_uv_bounds(ids: np.ndarray) -> tuple[np.ndarray, ...]:
     scale = 1.0 / MAX_SIZE
     i_lo = i & -size
     j_lo = j & -size
-    return (face, _st_to_uv(scale * i_lo), _st_to_uv(scale * (i_lo + size)),
-            _st_to_uv(scale * j_lo), _st_to_uv(scale * (j_lo + size)))
+    return (
+        face,
+        _st_to_uv(scale * i_lo),
+        _st_to_uv(scale * (i_lo + size)),
+        _st_to_uv(scale * j_lo),
+        _st_to_uv(scale * (j_lo + size)),
+    )
 
 
 def cell_vertices(ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -478,9 +494,11 @@ def _face_ij_wrap_leaf(face: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.nda
     # Linear st<->uv as s2sphere: only needs to land in the right leaf next to the edge.
     x, y, z = _face_uv_to_xyz(face, scale * ((ic << 1) + 1 - MAX_SIZE), scale * ((jc << 1) + 1 - MAX_SIZE))
     wface, u, v = _xyz_to_face_uv(x, y, z)
-    return _face_ij_to_leaf(np.where(inside, face, wface),
-                            np.where(inside, i, _st_to_ij(0.5 * (u + 1))),
-                            np.where(inside, j, _st_to_ij(0.5 * (v + 1))))
+    return _face_ij_to_leaf(
+        np.where(inside, face, wface),
+        np.where(inside, i, _st_to_ij(0.5 * (u + 1))),
+        np.where(inside, j, _st_to_ij(0.5 * (v + 1))),
+    )
 
 
 def _with_neighbours(ids: np.ndarray, level: int) -> np.ndarray:
@@ -490,8 +508,9 @@ def _with_neighbours(ids: np.ndarray, level: int) -> np.ndarray:
     i_lo, j_lo = i & -size, j & -size
     d = np.array([-size, 0, size])
     di, dj = np.meshgrid(d, d, indexing="ij")
-    leaf = _face_ij_wrap_leaf(np.repeat(face, 9), (i_lo[:, None] + di.ravel()).ravel(),
-                              (j_lo[:, None] + dj.ravel()).ravel())
+    leaf = _face_ij_wrap_leaf(
+        np.repeat(face, 9), (i_lo[:, None] + di.ravel()).ravel(), (j_lo[:, None] + dj.ravel()).ravel()
+    )
     lsb = _lsb_for_level(level)
     return np.unique((leaf & ~(lsb - _ONE)) | lsb)
 
@@ -547,10 +566,11 @@ def _rect_bound(ids: np.ndarray, level: int) -> tuple[np.ndarray, ...]:
     return lat_lo, lat_hi, np.where(full, -np.pi, lng_lo), np.where(full, np.pi, lng_hi)
 
 
-def _sample_rows(lat_lo: float, lat_hi: float, lng_lo: float, lng_hi: float,
-                 step: float) -> tuple[np.ndarray, np.ndarray]:
+def _sample_rows(
+    lat_lo: float, lat_hi: float, lng_lo: float, lng_hi: float, step: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Row latitudes and per-row sample counts so no bbox point is further than ~step from a sample."""
-    n_rows = int(math.ceil((lat_hi - lat_lo) / step)) + 1
+    n_rows = math.ceil((lat_hi - lat_lo) / step) + 1
     rows = np.linspace(lat_lo, lat_hi, n_rows)
     # Widest parallel within half a row of this row sets the longitude spacing.
     cos_max = np.cos(np.clip(np.abs(rows) - step, 0.0, np.pi / 2))
@@ -580,17 +600,21 @@ def cover_bbox(lat_min: float, lng_min: float, lat_max: float, lng_max: float, l
         raise ValueError(f"longitudes must be in [-180, 180], got {lng_min}, {lng_max}")
     b_lat_lo, b_lng_lo, b_lat_hi, b_lng_hi = np.radians(box)
     # s2sphere SphereInterval clamping: -pi stands for +pi unless the interval is full.
-    b_lng_lo, b_lng_hi = (np.pi if b_lng_lo == -np.pi and b_lng_hi != np.pi else b_lng_lo,
-                          np.pi if b_lng_hi == -np.pi and b_lng_lo != np.pi else b_lng_hi)
+    b_lng_lo, b_lng_hi = (
+        np.pi if b_lng_lo == -np.pi and b_lng_hi != np.pi else b_lng_lo,
+        np.pi if b_lng_hi == -np.pi and b_lng_lo != np.pi else b_lng_hi,
+    )
     wraps = b_lng_lo > b_lng_hi
     spans = [(b_lng_lo, np.pi), (-np.pi, b_lng_hi)] if wraps else [(b_lng_lo, b_lng_hi)]
 
-    step = _MIN_WIDTH_DERIV * 2.0 ** -level / 2.5
+    step = _MIN_WIDTH_DERIV * 2.0**-level / 2.5
     sampling = [(*_sample_rows(b_lat_lo, b_lat_hi, lo, hi, step), lo, hi) for lo, hi in spans]
     n_samples = sum(int(counts.sum()) for _, counts, _, _ in sampling)
     if n_samples > _COVER_MAX_SAMPLES:
-        raise ValueError(f"bbox too large for level {level}: ~{n_samples // 10:,} cells; "
-                         "use a coarser level or a smaller bbox")
+        raise ValueError(
+            f"bbox too large for level {level}: ~{n_samples // 10:,} cells; "
+            "use a coarser level or a smaller bbox"
+        )
     found: list[np.ndarray] = []
     for rows, counts, lng_lo, lng_hi in sampling:
         bounds = np.concatenate([[0], np.cumsum(counts)])
@@ -604,8 +628,9 @@ def cover_bbox(lat_min: float, lng_min: float, lat_max: float, lng_max: float, l
             k = np.arange(lat.size) - np.repeat(bounds[start:stop] - bounds[start], n)
             frac = k / np.maximum(np.repeat(n, n) - 1, 1)
             lng = lng_lo + (lng_hi - lng_lo) * frac
-            ids = np.unique(latlng_to_cell_id(np.degrees(lat).clip(-90, 90),
-                                              np.degrees(lng).clip(-180, 180), level))
+            ids = np.unique(
+                latlng_to_cell_id(np.degrees(lat).clip(-90, 90), np.degrees(lng).clip(-180, 180), level)
+            )
             found.append(_with_neighbours(ids, level))
             start = stop
     cand = np.unique(np.concatenate(found))

@@ -41,7 +41,7 @@ def read_targets_file(path: str | os.PathLike) -> pl.DataFrame:
         if suffix in (".csv", ".txt"):
             # Everything as text first, so a stray word in a numeric column is reported, not guessed away.
             return pl.read_csv(path, infer_schema=False)
-    except Exception as e:  # polars raises several error types for broken files
+    except Exception as e:  # noqa: BLE001 (polars raises several error types for broken files)
         raise TargetsError(f"targets file {path} is malformed: {e}") from None
     raise TargetsError(f"targets file {path}: unsupported format {suffix!r} (use .parquet or .csv)")
 

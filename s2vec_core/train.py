@@ -51,8 +51,14 @@ class TrainConfig:
     min_delta: float = 0.005
 
     def __post_init__(self) -> None:
-        if (self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_fraction < 1
-                or not 0 <= self.holdout_fraction < 0.5 or self.patience < 1):
+        if (
+            self.epochs < 1
+            or self.batch_size < 1
+            or self.lr <= 0
+            or not 0 <= self.warmup_fraction < 1
+            or not 0 <= self.holdout_fraction < 0.5
+            or self.patience < 1
+        ):
             raise ValueError(f"invalid TrainConfig {self}")
 
     def to_dict(self) -> dict:
@@ -65,13 +71,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    losses: list[float]          # mean training loss per epoch, all epochs so far
+    losses: list[float]  # mean training loss per epoch, all epochs so far
     epoch_seconds: list[float]
-    images_per_s: float          # over the epochs run in this call
+    images_per_s: float  # over the epochs run in this call
     device: str
     parameters: int
     checkpoint: Path
-    resumed_from_epoch: int      # 0 for a fresh run
+    resumed_from_epoch: int  # 0 for a fresh run
     holdout: list[dict[str, float]]  # per epoch: held-out loss terms and the mean-of-visible baselines
     stopped_early: bool
 
@@ -103,7 +109,7 @@ def should_stop(holdout_losses: list[float], patience: int, min_delta: float) ->
 
 
 def select_device(requested: str = "auto", cuda_available: bool | None = None) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; anything else is taken as given."""
+    """ "auto" -> CUDA when available, else CPU; anything else is taken as given."""
     if requested != "auto":
         return torch.device(requested)
     if cuda_available is None:
@@ -151,7 +157,7 @@ class _Batches(torch.utils.data.Dataset):
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
     """A fresh shuffle of `n` rows cut into batches (the last may be short)."""
     order = torch.randperm(n, generator=generator).numpy()
-    return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    return [order[s : s + batch_size] for s in range(0, n, batch_size)]
 
 
 def _save_atomic(state: dict, path: Path) -> None:
@@ -171,8 +177,12 @@ def default_model_config(shards: ShardSet) -> MAEConfig:
     context = shards.meta.get("context_shape")
     index = {name: i for i, name in enumerate(shards.channels)}
     groups = tuple(tuple(index[c] for c in cols) for cols in arrangement_groups(shards.channels).values())
-    return MAEConfig(in_channels=len(shards.channels), image_size=int(shards.meta["shape"][-1]),
-                     context_size=int(context[-1]) if context else 0, layout_groups=groups)
+    return MAEConfig(
+        in_channels=len(shards.channels),
+        image_size=int(shards.meta["shape"][-1]),
+        context_size=int(context[-1]) if context else 0,
+        layout_groups=groups,
+    )
 
 
 def _check_shapes(shards: ShardSet, config: MAEConfig) -> None:
@@ -181,15 +191,18 @@ def _check_shapes(shards: ShardSet, config: MAEConfig) -> None:
     have = (len(shards.channels), size, int(context[-1]) if context else 0)
     want = (config.in_channels, config.image_size, config.context_size)
     if have != want:
-        raise ValueError(f"model expects {want[0]} channels of {want[1]}px with a {want[2]}px context window, "
-                         f"shards hold {have[0]} of {have[1]}px with {have[2]}px context")
+        raise ValueError(
+            f"model expects {want[0]} channels of {want[1]}px with a {want[2]}px context window, "
+            f"shards hold {have[0]} of {have[1]}px with {have[2]}px context"
+        )
 
 
 def fit_norms(shards: ShardSet, rows: np.ndarray) -> tuple[NormStats, NormStats | None]:
     """NormStats of the images (and of the context windows) over the training rows."""
+
     def chunks(take):
         for start in range(0, rows.size, 4096):
-            yield take(rows[start:start + 4096])
+            yield take(rows[start : start + 4096])
 
     norm = NormStats.fit(chunks(shards.take), shards.channels)
     context = NormStats.fit(chunks(shards.take_context), shards.channels) if shards.has_context else None
@@ -198,6 +211,7 @@ def fit_norms(shards: ShardSet, rows: np.ndarray) -> tuple[NormStats, NormStats 
 
 def _fetcher(shards: ShardSet, norm: NormStats, context_norm: NormStats | None, cached: bool) -> Fetch:
     """Batches as (images, context): normalised once in memory when `cached`, else raw from the memmaps."""
+
     def raw(rows):
         return shards.take(rows), shards.take_context(rows) if shards.has_context else None
 
@@ -210,15 +224,16 @@ def _fetcher(shards: ShardSet, norm: NormStats, context_norm: NormStats | None, 
 
 
 @torch.no_grad()
-def holdout_losses(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise, seed: int,
-                   batch_size: int = 256) -> dict[str, float]:
+def holdout_losses(
+    model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise, seed: int, batch_size: int = 256
+) -> dict[str, float]:
     """Mean loss terms over held-out `rows` with fixed masks (seeded), plus the mean-of-visible baselines."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed + 1)
     totals: dict[str, float] = {}
     for start in range(0, rows.size, batch_size):
-        x, ctx = normalise(*fetch(rows[start:start + batch_size]))
+        x, ctx = normalise(*fetch(rows[start : start + batch_size]))
         for key, value in model.losses(x, ctx, generator, baseline=True).items():
             totals[key] = totals.get(key, 0.0) + float(value) * x.shape[0]
     model.train(was_training)
@@ -226,8 +241,9 @@ def holdout_losses(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, nor
 
 
 @torch.no_grad()
-def embedding_scale(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise,
-                    batch_size: int = 256) -> dict[str, list[float]]:
+def embedding_scale(
+    model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, normalise, batch_size: int = 256
+) -> dict[str, list[float]]:
     """Per-dimension mean and std of the pooled and the token embeddings over the training `rows`.
 
     Raw encoder outputs share one dominant direction (cosine > 0.999 between any two cells), so stored
@@ -236,9 +252,12 @@ def embedding_scale(model: MaskedAutoencoder, fetch: Fetch, rows: np.ndarray, no
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
     for start in range(0, rows.size, batch_size):
-        x, ctx = normalise(*fetch(rows[start:start + batch_size]))
+        x, ctx = normalise(*fetch(rows[start : start + batch_size]))
         pooled, tokens = model.embed(x, ctx, per_token=True)
-        for name, v in (("pooled", pooled.double().flatten(0, -2)), ("token", tokens.double().flatten(0, -2))):
+        for name, v in (
+            ("pooled", pooled.double().flatten(0, -2)),
+            ("token", tokens.double().flatten(0, -2)),
+        ):
             parts = [v.shape[0], v.sum(0), v.pow(2).sum(0)]
             sums[name] = parts if name not in sums else [a + b for a, b in zip(sums[name], parts)]
     model.train(was_training)
@@ -281,10 +300,14 @@ def train(
     config for the shards (`default_model_config`). Norm stats are fitted on the training split.
     """
     with flush_denormals():
-        return _train(shards, Path(checkpoint), model_config, train_config, taxonomy_version, device, on_epoch_end)
+        return _train(
+            shards, Path(checkpoint), model_config, train_config, taxonomy_version, device, on_epoch_end
+        )
 
 
-def _train(shards, checkpoint, model_config, train_config, taxonomy_version, device, on_epoch_end) -> TrainResult:
+def _train(
+    shards, checkpoint, model_config, train_config, taxonomy_version, device, on_epoch_end
+) -> TrainResult:
     checkpoint = Path(checkpoint)
     model_config = model_config or default_model_config(shards)
     _check_shapes(shards, model_config)
@@ -296,7 +319,9 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
 
     torch.manual_seed(train_config.seed)
     model = MaskedAutoencoder(model_config).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+    )
     steps_per_epoch = math.ceil(train_rows.size / train_config.batch_size)
     total = steps_per_epoch * train_config.epochs
     warmup = max(1, int(total * train_config.warmup_fraction))
@@ -307,7 +332,9 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
     if checkpoint.exists():
         state = load_checkpoint(checkpoint)
         if state["model_config"] != model_config.to_dict() or state["train_config"] != train_config.to_dict():
-            raise ValueError(f"{checkpoint} was trained with another config; remove it or pass the same config")
+            raise ValueError(
+                f"{checkpoint} was trained with another config; remove it or pass the same config"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -318,8 +345,10 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
         holdout = list(state["holdout"])
     else:
         norm, context_norm = fit_norms(shards, train_rows)
-        model.set_loss_weights(torch.from_numpy(norm.arrays()[1]),
-                               torch.from_numpy(context_norm.arrays()[1]) if context_norm else None)
+        model.set_loss_weights(
+            torch.from_numpy(norm.arrays()[1]),
+            torch.from_numpy(context_norm.arrays()[1]) if context_norm else None,
+        )
     if norm.channels != shards.channels:
         raise ValueError("the checkpoint's channels differ from the shards' channels")
 
@@ -335,8 +364,9 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
             ct = None if ct is None else context_norm.apply_torch(ct)
         return xt, ct
 
-    stopped = bool(held_rows.size) and should_stop([h["total"] for h in holdout], train_config.patience,
-                                                    train_config.min_delta)
+    stopped = bool(held_rows.size) and should_stop(
+        [h["total"] for h in holdout], train_config.patience, train_config.min_delta
+    )
     model.train()
     images = 0
     run_start = time.perf_counter()
@@ -345,8 +375,12 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
             break
         t0 = time.perf_counter()
         batches = [train_rows[b] for b in epoch_batches(train_rows.size, train_config.batch_size, generator)]
-        loader = torch.utils.data.DataLoader(_Batches(fetch, batches), batch_size=None, shuffle=False,
-                                             **loader_options(dev, train_config.num_workers))
+        loader = torch.utils.data.DataLoader(
+            _Batches(fetch, batches),
+            batch_size=None,
+            shuffle=False,
+            **loader_options(dev, train_config.num_workers),
+        )
         total_loss, count = 0.0, 0
         for x, ctx in loader:
             x, ctx = normalise(x, ctx)
@@ -364,27 +398,35 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
         losses.append(total_loss / count)
         if held_rows.size:
             holdout.append(holdout_losses(model, fetch, held_rows, normalise, train_config.seed))
-            stopped = should_stop([h["total"] for h in holdout], train_config.patience, train_config.min_delta)
+            stopped = should_stop(
+                [h["total"] for h in holdout], train_config.patience, train_config.min_delta
+            )
         seconds.append(time.perf_counter() - t0)
         images += count
-        _save_atomic({
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": generator.get_state(),
-            "epoch": epoch + 1,
-            "losses": losses,
-            "holdout": holdout,
-            "stopped_early": stopped,
-            "epoch_seconds": seconds,
-            "norm": norm.to_dict(),
-            "context_norm": context_norm.to_dict() if context_norm else None,
-            "model_config": model_config.to_dict(),
-            "train_config": train_config.to_dict(),
-            "taxonomy_version": taxonomy_version,
-            "grid": {"image_level": shards.meta["image_level"], "pixel_level": shards.meta["pixel_level"],
-                     "context_ring": int(shards.meta.get("context_ring") or 0)},
-        }, checkpoint)
+        _save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": generator.get_state(),
+                "epoch": epoch + 1,
+                "losses": losses,
+                "holdout": holdout,
+                "stopped_early": stopped,
+                "epoch_seconds": seconds,
+                "norm": norm.to_dict(),
+                "context_norm": context_norm.to_dict() if context_norm else None,
+                "model_config": model_config.to_dict(),
+                "train_config": train_config.to_dict(),
+                "taxonomy_version": taxonomy_version,
+                "grid": {
+                    "image_level": shards.meta["image_level"],
+                    "pixel_level": shards.meta["pixel_level"],
+                    "context_ring": int(shards.meta.get("context_ring") or 0),
+                },
+            },
+            checkpoint,
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, losses[-1], holdout[-1] if holdout else {})
     wall = time.perf_counter() - run_start
@@ -392,7 +434,14 @@ def _train(shards, checkpoint, model_config, train_config, taxonomy_version, dev
     if images or "embedding_scale" not in state:
         state["embedding_scale"] = embedding_scale(model, fetch, train_rows, normalise)
         _save_atomic(state, checkpoint)
-    return TrainResult(losses=losses, epoch_seconds=seconds, images_per_s=images / wall if images else 0.0,
-                       device=str(dev), parameters=sum(p.numel() for p in model.parameters()),
-                       checkpoint=checkpoint, resumed_from_epoch=start, holdout=holdout,
-                       stopped_early=stopped and len(losses) < train_config.epochs)
+    return TrainResult(
+        losses=losses,
+        epoch_seconds=seconds,
+        images_per_s=images / wall if images else 0.0,
+        device=str(dev),
+        parameters=sum(p.numel() for p in model.parameters()),
+        checkpoint=checkpoint,
+        resumed_from_epoch=start,
+        holdout=holdout,
+        stopped_early=stopped and len(losses) < train_config.epochs,
+    )

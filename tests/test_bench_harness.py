@@ -17,20 +17,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import run_all  # noqa: E402
-from peers.harness import run_stage  # noqa: E402
-from peers.venvs import MARKER, ensure_venv, venv_path  # noqa: E402
+import run_all
+from peers.harness import run_stage
+from peers.venvs import MARKER, ensure_venv, venv_path
 
-from s2vec_core.taxonomy import FILTER_KEYS  # noqa: E402
+from s2vec_core.taxonomy import FILTER_KEYS
 
 MONACO = ROOT / "data/osm/monaco-2023.osm.pbf"
 
 
 def test_suite_on_monaco_writes_only_its_section(tmp_path):
     bench_md = tmp_path / "BENCHMARKS.md"
-    bench_md.write_text("# Benchmarks\n\n## Other\n\nkeep me\n\n## Peers\n\nold table\n\n## Later\n\nkeep me too\n")
-    run_all.main(["--peers", "pyosmium", "--reuse-python", "pyosmium", "--inputs", "monaco",
-                  "--stages", "extract", "--out", str(tmp_path / "out"), "--benchmarks", str(bench_md)])
+    bench_md.write_text(
+        "# Benchmarks\n\n## Other\n\nkeep me\n\n## Peers\n\nold table\n\n## Later\n\nkeep me too\n"
+    )
+    run_all.main(
+        [
+            "--peers",
+            "pyosmium",
+            "--reuse-python",
+            "pyosmium",
+            "--inputs",
+            "monaco",
+            "--stages",
+            "extract",
+            "--out",
+            str(tmp_path / "out"),
+            "--benchmarks",
+            str(bench_md),
+        ]
+    )
 
     results = json.loads((tmp_path / "out/results.json").read_text())
     by_tool = {r["tool"]: r for r in results}
@@ -60,30 +76,53 @@ def test_suite_on_monaco_writes_only_its_section(tmp_path):
     text = bench_md.read_text()
     assert "keep me\n" in text and "keep me too" in text and "old table" not in text
     assert text.index("## Other") < text.index("## Peers") < text.index("## Later")
-    peers = text[text.index("## Peers"):text.index("## Later")]
+    peers = text[text.index("## Peers") : text.index("## Later")]
     assert f"{c.n:,} tagged features" in peers
     assert "| s2vec | ok |" in peers and "| pyosmium | ok |" in peers
     assert "bench/run_all.py --peers pyosmium" in peers
 
 
 def test_failing_and_hanging_stages_are_reported_not_raised(tmp_path):
-    bad = run_stage("x", "extract", "in", [sys.executable, "-c", "import sys; sys.exit('boom')"],
-                    timeout=30, log_dir=tmp_path)
+    bad = run_stage(
+        "x",
+        "extract",
+        "in",
+        [sys.executable, "-c", "import sys; sys.exit('boom')"],
+        timeout=30,
+        log_dir=tmp_path,
+    )
     assert bad.status == "failed" and "boom" in bad.error
     missing = run_stage("x", "extract", "in", ["/nonexistent/tool"], timeout=30, log_dir=tmp_path)
     assert missing.status == "failed" and "nonexistent" in missing.error
-    silent = run_stage("x", "extract", "in", [sys.executable, "-c", "print('no result')"], timeout=30,
-                       log_dir=tmp_path)
+    silent = run_stage(
+        "x", "extract", "in", [sys.executable, "-c", "print('no result')"], timeout=30, log_dir=tmp_path
+    )
     assert silent.status == "failed" and "RESULT" in silent.error
-    hung = run_stage("x", "extract", "in", [sys.executable, "-c", "import time; time.sleep(60)"],
-                     timeout=1, log_dir=tmp_path)
+    hung = run_stage(
+        "x",
+        "extract",
+        "in",
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        timeout=1,
+        log_dir=tmp_path,
+    )
     assert hung.status == "timeout" and hung.wall_s < 30
 
 
 def test_peak_rss_is_the_commands_own(tmp_path):
     """A 300 MB allocation shows up; a tiny command does not inherit this (large) process's RSS."""
-    big = run_stage("x", "s", "in", [sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]);"
-                                     "print('RESULT {}')"], timeout=60, log_dir=tmp_path)
+    big = run_stage(
+        "x",
+        "s",
+        "in",
+        [
+            sys.executable,
+            "-c",
+            ("b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]);print('RESULT {}')"),
+        ],
+        timeout=60,
+        log_dir=tmp_path,
+    )
     small = run_stage("x", "s", "in2", ["true"], timeout=60, log_dir=tmp_path, expect_result=False)
     assert big.status == small.status == "ok"
     assert big.peak_rss_mb > 300

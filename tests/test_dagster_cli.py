@@ -30,9 +30,18 @@ def env(tmp_path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cli_materialises_one_region(env):
-    cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "s2vec_assets.definitions",
-           "--select", "cell_features", "--partition", "liechtenstein"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    cmd = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "s2vec_assets.definitions",
+        "--select",
+        "cell_features",
+        "--partition",
+        "liechtenstein",
+    ]
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pl.read_delta(str(Path(env["S2VEC_WAREHOUSE"]) / "cell_features"))
     assert table["region"].unique().to_list() == ["liechtenstein"]
@@ -49,7 +58,8 @@ def _free_port() -> int:
 
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -62,8 +72,20 @@ def test_webserver_serves_the_asset_graph_over_graphql(env, tmp_path):
     port = _free_port()
     log = (tmp_path / "webserver.log").open("w")
     server = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     query = "{ assetNodes { assetKey { path } partitionKeys hasAssetChecks } }"
     try:

@@ -27,11 +27,25 @@ IMAGE_LEVEL, PIXEL_LEVEL = 14, 18
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     features = cell_features(extract_cells(PBF, PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "monaco")
-    write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=1), root / "rasters", shard_size=16)
+    write_shards(
+        rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=1), root / "rasters", shard_size=16
+    )
     shards = open_shards(root / "rasters")
-    config = MAEConfig(in_channels=len(shards.channels), image_size=16, patch_size=4, width=16, depth=1,
-                       heads=2, decoder_width=8, decoder_depth=1, decoder_heads=2, context_size=6)
-    train(shards, root / "model.pt", config, TrainConfig(epochs=2, batch_size=16, seed=1), taxonomy_version="tv")
+    config = MAEConfig(
+        in_channels=len(shards.channels),
+        image_size=16,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        decoder_width=8,
+        decoder_depth=1,
+        decoder_heads=2,
+        context_size=6,
+    )
+    train(
+        shards, root / "model.pt", config, TrainConfig(epochs=2, batch_size=16, seed=1), taxonomy_version="tv"
+    )
     yield root, shards
 
 
@@ -55,10 +69,14 @@ def test_token_embeddings_are_one_per_patch_cell_inside_the_image(trained):
     model = load_model(root / "model.pt", device="cpu")
     pooled, tokens = embed_shards(model, shards, batch_size=8, tokens=True)
     np.testing.assert_array_equal(pooled, embed_shards(model, shards, batch_size=8))
-    assert tokens.shape == (len(shards), 16, 16) and model.token_level == PIXEL_LEVEL - 2  # 4 x 4-pixel patches
+    assert (
+        tokens.shape == (len(shards), 16, 16) and model.token_level == PIXEL_LEVEL - 2
+    )  # 4 x 4-pixel patches
     cells = token_cells(shards.image_ids, IMAGE_LEVEL, model.token_level)
     assert (s2.parent(cells.reshape(-1), IMAGE_LEVEL) == np.repeat(shards.image_ids, 16)).all()
-    assert (s2.cell_level(cells.reshape(-1)) == model.token_level).all() and len(np.unique(cells)) == cells.size
+    assert (s2.cell_level(cells.reshape(-1)) == model.token_level).all() and len(
+        np.unique(cells)
+    ) == cells.size
     # Tokens of one image differ (each is its own place), and the context reaches them: pooling over the
     # image tokens alone is not the pooled embedding (which includes the context tokens).
     assert tokens.std(axis=1).mean() > 1e-3
@@ -66,13 +84,16 @@ def test_token_embeddings_are_one_per_patch_cell_inside_the_image(trained):
     # The pooled spread is the tokens' spread, both standardised with the training images' scale.
     sc = model.scale
     spread = tokens.std(axis=1, ddof=1) * sc["token_std"]
-    np.testing.assert_allclose((spread - sc["pooled_mean"][16:]) / sc["pooled_std"][16:], pooled[:, 16:32],
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        (spread - sc["pooled_mean"][16:]) / sc["pooled_std"][16:], pooled[:, 16:32], rtol=1e-3, atol=1e-3
+    )
     # The second half is the first half averaged over the neighbours present in the shards.
     around = ring_mean(shards.image_ids, pooled[:, :32], IMAGE_LEVEL, NEIGHBOUR_RING)
     np.testing.assert_allclose(pooled[:, 32:], around, rtol=1e-5, atol=1e-6)
     assert np.abs(pooled[:, 32:]).sum(axis=1).min() > 0  # every monaco image cell has a neighbour
-    frame = embeddings_frame("monaco", cells.reshape(-1), model.token_level, tokens.reshape(-1, model.token_dim), "v")
+    frame = embeddings_frame(
+        "monaco", cells.reshape(-1), model.token_level, tokens.reshape(-1, model.token_dim), "v"
+    )
     assert frame.height == cells.size and frame["level"].unique().to_list() == [model.token_level]
 
 
@@ -101,8 +122,14 @@ def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):
     write_partition(frame, uri, {"region": "monaco", "model_version": model.model_version})
     back = pl.read_delta(uri)
     # Delta has no fixed-size list type: the column comes back as List(Float32), every row of length d.
-    assert dict(back.schema) == {"region": pl.String, "level": pl.Int8, "cell_id": pl.Int64, "token": pl.String,
-                                 "model_version": pl.String, "embedding": pl.List(pl.Float32)}
+    assert dict(back.schema) == {
+        "region": pl.String,
+        "level": pl.Int8,
+        "cell_id": pl.Int64,
+        "token": pl.String,
+        "model_version": pl.String,
+        "embedding": pl.List(pl.Float32),
+    }
     assert back["embedding"].list.len().unique().to_list() == [model.dim]
     back = back.with_columns(pl.col("embedding").list.to_array(model.dim))
     back = back.sort("cell_id")
@@ -120,10 +147,15 @@ def test_bad_inputs_are_refused(trained, tmp_path):
         load_model(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="one embedding row per cell"):
         embeddings_frame("monaco", shards.image_ids, IMAGE_LEVEL, np.zeros((1, 4), np.float32), "v")
-    other = rasterize(pl.DataFrame({"level": [PIXEL_LEVEL], "cell_id": [int(shards.image_ids[0].view(np.int64))],
-                                    "x": [1.0]}).with_columns(
-        cell_id=pl.lit(int(s2.children_range(shards.image_ids[:1], PIXEL_LEVEL)[0].view(np.int64)[0]))),
-        IMAGE_LEVEL, PIXEL_LEVEL)
+    other = rasterize(
+        pl.DataFrame(
+            {"level": [PIXEL_LEVEL], "cell_id": [int(shards.image_ids[0].view(np.int64))], "x": [1.0]}
+        ).with_columns(
+            cell_id=pl.lit(int(s2.children_range(shards.image_ids[:1], PIXEL_LEVEL)[0].view(np.int64)[0]))
+        ),
+        IMAGE_LEVEL,
+        PIXEL_LEVEL,
+    )
     write_shards(other, tmp_path / "other")
     with pytest.raises(ValueError, match="channels"):
         embed_shards(load_model(root / "model.pt"), open_shards(tmp_path / "other"))

@@ -63,12 +63,21 @@ def test_long_and_wide_extractions_give_the_same_table(features):
 
     from_long = cell_features(extract_cells_long(PBF, max(LEVELS)), LEVELS, "liechtenstein")
     assert from_long.select("level", "cell_id").to_dicts() == features.select("level", "cell_id").to_dicts()
-    np.testing.assert_allclose(from_long.select(CHANNEL_NAMES).to_numpy(),
-                               features.select(CHANNEL_NAMES).to_numpy(), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        from_long.select(CHANNEL_NAMES).to_numpy(),
+        features.select(CHANNEL_NAMES).to_numpy(),
+        rtol=1e-12,
+        atol=1e-9,
+    )
 
 
 def test_long_extraction_with_unknown_channels_is_refused():
-    bad = pl.DataFrame({"cell_id": pl.Series([s2.latlng_to_cell_id(47.1, 9.5, 15)[()]], dtype=pl.UInt64),
-                        "channel": [len(CHANNEL_NAMES)], "value": [1.0]})
+    bad = pl.DataFrame(
+        {
+            "cell_id": pl.Series([s2.latlng_to_cell_id(47.1, 9.5, 15)[()]], dtype=pl.UInt64),
+            "channel": [len(CHANNEL_NAMES)],
+            "value": [1.0],
+        }
+    )
     with pytest.raises(ValueError, match="channel index"):
         cell_features(bad, LEVELS, "liechtenstein")

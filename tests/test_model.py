@@ -9,10 +9,18 @@ import torch
 
 from s2vec_core.model import MAEConfig, MaskedAutoencoder, layout_statistics, parameter_count, sincos_2d
 
-TINY = MAEConfig(in_channels=3, image_size=8, patch_size=2, width=16, depth=1, heads=2,
-                 decoder_width=8, decoder_depth=1, decoder_heads=2)
+TINY = MAEConfig(
+    in_channels=3,
+    image_size=8,
+    patch_size=2,
+    width=16,
+    depth=1,
+    heads=2,
+    decoder_width=8,
+    decoder_depth=1,
+    decoder_heads=2,
+)
 CONTEXT = dataclasses.replace(TINY, context_size=10, context_patch=2)  # 5 x 5 cells, 2 x 2 each
-
 
 
 def _model(config: MAEConfig = TINY, seed: int = 0) -> MaskedAutoencoder:
@@ -35,8 +43,16 @@ def test_config_validates_and_round_trips():
 
 def test_paper_config_is_the_published_scale():
     paper = MAEConfig.paper(in_channels=92)
-    assert (paper.image_size, paper.patch_size, paper.width, paper.depth, paper.heads,
-            paper.decoder_width, paper.decoder_depth, paper.mask_ratio) == (16, 1, 256, 6, 8, 128, 2, 0.75)
+    assert (
+        paper.image_size,
+        paper.patch_size,
+        paper.width,
+        paper.depth,
+        paper.heads,
+        paper.decoder_width,
+        paper.decoder_depth,
+        paper.mask_ratio,
+    ) == (16, 1, 256, 6, 8, 128, 2, 0.75)
     assert 4_000_000 < parameter_count(MaskedAutoencoder(paper)) < 7_000_000
 
 
@@ -77,7 +93,9 @@ def test_loss_counts_masked_tokens_only_weighted_by_channel_with_a_mean_of_visib
     pixels = target.reshape(4, 16, 4, 3)
     mean = torch.stack([pixels[b][~masked[b]].reshape(-1, 3).mean(0) for b in range(4)])
     guess = mean[:, None, None, :].expand(4, 16, 4, 3).reshape(4, 16, 12)
-    torch.testing.assert_close(terms["image_baseline"], ((guess - target) ** 2 * weight).mean(-1)[masked].mean())
+    torch.testing.assert_close(
+        terms["image_baseline"], ((guess - target) ** 2 * weight).mean(-1)[masked].mean()
+    )
     total = terms["image"] + terms["context"] + CONTEXT.summary_weight * terms["summary"]
     torch.testing.assert_close(terms["total"], total)
     torch.testing.assert_close(m(x, ctx, torch.Generator().manual_seed(1)), terms["total"])
@@ -120,7 +138,9 @@ def test_layout_term_reads_the_embedding_pooling_and_joins_the_total():
     assert m.layout_head.in_features == config.width  # the spread half of the embedding
     x, ctx = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 10, 10)
     terms = m.losses(x, ctx, torch.Generator().manual_seed(1))
-    total = terms["image"] + terms["context"] + config.summary_weight * terms["summary"] + 0.5 * terms["layout"]
+    total = (
+        terms["image"] + terms["context"] + config.summary_weight * terms["summary"] + 0.5 * terms["layout"]
+    )
     torch.testing.assert_close(terms["total"], total)
     assert "layout" not in _model(CONTEXT).losses(x, ctx, torch.Generator().manual_seed(1))
 

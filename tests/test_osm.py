@@ -241,8 +241,9 @@ def test_two_processes_give_the_same_cells_as_one(extracted):
     two = extract_cells(PBF, LEVEL, stats=two_stats, workers=2)
     assert two_stats == stats
     assert two["cell_id"].to_list() == df["cell_id"].to_list()
-    np.testing.assert_allclose(two.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(),
-                               rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(
+        two.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(), rtol=1e-9, atol=1e-6
+    )
 
 
 def test_pbf_info_matches_the_file(tmp_path):
@@ -400,5 +401,6 @@ def test_spreading_in_small_batches_gives_the_same_cells(extracted, monkeypatch)
     monkeypatch.setattr(osm_module, "SPREAD_BATCH_PIECES", 500)  # many batches per chunk
     batched = extract_cells(PBF, LEVEL, workers=1)
     assert batched["cell_id"].to_list() == df["cell_id"].to_list()
-    np.testing.assert_allclose(batched.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(),
-                               rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(
+        batched.select(CHANNEL_NAMES).to_numpy(), df.select(CHANNEL_NAMES).to_numpy(), rtol=1e-9, atol=1e-6
+    )

@@ -19,8 +19,17 @@ SIZE = 1 << K
 # (face, I, J) of image cells at IMAGE_LEVEL: every face (each has its own axis orientation), plus
 # blocks on the face's edges and corners, where a wrong orientation or offset would fall off the face.
 TOP = (1 << IMAGE_LEVEL) - 1
-IMAGES = [(0, 100, 200), (1, 511, 3), (2, 7, 900), (3, 640, 640), (4, 2, 1000), (5, 333, 77),
-          (0, TOP, 0), (3, 0, TOP), (5, TOP, TOP)]
+IMAGES = [
+    (0, 100, 200),
+    (1, 511, 3),
+    (2, 7, 900),
+    (3, 640, 640),
+    (4, 2, 1000),
+    (5, 333, 77),
+    (0, TOP, 0),
+    (3, 0, TOP),
+    (5, TOP, TOP),
+]
 
 
 def _cell(face: int, i: int, j: int, level: int) -> int:
@@ -47,17 +56,23 @@ def pattern():
             rows.append((cid, *values))
         expected[image_id] = grid
     ids = np.array([r[0] for r in rows], dtype=np.uint64)
-    frame = pl.DataFrame({
-        "region": "test",
-        "level": pl.Series(np.full(ids.size, PIXEL_LEVEL, np.int8)),
-        "cell_id": pl.Series(ids.view(np.int64)),
-        "token": s2.to_token(ids),
-        "taxonomy_version": "t",
-        "a": [r[1] for r in rows], "b": [r[2] for r in rows], "c": [r[3] for r in rows],
-    })
+    frame = pl.DataFrame(
+        {
+            "region": "test",
+            "level": pl.Series(np.full(ids.size, PIXEL_LEVEL, np.int8)),
+            "cell_id": pl.Series(ids.view(np.int64)),
+            "token": s2.to_token(ids),
+            "taxonomy_version": "t",
+            "a": [r[1] for r in rows],
+            "b": [r[2] for r in rows],
+            "c": [r[3] for r in rows],
+        }
+    )
     # A coarser-level row must be ignored by the rasteriser.
-    coarse = frame.head(1).with_columns(level=pl.lit(IMAGE_LEVEL, pl.Int8),
-                                        cell_id=pl.lit(int(np.int64(s2.parent(ids[:1], IMAGE_LEVEL)[0].view(np.int64)))))
+    coarse = frame.head(1).with_columns(
+        level=pl.lit(IMAGE_LEVEL, pl.Int8),
+        cell_id=pl.lit(int(np.int64(s2.parent(ids[:1], IMAGE_LEVEL)[0].view(np.int64)))),
+    )
     return pl.concat([coarse, frame.sample(fraction=1.0, shuffle=True, seed=1)]), expected
 
 
@@ -131,11 +146,18 @@ def test_context_window_centre_is_the_image_and_neighbours_are_placed_across_fac
     neighbours = s2.grid_window(np.concatenate([edge, anchors[:1]]), IMAGE_LEVEL, -1, 3)[:, 2, 1]  # i + 1
     assert s2.face_ij(neighbours[:1])[0][0] != 0  # really on the next face
     kids = s2.grid_window(np.concatenate([neighbours, edge]), PIXEL_LEVEL, 0, SIZE).reshape(-1)
-    extra = pl.DataFrame({
-        "region": "test", "level": pl.Series(np.full(kids.size, PIXEL_LEVEL, np.int8)),
-        "cell_id": pl.Series(kids.view(np.int64)), "token": s2.to_token(kids), "taxonomy_version": "t",
-        "a": np.arange(kids.size, dtype=np.float64), "b": 1.0, "c": 2.0,
-    })
+    extra = pl.DataFrame(
+        {
+            "region": "test",
+            "level": pl.Series(np.full(kids.size, PIXEL_LEVEL, np.int8)),
+            "cell_id": pl.Series(kids.view(np.int64)),
+            "token": s2.to_token(kids),
+            "taxonomy_version": "t",
+            "a": np.arange(kids.size, dtype=np.float64),
+            "b": 1.0,
+            "c": 2.0,
+        }
+    )
     r = rasterize(pl.concat([frame, extra]), IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2)
     assert r.context.shape == (len(r.image_ids), 3, 10, 10)
     quadrants = r.tensors.reshape(len(r.image_ids), 3, 2, SIZE // 2, 2, SIZE // 2).sum(axis=(3, 5))

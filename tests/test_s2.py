@@ -16,8 +16,10 @@ CORNER_LAT = math.degrees(math.atan(1 / math.sqrt(2)))
 
 
 def ref_cells(lat: np.ndarray, lng: np.ndarray) -> list[s2sphere.CellId]:
-    return [s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(float(a), float(b)))
-            for a, b in zip(lat, lng)]
+    return [
+        s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(float(a), float(b)))
+        for a, b in zip(lat, lng)
+    ]
 
 
 def ref_ids(cells: list[s2sphere.CellId], level: int = 30) -> np.ndarray:
@@ -30,8 +32,9 @@ def assert_matches_s2sphere(lat: np.ndarray, lng: np.ndarray, levels=LEVELS) -> 
         ours = s2.latlng_to_cell_id(lat, lng, level)
         ref = ref_ids(cells, level)
         bad = np.flatnonzero(ours != ref)
-        assert bad.size == 0, (f"level {level}: {bad.size} mismatches, first at "
-                               f"lat={lat[bad[0]]!r} lng={lng[bad[0]]!r}")
+        assert bad.size == 0, (
+            f"level {level}: {bad.size} mismatches, first at lat={lat[bad[0]]!r} lng={lng[bad[0]]!r}"
+        )
 
 
 def random_points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,8 +55,9 @@ def edge_points() -> tuple[np.ndarray, np.ndarray]:
             lngs.append(np.clip(np.full_like(lat, edge_lng) + off, -180, 180))
     # Edges of the polar faces: |z| == max(|x|, |y|), i.e. lat = atan(max(|cos lng|, |sin lng|)).
     lng = rng.uniform(-180, 180, 400)
-    edge_lat = np.degrees(np.arctan(np.maximum(np.abs(np.cos(np.radians(lng))),
-                                               np.abs(np.sin(np.radians(lng))))))
+    edge_lat = np.degrees(
+        np.arctan(np.maximum(np.abs(np.cos(np.radians(lng))), np.abs(np.sin(np.radians(lng)))))
+    )
     for sign in (1.0, -1.0):
         for off in offsets:
             lats.append(sign * edge_lat + off)
@@ -111,8 +115,7 @@ def test_level_parent_children_match_s2sphere():
         ids = s2.latlng_to_cell_id(lat, lng, level)
         np.testing.assert_array_equal(s2.cell_level(ids), np.full(ids.shape, level))
         for target in (0, level // 2, level):
-            np.testing.assert_array_equal(
-                s2.parent(ids, target), [c.parent(target).id() for c in cells])
+            np.testing.assert_array_equal(s2.parent(ids, target), [c.parent(target).id() for c in cells])
         for target in sorted({level, min(level + 3, 30), 30}):
             first, last = s2.children_range(ids, target)
             ref = [c.parent(level) for c in cells]
@@ -179,15 +182,22 @@ def test_cell_center_and_vertices_match_s2sphere():
 def test_is_valid_matches_s2sphere_and_invalid_ids_are_refused():
     rng = np.random.default_rng(8)
     crafted = [0, 1, 2, 4, 1 << 60, (1 << 61) | 4, 6 << 61 | 1, 7 << 61 | 1, (1 << 64) - 1, 0x1 << 59]
-    ids = np.concatenate([np.array(crafted, dtype=np.uint64),
-                          rng.integers(0, 2**64, 2000, dtype=np.uint64, endpoint=False)])
+    ids = np.concatenate(
+        [np.array(crafted, dtype=np.uint64), rng.integers(0, 2**64, 2000, dtype=np.uint64, endpoint=False)]
+    )
     np.testing.assert_array_equal(s2.is_valid(ids), [s2sphere.CellId(int(i)).is_valid() for i in ids])
     good = s2.latlng_to_cell_id(*random_points(100, seed=9), level=12)
     assert s2.is_valid(good).all()
     assert s2.is_valid(s2.as_int64(good)).all()
     bad = np.array([good[0], 0], dtype=np.uint64)
-    for call in (s2.cell_level, s2.cell_center, s2.cell_vertices, s2.face_ij,
-                 lambda x: s2.parent(x, 3), lambda x: s2.children_range(x, 20)):
+    for call in (
+        s2.cell_level,
+        s2.cell_center,
+        s2.cell_vertices,
+        s2.face_ij,
+        lambda x: s2.parent(x, 3),
+        lambda x: s2.children_range(x, 20),
+    ):
         with pytest.raises(ValueError, match="invalid S2 cell id"):
             call(bad)
 
@@ -204,8 +214,11 @@ def test_int64_storage_round_trip():
 @pytest.mark.parametrize("level", [-1, 31, 2.0, True, "13", None])
 def test_bad_levels_are_refused(level):
     ids = s2.latlng_to_cell_id([1.0], [2.0], 10)
-    for call in (lambda: s2.latlng_to_cell_id([1.0], [2.0], level), lambda: s2.parent(ids, level),
-                 lambda: s2.children_range(ids, level)):
+    for call in (
+        lambda: s2.latlng_to_cell_id([1.0], [2.0], level),
+        lambda: s2.parent(ids, level),
+        lambda: s2.children_range(ids, level),
+    ):
         with pytest.raises(ValueError, match="level"):
             call()
 
@@ -239,8 +252,9 @@ def ref_cover(lat_min, lng_min, lat_max, lng_max, level) -> np.ndarray:
     coverer = s2sphere.RegionCoverer()
     coverer.min_level = coverer.max_level = level
     coverer.max_cells = 10**7
-    rect = s2sphere.LatLngRect(s2sphere.LatLng.from_degrees(lat_min, lng_min),
-                               s2sphere.LatLng.from_degrees(lat_max, lng_max))
+    rect = s2sphere.LatLngRect(
+        s2sphere.LatLng.from_degrees(lat_min, lng_min), s2sphere.LatLng.from_degrees(lat_max, lng_max)
+    )
     return np.array(sorted(c.id() for c in coverer.get_covering(rect)), dtype=np.uint64)
 
 
@@ -315,7 +329,7 @@ def test_face_xy_and_face_ij_to_cell_id_agree_with_latlng_to_cell_id():
         assert ((x >= 0) & (x <= 2**level) & (y >= 0) & (y <= 2**level)).all()
         got = s2.face_ij_to_cell_id(face, np.floor(x).astype(np.int64), np.floor(y).astype(np.int64), level)
         np.testing.assert_array_equal(got, s2.latlng_to_cell_id(lat, lng, level))
-        f2, i2, j2 = s2.face_ij(got)
+        f2, i2, _ = s2.face_ij(got)
         np.testing.assert_array_equal(f2, face)
         np.testing.assert_array_equal(i2, np.floor(x).astype(np.int64))
 
@@ -330,7 +344,7 @@ def test_grid_window_of_own_children_is_the_image_in_face_ij_order():
     window = s2.grid_window(cells, 17, 0, 16)
     assert window.shape == (3, 16, 16)
     assert (s2.parent(window.reshape(3, -1), 13) == cells[:, None]).all()
-    face, i, j = s2.face_ij(window.reshape(-1))
+    _, i, j = s2.face_ij(window.reshape(-1))
     _, i0, j0 = s2.face_ij(np.repeat(cells, 256), 13)
     rows, cols = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
     assert (i - (i0 << 4) == np.tile(rows.ravel(), 3)).all()
@@ -348,9 +362,7 @@ def test_grid_window_rings_are_the_neighbours_inside_a_face():
     assert ring[2, 2] == cell[0]
 
 
-@pytest.mark.parametrize(
-    "lat,lng", [(0.0, 44.999), (0.0, 45.001), (45.0, 0.0), (35.26, 45.0), (-89.9, 10.0)]
-)
+@pytest.mark.parametrize("lat,lng", [(0.0, 44.999), (0.0, 45.001), (45.0, 0.0), (35.26, 45.0), (-89.9, 10.0)])
 def test_grid_window_across_face_edges_continues_on_the_sphere(lat, lng):
     """Across a cube-face edge the window keeps stepping one cell at a time over the sphere."""
     cell = s2.latlng_to_cell_id([lat], [lng], 13)
@@ -368,7 +380,10 @@ def test_grid_window_across_face_edges_continues_on_the_sphere(lat, lng):
     ).reshape(7, 7, 3)
     edge = 2 * np.pi / 4 / 2**13  # a level-13 cell is about a quarter face / 2^13 radians across
     steps = np.concatenate(
-        [np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel(), np.linalg.norm(np.diff(xyz, axis=1), axis=-1).ravel()]
+        [
+            np.linalg.norm(np.diff(xyz, axis=0), axis=-1).ravel(),
+            np.linalg.norm(np.diff(xyz, axis=1), axis=-1).ravel(),
+        ]
     )
     # Cells shrink to ~1/3 and grow to ~1.7 of the mean across a face; a wrap gone wrong jumps far.
     assert steps.max() < 2.5 * edge

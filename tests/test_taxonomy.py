@@ -20,8 +20,19 @@ def test_at_least_60_channels_with_unique_names_and_valid_kinds():
 
 def test_required_groups_are_covered():
     keys_by_kind = {k: {key for c in tx.CHANNELS if c.kind == k for key, _ in c.rules} for k in tx.KINDS}
-    assert {"amenity", "shop", "tourism", "leisure", "office", "craft", "healthcare", "public_transport",
-            "building", "highway", "railway"} <= keys_by_kind["count"]
+    assert {
+        "amenity",
+        "shop",
+        "tourism",
+        "leisure",
+        "office",
+        "craft",
+        "healthcare",
+        "public_transport",
+        "building",
+        "highway",
+        "railway",
+    } <= keys_by_kind["count"]
     assert {"highway", "railway", "waterway"} <= keys_by_kind["length_m"]
     assert {"building", "landuse", "natural"} <= keys_by_kind["area_m2"]
 
@@ -53,6 +64,7 @@ def test_compiled_lookups_reproduce_every_rule():
                     assert i in tx.match([(key, v)], lk), (c.name, key, v)
             if values is None:
                 assert i not in tx.match([(key, "no")], lookup[c.kind][0]), c.name
+
     # Geometry separation: nodes never feed lengths or areas, ways never feed counts.
     def kinds(lk):
         return {tx.CHANNELS[i].kind for d in lk.values() for t in d.values() for i in t}
@@ -65,8 +77,16 @@ def test_an_object_feeds_every_matching_channel_once():
     tags = [("amenity", "restaurant"), ("building", "retail"), ("shop", "bakery")]
     got = [tx.CHANNEL_NAMES[i] for i in tx.match(tags, tx.AREA_LOOKUP)]
     assert len(got) == len(set(got))
-    assert {"amenity_food", "amenity_any", "shop_food", "shop_any", "building_count", "building_commercial",
-            "building_footprint_m2", "building_nonresidential_footprint_m2"} == set(got)
+    assert {
+        "amenity_food",
+        "amenity_any",
+        "shop_food",
+        "shop_any",
+        "building_count",
+        "building_commercial",
+        "building_footprint_m2",
+        "building_nonresidential_footprint_m2",
+    } == set(got)
     assert tx.match([("addr:street", "Main"), ("building:levels", "3")], tx.AREA_LOOKUP) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -35,10 +36,18 @@ TINY_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, seed=3)
 
 
 def tiny_model(channels: int) -> MAEConfig:
-    return MAEConfig(in_channels=channels, image_size=16, patch_size=4, width=16, depth=1, heads=2,
-                     decoder_width=8, decoder_depth=1, decoder_heads=2, context_size=10)
-
-
+    return MAEConfig(
+        in_channels=channels,
+        image_size=16,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        decoder_width=8,
+        decoder_depth=1,
+        decoder_heads=2,
+        context_size=10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +72,7 @@ def test_device_selection_and_autocast():
 def test_warmup_then_cosine():
     factors = [lr_factor(s, 100, 10) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
     assert factors[-1] < 0.01
 
 
@@ -72,8 +81,14 @@ def test_loss_decreases_on_real_rasters(shard_dir, tmp_path, cache_mb):
     shards = open_shards(shard_dir)
     assert len(shards) > 300
     config = dataclasses.replace(TINY_TRAIN, cache_mb=cache_mb)
-    result = train(shards, tmp_path / "model.pt", tiny_model(len(shards.channels)), config,
-                   taxonomy_version="tv", device="auto")
+    result = train(
+        shards,
+        tmp_path / "model.pt",
+        tiny_model(len(shards.channels)),
+        config,
+        taxonomy_version="tv",
+        device="auto",
+    )
     assert result.device == "cpu" and len(result.losses) == TINY_TRAIN.epochs
     assert result.losses[-1] < result.losses[0]
     assert result.images_per_s > 0
@@ -106,8 +121,14 @@ def test_killed_run_resumes_to_identical_weights(shard_dir, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
         train(shards, {str(killed)!r}, tiny_model(len(shards.channels)), TINY_TRAIN, on_epoch_end=die)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr
     assert load_checkpoint(killed)["epoch"] == 2
     assert not list(tmp_path.glob(".killed.pt.tmp*"))
@@ -162,13 +183,26 @@ def test_new_loss_on_a_tiny_synthetic_world_moves_toward_the_mean_of_visible_pre
     from s2vec_core.synthetic import WorldSpec, write_world
 
     write_world(tmp_path / "w.osm.pbf", WorldSpec(n_image_cells=120, seed=4))
-    features = cell_features(extract_cells_long(tmp_path / "w.osm.pbf", PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "w")
+    features = cell_features(
+        extract_cells_long(tmp_path / "w.osm.pbf", PIXEL_LEVEL), (IMAGE_LEVEL, PIXEL_LEVEL), "w"
+    )
     write_shards(rasterize(features, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2), tmp_path / "r")
     shards = open_shards(tmp_path / "r")
-    config = MAEConfig(in_channels=len(shards.channels), width=32, depth=1, heads=2, decoder_width=16,
-                       decoder_heads=2, context_size=10)
-    result = train(shards, tmp_path / "m.pt", config,
-                   TrainConfig(epochs=8, batch_size=16, lr=3e-3, seed=0, holdout_fraction=0.2))
+    config = MAEConfig(
+        in_channels=len(shards.channels),
+        width=32,
+        depth=1,
+        heads=2,
+        decoder_width=16,
+        decoder_heads=2,
+        context_size=10,
+    )
+    result = train(
+        shards,
+        tmp_path / "m.pt",
+        config,
+        TrainConfig(epochs=8, batch_size=16, lr=3e-3, seed=0, holdout_fraction=0.2),
+    )
     ratios = [baseline_ratio(h) for h in result.holdout]
     assert len(ratios) == 8 and all(np.isfinite(r) for r in ratios)
     assert ratios[-1] < 0.8 * ratios[0] and ratios[-1] < 1.3  # measured 1.58 -> 1.12

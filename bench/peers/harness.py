@@ -45,9 +45,18 @@ class StageResult:
         return asdict(self)
 
 
-def run_stage(tool: str, stage: str, input_name: str, cmd: list[str], *, timeout: float,
-              env: dict | None = None, cwd: str | Path | None = None, log_dir: Path | None = None,
-              expect_result: bool = True) -> StageResult:
+def run_stage(
+    tool: str,
+    stage: str,
+    input_name: str,
+    cmd: list[str],
+    *,
+    timeout: float,
+    env: dict | None = None,
+    cwd: str | Path | None = None,
+    log_dir: Path | None = None,
+    expect_result: bool = True,
+) -> StageResult:
     """Run `cmd` as its own process group; kill the group after `timeout` seconds."""
     log_dir = Path(log_dir or tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -103,14 +112,24 @@ def run_stage(tool: str, stage: str, input_name: str, cmd: list[str], *, timeout
         if not lines:
             res.error = "worker printed no RESULT line: " + _tail(err_path.read_text(errors="replace"))
             return res
-        res.detail = json.loads(lines[-1][len(RESULT_PREFIX):])
+        res.detail = json.loads(lines[-1][len(RESULT_PREFIX) :])
     res.status = "ok"
     return res
 
 
-def run_worker(tool: str, stage: str, input_name: str, python: str | Path, worker: str, job: dict, *,
-               timeout: float, env: dict | None = None, cwd: str | Path | None = None,
-               log_dir: Path | None = None) -> StageResult:
+def run_worker(
+    tool: str,
+    stage: str,
+    input_name: str,
+    python: str | Path,
+    worker: str,
+    job: dict,
+    *,
+    timeout: float,
+    env: dict | None = None,
+    cwd: str | Path | None = None,
+    log_dir: Path | None = None,
+) -> StageResult:
     """Run `workers/<worker>.py` under `python` with `job` (JSON) as its only argument."""
     cmd = [str(python), str(WORKERS / f"{worker}.py"), json.dumps(job)]
     return run_stage(tool, stage, input_name, cmd, timeout=timeout, env=env, cwd=cwd, log_dir=log_dir)

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peers.venvs import ensure_venv  # noqa: E402
+from peers.venvs import ensure_venv
 
 PY_SPY = [["py-spy==0.4.3"]]
 
@@ -31,7 +31,9 @@ def summarise(collapsed: Path, top: int) -> str:
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         n = int(n)
-        frames = [f for f in stack.split(";") if f and not f.startswith("thread ") and not f.startswith("process ")]
+        frames = [
+            f for f in stack.split(";") if f and not f.startswith("thread ") and not f.startswith("process ")
+        ]
         total += n
         if frames:
             self_n[frames[-1]] += n
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     spy = ensure_venv("py-spy", PY_SPY).with_name("py-spy")
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.pbf.name.split(".")[0]
-    worker = [sys.executable, str(HERE / "workers/s2vec_extract.py"), json.dumps({"pbf": str(a.pbf), "level": a.level})]
+    worker = [
+        sys.executable,
+        str(HERE / "workers/s2vec_extract.py"),
+        json.dumps({"pbf": str(a.pbf), "level": a.level}),
+    ]
     common = [str(spy), "record", "--rate", str(a.rate), *(["--native"] if a.native else [])]
     raw = a.out / f"{stem}.txt"
     subprocess.run([*common, "--format", "raw", "-o", str(raw), "--", *worker], check=True, cwd=ROOT)

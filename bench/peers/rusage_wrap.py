@@ -57,6 +57,13 @@ wall = time.perf_counter() - t0
 done.set()
 sampler.join()
 with open(out, "w") as f:
-    json.dump({"wall_s": wall, "maxrss_kib": usage.ru_maxrss, "tree_rss_kib": peak[0],
-               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+    json.dump(
+        {
+            "wall_s": wall,
+            "maxrss_kib": usage.ru_maxrss,
+            "tree_rss_kib": peak[0],
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+        },
+        f,
+    )
 sys.exit(os.waitstatus_to_exitcode(status))

@@ -10,7 +10,15 @@ PEER_ENVS: dict[str, list[list[str]]] = {
     "quackosm": [["quackosm==0.19.0", "duckdb==1.4.4", "duckdb-ext-spatial==1.4.4.20260205"]],
     # torch first so the CPU wheel wins; srai 0.10.2 needs quackosm 0.18.x and polars < 2 (PEERS.md);
     # DuckDB pinned to the release whose spatial extension ships on PyPI, for the offline HOME trick.
-    "srai": [["torch==2.13.0"],
-             ["torch==2.13.0", "srai[torch]==0.10.2", "quackosm==0.18.2", "polars<2",
-              "duckdb==1.4.4", "duckdb-ext-spatial==1.4.4.20260205"]],
+    "srai": [
+        ["torch==2.13.0"],
+        [
+            "torch==2.13.0",
+            "srai[torch]==0.10.2",
+            "quackosm==0.18.2",
+            "polars<2",
+            "duckdb==1.4.4",
+            "duckdb-ext-spatial==1.4.4.20260205",
+        ],
+    ],
 }

@@ -46,8 +46,9 @@ def _uv() -> list[str] | None:
     return [found] if found else None
 
 
-def ensure_venv(name: str, steps: list[list[str]], *, root: Path = VENV_ROOT, timeout: float = 1800,
-                log=None) -> Path:
+def ensure_venv(
+    name: str, steps: list[list[str]], *, root: Path = VENV_ROOT, timeout: float = 1800, log=None
+) -> Path:
     """Return the python of `name`'s environment, building it (steps in order) when not cached."""
     path = venv_path(name, steps, root)
     python = path / "bin" / "python"
@@ -58,10 +59,16 @@ def ensure_venv(name: str, steps: list[list[str]], *, root: Path = VENV_ROOT, ti
     path.parent.mkdir(parents=True, exist_ok=True)
     uv = _uv()
     t0 = time.perf_counter()
-    logf = open(path.parent / f"{path.name}.log", "w") if log is None else log
+    # Closed in the finally below only when opened here: a caller's log stays open.
+    logf = open(path.parent / f"{path.name}.log", "w") if log is None else log  # noqa: SIM115
     try:
-        _run(uv + ["venv", "--python", sys.executable, str(path)] if uv
-             else [sys.executable, "-m", "venv", str(path)], logf, timeout)
+        _run(
+            uv + ["venv", "--python", sys.executable, str(path)]
+            if uv
+            else [sys.executable, "-m", "venv", str(path)],
+            logf,
+            timeout,
+        )
         links = ["--find-links", str(WHEELS)] if WHEELS.is_dir() else []
         for reqs in steps:
             left = timeout - (time.perf_counter() - t0)
@@ -84,8 +91,15 @@ def _run(cmd: list[str], logf, timeout: float) -> None:
     logf.write("$ " + " ".join(cmd) + "\n")
     logf.flush()
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                           env={**os.environ, "VIRTUAL_ENV": ""})
+        p = subprocess.run(
+            cmd,
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "VIRTUAL_ENV": ""},
+        )
     except subprocess.TimeoutExpired as e:
         raise VenvError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from e
     logf.write(p.stdout)

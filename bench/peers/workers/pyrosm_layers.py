@@ -6,12 +6,15 @@ from _result import job, report
 
 j = job()
 t0 = time.perf_counter()
-from pyrosm import OSM  # noqa: E402
+from pyrosm import OSM
 
 osm = OSM(j["pbf"])
 rows = {}
-for name, get in (("pois", osm.get_pois), ("buildings", osm.get_buildings),
-                  ("network", lambda: osm.get_network("all"))):
+for name, get in (
+    ("pois", osm.get_pois),
+    ("buildings", osm.get_buildings),
+    ("network", lambda: osm.get_network("all")),
+):
     t = time.perf_counter()
     gdf = get()
     rows[name] = 0 if gdf is None else len(gdf)

@@ -10,12 +10,15 @@ from _result import job, report
 
 j = job()
 t0 = time.perf_counter()
-import duckdb  # noqa: E402
-import quackosm  # noqa: E402
+import duckdb
+import quackosm
 
 out = quackosm.convert_pbf_to_parquet(
-    j["pbf"], tags_filter={k: True for k in j["filter_keys"]}, working_directory=j["workdir"],
-    verbosity_mode="silent", ignore_cache=True,
+    j["pbf"],
+    tags_filter={k: True for k in j["filter_keys"]},
+    working_directory=j["workdir"],
+    verbosity_mode="silent",
+    ignore_cache=True,
 )
 work = time.perf_counter() - t0
 rows = duckdb.sql(f"select count(*) from read_parquet('{out}')").fetchone()[0]

@@ -7,8 +7,10 @@ from _result import job, report
 
 j = job()
 t0 = time.perf_counter()
-from s2vec_core.osm import extract_cells_long  # noqa: E402  (import time counts as work: users pay it too)
+from s2vec_core.osm import extract_cells_long
 
 stats: dict = {}
 df = extract_cells_long(j["pbf"], j["level"], stats=stats)
-report({"work_s": time.perf_counter() - t0, "cells": df["cell_id"].n_unique(), "rows": df.height, "stats": stats})
+report(
+    {"work_s": time.perf_counter() - t0, "cells": df["cell_id"].n_unique(), "rows": df.height, "stats": stats}
+)

@@ -8,14 +8,14 @@ from _result import job, peak_rss_mb, report
 
 j = job()
 t0 = time.perf_counter()
-import torch  # noqa: E402
+import torch
 
-from s2vec_core.embed import embed_shards, load_model  # noqa: E402
-from s2vec_core.features import cell_features  # noqa: E402
-from s2vec_core.model import MAEConfig  # noqa: E402
-from s2vec_core.osm import extract_cells_long  # noqa: E402
-from s2vec_core.raster import open_shards, rasterize, write_shards  # noqa: E402
-from s2vec_core.train import TrainConfig, train  # noqa: E402
+from s2vec_core.embed import embed_shards, load_model
+from s2vec_core.features import cell_features
+from s2vec_core.model import MAEConfig
+from s2vec_core.osm import extract_cells_long
+from s2vec_core.raster import open_shards, rasterize, write_shards
+from s2vec_core.train import TrainConfig, train
 
 import_s = time.perf_counter() - t0
 work = Path(j["workdir"])
@@ -32,15 +32,41 @@ data_rss_mb = peak_rss_mb()
 n, c = rasters.tensors.shape[0], rasters.tensors.shape[1]
 
 size = 2 ** (pl_ - il)
-config = MAEConfig(in_channels=c, image_size=size, patch_size=1, width=256, depth=6, heads=8,
-                   decoder_width=128, decoder_depth=2, decoder_heads=8)
+config = MAEConfig(
+    in_channels=c,
+    image_size=size,
+    patch_size=1,
+    width=256,
+    depth=6,
+    heads=8,
+    decoder_width=128,
+    decoder_depth=2,
+    decoder_heads=8,
+)
 t = time.perf_counter()
-res = train(shards, work / "model.pt", config, TrainConfig(epochs=j["epochs"], batch_size=j["batch_size"]),
-            device="cpu")
+res = train(
+    shards,
+    work / "model.pt",
+    config,
+    TrainConfig(epochs=j["epochs"], batch_size=j["batch_size"]),
+    device="cpu",
+)
 train_s = time.perf_counter() - t
 t = time.perf_counter()
 emb = embed_shards(load_model(work / "model.pt", device="cpu"), shards)
 inference_s = time.perf_counter() - t
-report({"import_s": import_s, "extract_s": extract_s, "data_s": data_s, "data_rss_mb": data_rss_mb, "images": int(n), "channels": int(c),
-        "setup_s": train_s - sum(res.epoch_seconds), "epoch_s": res.epoch_seconds, "inference_s": inference_s,
-        "embeddings": list(emb.shape), "threads": torch.get_num_threads()})
+report(
+    {
+        "import_s": import_s,
+        "extract_s": extract_s,
+        "data_s": data_s,
+        "data_rss_mb": data_rss_mb,
+        "images": int(n),
+        "channels": int(c),
+        "setup_s": train_s - sum(res.epoch_seconds),
+        "epoch_s": res.epoch_seconds,
+        "inference_s": inference_s,
+        "embeddings": list(emb.shape),
+        "threads": torch.get_num_threads(),
+    }
+)

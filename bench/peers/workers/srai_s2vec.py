@@ -49,14 +49,15 @@ def main() -> None:
         regions = S2Regionalizer(resolution=j["image_level"]).transform(area)
     tags = merge_osm_tags_filter(GEOFABRIK_LAYERS)
     with timed("load_s"):
-        features = OSMPbfLoader(pbf_file=j["pbf"], download_directory=j["workdir"], verbosity_mode="silent").load(
-            area, tags)
+        features = OSMPbfLoader(
+            pbf_file=j["pbf"], download_directory=j["workdir"], verbosity_mode="silent"
+        ).load(area, tags)
 
-    emb = S2VecEmbedder(target_features=tags, img_res=j["image_level"], patch_res=j["pixel_level"],
-                        batch_size=j["batch_size"])
+    emb = S2VecEmbedder(
+        target_features=tags, img_res=j["image_level"], patch_res=j["pixel_level"], batch_size=j["batch_size"]
+    )
     marks: dict = {"epoch_start": [], "epoch_end": []}
     prepare = emb._prepare_dataset
-
 
     def prepare_timed(*a, **kw):
         with timed("prepare_dataset_s"):
@@ -67,9 +68,7 @@ def main() -> None:
         marks["images"] = len(out[2])
         return out
 
-
     emb._prepare_dataset = prepare_timed
-
 
     class EpochTimer(pl.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -78,19 +77,32 @@ def main() -> None:
         def on_train_epoch_end(self, trainer, module):
             marks["epoch_end"].append(time.perf_counter())
 
-
     with timed("fit_s"):
-        emb.fit(regions, features, trainer_kwargs={
-            "max_epochs": j["epochs"], "accelerator": "cpu", "callbacks": [EpochTimer()], "logger": False,
-            "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False})
+        emb.fit(
+            regions,
+            features,
+            trainer_kwargs={
+                "max_epochs": j["epochs"],
+                "accelerator": "cpu",
+                "callbacks": [EpochTimer()],
+                "logger": False,
+                "enable_checkpointing": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+            },
+        )
     with timed("inference_s"):
         out = emb._transform(dataset=emb._dataset)
     timings.update(
         data_s=timings["area_s"] + timings["load_s"] + timings["prepare_dataset_s"],
         setup_s=marks["epoch_start"][0] - marks["prepared"],
         epoch_s=[e - s for s, e in zip(marks["epoch_start"], marks["epoch_end"])],
-        images=int(marks["images"]), data_rss_mb=marks["data_rss_mb"], channels=int(marks["channels"]), image_cells=len(regions),
-        features=len(features), embeddings=list(out.shape),
+        images=int(marks["images"]),
+        data_rss_mb=marks["data_rss_mb"],
+        channels=int(marks["channels"]),
+        image_cells=len(regions),
+        features=len(features),
+        embeddings=list(out.shape),
     )
     report(timings)
 
