@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from s2vec_core import catalog
+from s2vec_core.evaluate import CROSS_REGION_SCOPE
 from s2vec_core.grid import Grid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,10 +22,43 @@ def test_bundled_catalog_names_the_bundled_extracts(tmp_path):
         assert path.is_file() and path.suffix == ".pbf"
 
 
-@pytest.mark.parametrize("name", ["Monaco", "-x", "a b", "", "a/b", "é", "../x"])
+@pytest.mark.parametrize("name", ["Monaco", "-x", "a b", "", "a/b", "é", "../x", "monaco\n", "a\nb", None, 7])
 def test_bad_region_names_are_refused(name):
     with pytest.raises(ValueError, match="invalid region name"):
         catalog.validate_region_name(name)
+
+
+def test_region_names_have_a_length_limit():
+    assert catalog.validate_region_name("a" * catalog.MAX_REGION_NAME) == "a" * catalog.MAX_REGION_NAME
+    with pytest.raises(ValueError, match="at most 64 characters") as err:
+        catalog.validate_region_name("a" * 300)
+    assert "(300 chars)" in str(err.value) and "a" * 100 not in str(err.value)
+
+
+def test_the_cross_region_scope_is_not_a_region_name(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        catalog.validate_region_name(CROSS_REGION_SCOPE)
+    path = tmp_path / "regions.toml"
+    path.write_text(f"[regions.{CROSS_REGION_SCOPE}]\nsource='x.osm.pbf'")
+    with pytest.raises(catalog.CatalogError, match="reserved"):
+        catalog.load_catalog(path)
+
+
+def test_a_trailing_newline_in_a_catalog_name_is_refused(tmp_path):
+    path = tmp_path / "regions.toml"
+    path.write_text('[regions."monaco\\n"]\nsource="x.osm.pbf"')
+    with pytest.raises(catalog.CatalogError, match="invalid region name 'monaco\\\\n'"):
+        catalog.load_catalog(path)
+
+
+def test_remote_targets_are_refused_without_printing_the_query(tmp_path):
+    path = tmp_path / "regions.toml"
+    path.write_text("[regions.a]\nsource='x.osm.pbf'\ntargets='https://h.example/t.parquet?sig=s3cr3t'")
+    with pytest.raises(catalog.CatalogError, match="remote targets are not supported") as err:
+        catalog.load_catalog(path)
+    assert "s3cr3t" not in str(err.value) and "https://h.example/t.parquet" in str(err.value)
+    path.write_text("[regions.a]\nsource='x.osm.pbf'\ntargets='t.parquet'")
+    assert catalog.load_catalog(path)["a"].targets == str(tmp_path / "t.parquet")
 
 
 def test_unknown_region_lists_the_known_ones():
