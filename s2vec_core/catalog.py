@@ -2,7 +2,9 @@
 
 One TOML file (`regions.toml` at the repository root by default) is the single source of truth for the
 region partitions. A source is a local path (relative to the catalog file) or an http(s) URL that is
-downloaded once into a cache directory, checksummed, and reused.
+downloaded once into a cache directory and reused. Whatever its origin, an extract is used only when it
+is a complete, well-framed OSM PBF (`pbf_framing`) matching the catalog's `sha256` when one is given;
+error messages print URLs without their query string (signed URLs carry secrets there).
 """
 
 from __future__ import annotations
@@ -273,7 +275,7 @@ def _download(
         try:
             _fetch_once(region.source, tmp, timeout_s, state)
             return
-        except urllib.error.HTTPError as e:  # an answer another try will not change (404, 403, ...)
+        except (urllib.error.HTTPError, ValueError) as e:  # 404, 403, a malformed URL: no retry helps
             failure = str(e)
             break
         except _Retry as e:
@@ -281,6 +283,8 @@ def _download(
             if attempt < tries:
                 sleep(backoff_s * 2 ** (attempt - 1))
     detail = failure.replace(region.source, shown)
+    if query := urllib.parse.urlsplit(region.source).query:
+        detail = detail.replace(query, "<query hidden>")
     raise DownloadError(
         f"region {region.name!r}: download of {shown} failed ({detail}); nothing was cached (the cache "
         f"file would be {target}). Check that the URL is reachable (and, for a signed URL, not expired), "

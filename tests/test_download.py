@@ -206,6 +206,13 @@ def test_a_refused_connection_is_retried_then_reported(tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_a_malformed_url_is_reported_without_its_query(tmp_path):
+    with pytest.raises(catalog.DownloadError) as err:
+        resolve(region_at(f"http://127.0.0.1:1/a b.osm.pbf?{SECRET}"), tmp_path / "cache")
+    assert "s3cr3t" not in str(err.value) and "'monaco'" in str(err.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 # Retries and resume
 
 
