@@ -9,7 +9,6 @@ error messages print URLs without their query string (signed URLs carry secrets 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.client
 import os
@@ -61,12 +60,10 @@ class Region:
         return self.source.startswith(("http://", "https://"))
 
 
-@functools.cache
-def reserved_region_names() -> frozenset[str]:
-    """Names a region may not take: pseudo-regions the pipeline writes partitions under."""
-    from s2vec_core.evaluate import CROSS_REGION_SCOPE  # lazy: evaluate imports lightgbm and sklearn
-
-    return frozenset({CROSS_REGION_SCOPE})
+CROSS_REGION_SCOPE = "cross_region"
+"""The pseudo-region the evaluation writes cross-region (transfer) metrics under."""
+RESERVED_REGION_NAMES = frozenset({CROSS_REGION_SCOPE})
+"""Names a region may not take: pseudo-regions the pipeline writes rows under."""
 
 
 def validate_region_name(name: str) -> str:
@@ -85,7 +82,7 @@ def validate_region_name(name: str) -> str:
         )
     if len(name) > MAX_REGION_NAME:
         raise ValueError(f"invalid region name {shown}: at most {MAX_REGION_NAME} characters")
-    if name in reserved_region_names():
+    if name in RESERVED_REGION_NAMES:
         raise ValueError(
             f"invalid region name {shown}: reserved (the evaluation writes cross-region metrics under it)"
         )
@@ -173,8 +170,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def redact_url(url: str) -> str:
     """`url` without its query string, fragment and credentials: what error messages may print (a signed
-    URL's query is a secret)."""
+    URL's query is a secret). A local path comes back as it is."""
     parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
 
 

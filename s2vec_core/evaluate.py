@@ -30,13 +30,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from s2vec_core import s2
+from s2vec_core.catalog import CROSS_REGION_SCOPE
 
 SPLITS = ("random", "spatial")
 MODELS = ("lightgbm", "linear")
 METRICS = ("r2", "mae", "rmse")
 MIN_CELLS = 20
 """Fewer cells with targets and features than this give no meaningful K-fold score; evaluation refuses."""
-CROSS_REGION_SCOPE = "cross_region"
 LEARNED = "s2vec"
 """Feature sets named this or `s2vec+...` (fusions) are the learned ones; every other set is a baseline."""
 VERDICT_MIN_CELLS = 100

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from s2vec_core import catalog
-from s2vec_core.evaluate import CROSS_REGION_SCOPE
+from s2vec_core.catalog import CROSS_REGION_SCOPE
 from s2vec_core.grid import Grid
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,8 @@ from s2vec_assets.metadata import markdown_table, table_metadata
 from s2vec_assets.provenance import commit_info
 from s2vec_core import evaluation_run as er
 from s2vec_core import registry
-from s2vec_core.evaluate import CROSS_REGION_SCOPE, r2_table, raw_channel_totals, verdicts
+from s2vec_core.catalog import CROSS_REGION_SCOPE
+from s2vec_core.evaluate import r2_table, raw_channel_totals, verdicts
 from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
 from s2vec_core.grid import Grid
 from s2vec_core.tables import CELL_EMBEDDINGS, EVALUATION_METRICS

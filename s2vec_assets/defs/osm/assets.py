@@ -6,6 +6,7 @@ import dagster as dg
 
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource
+from s2vec_core.catalog import DownloadError, SourceError, redact_url
 from s2vec_core.osm import OSMFileError, pbf_info
 
 
@@ -24,14 +25,16 @@ from s2vec_core.osm import OSMFileError, pbf_info
 )
 def osm_extract(context: dg.AssetExecutionContext, osm_source: OsmSourceResource) -> dg.MaterializeResult:
     region = osm_source.region(context.partition_key)
-    path = osm_source.resolve(region.name)
     try:
+        path = osm_source.resolve(region.name)
         info = pbf_info(path)
+    except (SourceError, DownloadError) as e:
+        raise dg.Failure(description=str(e)) from e
     except OSMFileError as e:
         raise dg.Failure(description=str(e), metadata={"path": dg.MetadataValue.path(str(path))}) from e
     bbox = info["bbox"]
     metadata: dict[str, object] = {
-        "source": region.source,
+        "source": redact_url(region.source),
         "dagster/uri": dg.MetadataValue.path(str(path)),
         "sha256": info["sha256"],
         "size_bytes": dg.MetadataValue.int(info["size_bytes"]),
