@@ -2,13 +2,37 @@
 
 `dagster dev` (workspace.yaml), `dagster asset materialize -m s2vec_assets.definitions` and
 `python -m s2vec_assets.run` all load this.
+
+Executor (how a run executes its steps), chosen by `S2VEC_EXECUTOR` where the code location loads:
+
+- `in_process` (default): every step of a run in the run's own process. Local runs (`make dev`,
+  `dagster asset materialize`) then import dagster, torch and Great Expectations once per run, not
+  once per step, and are about as fast as `make run`.
+- `multiprocess`: one subprocess per step, steps in parallel (run config
+  `execution: {config: {max_concurrent: N}}`); for production code locations, where steps are
+  long and a crashed step should not take the run worker with it.
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
 
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+DEFAULT_EXECUTOR = "in_process"
+
+
+def executor() -> dg.ExecutorDefinition:
+    """The executor `S2VEC_EXECUTOR` names (default in_process)."""
+    name = os.environ.get("S2VEC_EXECUTOR", "").strip() or DEFAULT_EXECUTOR
+    if name not in EXECUTORS:
+        raise ValueError(f"S2VEC_EXECUTOR must be one of {sorted(EXECUTORS)}, got {name!r}")
+    return EXECUTORS[name]
+
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent),
+        dg.Definitions(executor=executor()),
+    )
