@@ -105,6 +105,21 @@ def trained_regions(instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey]) -
     return sorted(found)
 
 
+def job_for(defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> dg.JobDefinition:
+    """The named job (defs/jobs.py) whose selection holds all of `keys`; the global asset job if none.
+
+    Runs then carry the job's name (`region_pipeline`, `model`) in the UI, not `__ephemeral_asset_job__`.
+    """
+    from s2vec_assets.defs.jobs import JOB_NAMES
+
+    defined = {job.name for job in defs.jobs or ()}
+    for name in (n for n in JOB_NAMES if n in defined):
+        job = defs.resolve_job_def(name)
+        if set(keys) <= set(job.asset_layer.selected_asset_keys):
+            return job
+    return defs.resolve_implicit_global_asset_job_def()
+
+
 def run_stage(
     defs: dg.Definitions,
     stage: Stage,
@@ -112,20 +127,20 @@ def run_stage(
     regions: Sequence[str] | None,
     config: dict | None = None,
 ) -> list[tuple[str, bool, str]]:
-    """Materialise a stage (its assets and their checks); returns (partition, success, run id)."""
+    """Materialise a stage (its assets and their checks) through its named job, in this process;
+    returns (partition, success, run id)."""
     pdef, keys = stage
     partitions: list[str | None] = [None]
     if pdef is not None:
         partitions = list(pdef.get_partition_keys(dynamic_partitions_store=instance))
         if regions is not None:
             partitions = [p for p in partitions if p in regions]
+    job = job_for(defs, keys)
     outcomes = []
     for partition in partitions:
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=keys,
+        result = job.execute_in_process(
+            asset_selection=list(keys),
             partition_key=partition,
-            resources=dict(defs.resources),
             instance=instance,
             raise_on_error=False,
             tags=run_tags(),
@@ -138,7 +153,7 @@ def run_stage(
             if result.success
             else "FAILED" + (f" (checks: {', '.join(failed_checks)})" if failed_checks else "")
         )
-        print(f"  {label:<20} {status}  run {result.run_id}", flush=True)
+        print(f"  {label:<20} {status}  {job.name} run {result.run_id}", flush=True)
         outcomes.append((label, result.success, result.run_id))
     return outcomes
 
