@@ -1,4 +1,4 @@
-# Two commands set up a fresh machine: `make run` (the whole job on the embedded default) and `make test`.
+# Two commands set up a fresh machine: `make run` (the whole graph on the embedded default) and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python $(FIND_LINKS) -e '.[dev]'
 	touch $(STAMP)
 
+# `make run CONFIG=deploy/paper_scale.yaml REGIONS=monaco`: a run config file and a subset of regions
+# (both optional: empty = the defaults, every catalog region).
+CONFIG ?=
+REGIONS ?=
+
 run: venv
-	$(BIN)/s2vec run
+	$(BIN)/s2vec run $(if $(strip $(REGIONS)),--regions $(strip $(REGIONS))) $(if $(strip $(CONFIG)),--config $(strip $(CONFIG)))
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -77,6 +77,31 @@ def test_every_stage_of_the_real_graph_comes_after_its_upstream_assets():
     assert [k.to_user_string() for k in stages[0][1]][:2] == ["osm_extract", "cell_features"]
 
 
+def test_each_stage_of_the_real_graph_runs_under_a_named_job_not_an_ephemeral_one():
+    from s2vec_assets.defs.jobs import MODEL_JOB, REGION_JOB
+
+    defs = load_defs()
+    assert {job.name for job in defs.jobs} >= {REGION_JOB, MODEL_JOB}
+    for pdef, keys in run.plan_stages(defs.resolve_asset_graph()):
+        assert run.job_for(defs, keys).name == (REGION_JOB if pdef is not None else MODEL_JOB)
+    # A stage no named job holds falls back to the global asset job (still a named, loadable job).
+    toy = dg.Definitions(assets=[a, b, model])
+    assert run.job_for(toy, [dg.AssetKey("model")]).name == "__ASSET_JOB"
+
+
+@pytest.mark.parametrize(("config", "expected"), [("", []), ("deploy/paper_scale.yaml", ["--config"])])
+def test_make_run_passes_config_through(config, expected):
+    done = subprocess.run(
+        ["make", "-n", "--always-make", "run", f"CONFIG={config}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (line,) = [x for x in done.stdout.splitlines() if "s2vec run" in x]
+    assert line.split()[2:] == [*expected, *([config] if config else [])]
+
+
 def test_unknown_region_is_refused_before_anything_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
@@ -186,6 +211,20 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     _s2vec(env, "run", "--config", str(tmp_path / "tiny.yaml"))
     first = registry.current(str(root))
     assert first is not None
+    # The config file reached the model: its size and schedule are in the registry, not the defaults'.
+    (row,) = query.versions(str(root)).rows(named=True)
+    model_config, train_config = json.loads(row["model_config"]), json.loads(row["train_config"])
+    assert (model_config["width"], model_config["depth"], model_config["patch_size"]) == (16, 1, 4)
+    assert train_config["epochs"] == 2
+    assert (row["image_level"], row["pixel_level"]) == (14, 18)
+    # Every run went through a named job (what the UI lists), none through `__ephemeral_asset_job__`.
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        jobs = [r.job_name for r in instance.get_runs()]
+    monkey.undo()
+    assert set(jobs) == {"region_pipeline", "model"}
+    assert jobs.count("model") == 2  # mae_model, then evaluation_cross_region once all regions are done
 
     env["S2VEC_CATALOG"] = str(two)
     done = _s2vec(env, "run", "--regions", "east", "--config", str(tmp_path / "tiny.yaml"))
