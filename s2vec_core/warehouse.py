@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ import polars as pl
 import pyarrow  # noqa: F401
 from deltalake import CommitProperties, DeltaTable, Field, WriterProperties, write_deltalake
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 COMMIT_PREFIX = "s2vec."
 """Commit-info keys the product writes: s2vec.run_id, s2vec.asset, s2vec.region, s2vec.model_version."""
@@ -101,6 +103,19 @@ def write_partition(
     with rows sorted by cell id, small groups let a point lookup skip most of a file by its statistics.
     `add_columns` is a deliberate, additive migration: columns of `df` that the table lacks are added
     first (one commit; older rows read null), then the rows are written.
+
+    Concurrent writers are safe: a missing table is created by a commit that fails rather than lands
+    if another writer created the table first (that writer then retries as below), and every other
+    write replaces the partition's rows by predicate, so two writers of the same region leave exactly
+    one copy of it (the last committed), never both. A commit that conflicts with a concurrent one
+    (delta-rs rebases non-conflicting ones itself) is retried from a fresh snapshot, at most
+    `COMMIT_ATTEMPTS` times; then `WarehouseError`, with the partition's rows unchanged.
+
+    This relies on the store's atomic put-if-absent of commit files: local disks, Azure and GCS have
+    it; on AWS S3 delta-rs needs a locking provider (`AWS_S3_LOCKING_PROVIDER=dynamodb` with
+    `DELTA_DYNAMO_TABLE_NAME`) or, on S3-compatible stores that support it, conditional put
+    (`conditional_put=etag` / `AWS_CONDITIONAL_PUT=etag`) in `storage_options`; without either, two
+    concurrent commits on S3 can overwrite each other (`AWS_S3_ALLOW_UNSAFE_RENAME` only silences that).
     """
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
@@ -108,21 +123,32 @@ def write_partition(
     properties = commit_properties(commit)
     writer = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
     text = describe(description, facts) if description is not None or facts else None
-    try:
-        table = DeltaTable(uri, storage_options=storage_options)
-    except TableNotFoundError:
-        write_deltalake(
-            uri,
-            data,
-            mode="append",
-            partition_by=list(partition),
-            storage_options=storage_options,
-            description=text,
-            commit_properties=properties,
-            writer_properties=writer,
-        )
-        table = DeltaTable(uri, storage_options=storage_options)
-    else:
+
+    def write() -> tuple[DeltaTable, int]:
+        try:
+            table = DeltaTable(uri, storage_options=storage_options)
+        except TableNotFoundError:
+            try:
+                # A create that never rebases: delta-rs retries a losing commit at the next version
+                # without a conflict check when the table did not exist at its start, so two first
+                # writers would both land their rows. With no retry the loser fails (as does a create
+                # that finds the table already there), and writes again below by predicate.
+                write_deltalake(
+                    uri,
+                    data,
+                    mode="error",
+                    partition_by=list(partition),
+                    storage_options=storage_options,
+                    description=text,
+                    commit_properties=commit_properties(commit, max_retries=0),
+                    writer_properties=writer,
+                )
+            except DeltaError as e:
+                if table_version(uri, storage_options) is None:
+                    raise
+                raise _Conflict(f"{uri} was created by a concurrent writer") from e
+            # A create commits version 0 or nothing.
+            return DeltaTable(uri, storage_options=storage_options, version=0), 0
         if add_columns:
             _add_missing_columns(table, data.schema, properties)
         _check_schema(table, df, uri)
@@ -136,11 +162,43 @@ def write_partition(
             commit_properties=properties,
             writer_properties=writer,
         )
-        version = table.version()
-        if text is not None and table.metadata().description != text:
-            table.alter.set_table_description(text, commit_properties=properties)
-        return version
-    return table.version()
+        return table, table.version()
+
+    table, version = _with_retries(write, uri)
+    if text is not None:
+
+        def set_description() -> None:
+            current = DeltaTable(uri, storage_options=storage_options)
+            if current.metadata().description != text:
+                current.alter.set_table_description(text, commit_properties=properties)
+
+        if table.metadata().description != text:
+            _with_retries(set_description, uri)
+    return version
+
+
+COMMIT_ATTEMPTS = 8
+"""How many times a write is tried when its commit conflicts with a concurrent one."""
+
+
+class _Conflict(Exception):
+    """Another writer created the table first; write again, into the table it made."""
+
+
+def _with_retries(fn, uri: str):
+    """Call `fn` until it does not raise a commit conflict, at most `COMMIT_ATTEMPTS` times."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return fn()
+        except (CommitFailedError, _Conflict) as e:
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise WarehouseError(
+                    f"{uri}: commit still conflicts with concurrent writers after {COMMIT_ATTEMPTS} "
+                    f"attempts ({e}); the rows of this write were not committed"
+                ) from e
+            # Jittered backoff, so writers that collided do not collide again in lockstep.
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def delete_partition(
@@ -161,14 +219,22 @@ def delete_partition(
     return table.version()
 
 
-def commit_properties(commit: Mapping[str, str] | None) -> CommitProperties | None:
-    """Delta commit info carrying the product's provenance keys (unknown keys are refused)."""
-    if not commit:
+def commit_properties(
+    commit: Mapping[str, str] | None, max_retries: int | None = None
+) -> CommitProperties | None:
+    """Delta commit info carrying the product's provenance keys (unknown keys are refused).
+
+    `max_retries` caps delta-rs's own rebasing of a commit that lost a race (None: its default).
+    """
+    if not commit and max_retries is None:
         return None
-    unknown = set(commit) - set(COMMIT_KEYS)
+    unknown = set(commit or {}) - set(COMMIT_KEYS)
     if unknown:
         raise WarehouseError(f"unknown commit metadata keys {sorted(unknown)}; known: {COMMIT_KEYS}")
-    return CommitProperties(custom_metadata={COMMIT_PREFIX + k: str(v) for k, v in commit.items()})
+    return CommitProperties(
+        custom_metadata={COMMIT_PREFIX + k: str(v) for k, v in (commit or {}).items()},
+        max_commit_retries=max_retries,
+    )
 
 
 def describe(description: str | None, facts: Mapping[str, object] | None) -> str:
