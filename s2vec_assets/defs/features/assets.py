@@ -76,6 +76,7 @@ def cell_features(
     clipped = bbox.clip(pixel_cells, box)
     stats["cells_outside_bbox"] = int(pixel_cells["cell_id"].n_unique() - clipped["cell_id"].n_unique())
     df = features.cell_features(clipped, config.levels, region)
+    _refuse_before_write(df, region, path, box, config.levels, stats, warehouse)
     version = warehouse.write_partition(
         df,
         TABLE,
@@ -106,6 +107,58 @@ def cell_features(
     if df.height:
         metadata["map"] = png_markdown(_density_map(df, region), alt=f"{region} features")
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _refuse_before_write(
+    df: pl.DataFrame, region: str, path, box, levels: list[int], stats: dict, warehouse
+) -> None:
+    """Fail the run, writing nothing, if `df` would fail the blocking checks that can run before writing.
+
+    The checks run after the write too, but by then the bad rows are the table's current version and
+    downstream readers (rasters, training) would see them; refused here, the previous rows stay current.
+    """
+    # Imported here: the checks module imports this one.
+    from s2vec_assets.defs.features.checks import failures_before_write
+
+    failed = failures_before_write(df)
+    if not failed:
+        return
+    version = warehouse.version(TABLE)
+    kept = (
+        f"Nothing was written: `{TABLE}` stays at version {version} with {region}'s previous rows."
+        if version is not None
+        else f"Nothing was written (`{TABLE}` does not exist yet)."
+    )
+    if "cell_features_not_empty" in failed:
+        tagged = {k: stats.get(k, 0) for k in ("tagged_nodes", "tagged_ways", "tagged_areas")}
+        found = (
+            f"it holds no feature any taxonomy channel reads ({tagged})"
+            if not any(tagged.values())
+            else f"all its cells lie outside the catalog's bbox {list(box) if box else None} "
+            f"({stats.get('cells_outside_bbox', 0)} cells dropped; tagged objects {tagged})"
+        )
+        text = (
+            f"cell_features[{region}]: refusing to replace the region's features with zero rows. The "
+            f"extract {path} was read, but {found}, so the region would have no cells at levels "
+            f"{levels}. {kept} Fix: point the catalog's `source` for "
+            f"{region} at a complete, tagged OSM extract of the region (not a filtered or untagged "
+            "one), and check its `bbox` overlaps the extract; then re-run. To drop the region on "
+            "purpose, remove it from the catalog and use `s2vec_core.lifecycle.remove_region`."
+        )
+    else:
+        rules = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        text = (
+            f"cell_features[{region}]: refusing to write {df.height} rows from {path} that fail the "
+            f"blocking checks ({rules}). {kept} This is a bug in the extraction or in the feature "
+            "code rather than in the data; report it with the extract."
+        )
+    metadata = {
+        "refused_checks": dg.MetadataValue.json(sorted(failed)),
+        "extract_stats": dg.MetadataValue.json(stats),
+    }
+    if version is not None:
+        metadata["table_version"] = version
+    raise dg.Failure(description=text, metadata=metadata)
 
 
 def _density_map(df: pl.DataFrame, region: str):

@@ -107,6 +107,37 @@ SUITES: dict[str, tuple[Callable[[pl.DataFrame], Suite], str]] = {
     ),
 }
 
+PRE_WRITE = ("cell_features_not_empty", "cell_features_unique_cells")
+"""Suites `cell_features` also runs on its frame before writing it, so that a region that would fail
+them is refused with its previous rows still current (no commit). These are cheap (one pass over the
+keys); the value and totals suites stay after the write only: a GX pass over every channel costs
+seconds per small region, and the extraction cannot produce negative or non-finite sums."""
+
+
+def failures_before_write(df: pl.DataFrame) -> dict[str, str]:
+    """The `PRE_WRITE` suites `df` fails: check name -> what the rule is and what failed.
+
+    Same suites as the blocking checks (same builders, same GX run), on the frame about to be written.
+    An empty frame is reported as empty only (the other suites are vacuous on it).
+    """
+    failed = {}
+    for name in PRE_WRITE:
+        build, rule = SUITES[name]
+        frame, expectations, sample_columns = build(df)
+        result = gx_check_result(
+            frame,
+            expectations,
+            asset_key=feature_assets.cell_features.key,
+            check_name=name,
+            sample_columns=sample_columns,
+        )
+        if not result.passed:
+            failed[name] = f"{rule} ({result.description})"
+            if name == "cell_features_not_empty":
+                break
+    return failed
+
+
 with warnings.catch_warnings():
     # Partitioned check specs are a Dagster preview feature; we use it knowingly (one result per region).
     warnings.simplefilter("ignore", dg.PreviewWarning)
