@@ -19,6 +19,7 @@ from s2vec_core import baselines as bl
 from s2vec_core import evaluate as ev
 from s2vec_core import evaluation_plots as plots
 from s2vec_core.proxy import PROXY_TARGETS, osm_proxy_targets
+from s2vec_core.targets import TargetsError, swapped_overlap, unscoreable
 from s2vec_core.taxonomy import CHANNEL_NAMES
 
 DEFAULT_DIM = 16
@@ -105,6 +106,48 @@ def proxy_tasks(
     return tasks, notes
 
 
+def screen_tasks(
+    region: str, tasks: Mapping[str, pl.DataFrame], cells: np.ndarray, source: str = "targets"
+) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
+    """Split `tasks` into those that can be scored on the region's image `cells` and the rest.
+
+    Returns (kept tasks, {skipped task: why}). A task is skipped if its targets miss every cell or are
+    all null / constant where they meet (R2 would be undefined). If there are tasks but none is kept,
+    raises `TargetsError`: nothing would be scored, and a run must not replace the region's earlier
+    metrics with nothing.
+    """
+    kept, skipped = {}, {}
+    for task, targets in tasks.items():
+        why = unscoreable(targets, cells)
+        if why is None:
+            kept[task] = targets
+        else:
+            skipped[task] = why
+    if tasks and not kept:
+        reasons = "; ".join(f"{task}: {why}" for task, why in skipped.items())
+        hints = []
+        for task, targets in tasks.items():
+            n = swapped_overlap(targets, cells)
+            if n and "none of its" in skipped[task]:
+                hints.append(
+                    f"with latitude and longitude swapped, {n} of {task}'s cells would fall on the "
+                    "region, so the file's lat/lng columns are very likely swapped"
+                )
+        hint = (
+            "; ".join(hints)
+            if hints
+            else "check that the file is for this region, that point targets give `lat` and `lng` in "
+            "degrees (not swapped), and that cell targets are at the image level or finer"
+        )
+        raise TargetsError(
+            f"evaluation[{region}]: refusing to score {source}: no target can be scored on the region's "
+            f"{len(cells)} image cells ({reasons}). Nothing was evaluated and no metric row was written "
+            f"or deleted: the region's previous metrics stay current. Likely cause: {hint}. Fix the "
+            "targets file (or the `targets`/`value_column` run config) and re-run."
+        )
+    return kept, skipped
+
+
 def evaluate_region(
     region: str,
     feature_sets: Mapping[str, pl.DataFrame],
@@ -185,8 +228,22 @@ def _combine(
     notes: list[str],
     blocks: dict[tuple[str, str], int] | None = None,
 ) -> ev.Evaluation:
+    table = pl.concat(metrics) if metrics else pl.DataFrame(schema=ev.metrics_schema())
+    # A score of no variance (a fold or test region with a constant target) is undefined: reported as a
+    # note, never stored as NaN.
+    undefined = table.filter(~pl.col("value").is_finite().fill_null(False))
+    if undefined.height:
+        groups = undefined.select("region", "task", "split", "metric").unique(maintain_order=True).rows()
+        notes = [
+            *notes,
+            *(
+                f"{r}/{t}: {m} undefined on the {s} split (no target variance); not stored"
+                for r, t, s, m in groups
+            ),
+        ]
+        table = table.filter(pl.col("value").is_finite().fill_null(False))
     return ev.Evaluation(
-        pl.concat(metrics) if metrics else pl.DataFrame(schema=ev.metrics_schema()),
+        table,
         pl.concat(preds) if preds else pl.DataFrame(schema=ev.predictions_schema()),
         notes,
         blocks or {},

@@ -213,3 +213,31 @@ def load_targets(
     """Read, validate and aggregate a targets file to image cells (see `to_image_cells`)."""
     raw = read_targets_file(path)
     return to_image_cells(validate_targets(raw, value_column, source=str(path)), image_level, agg)
+
+
+def unscoreable(targets: pl.DataFrame, cells: np.ndarray) -> str | None:
+    """Why image-cell `targets` (`to_image_cells` form) cannot be scored on a region's `cells`, or None.
+
+    A target that misses every cell has nothing to score; one that is all null or constant on the cells
+    it shares has no variance, so R2 (`1 - MSE / variance`) is undefined.
+    """
+    on = targets.filter(pl.col("cell_id").is_in(pl.Series(s2.as_uint64(cells), dtype=pl.UInt64).implode()))
+    if on.height == 0:
+        return f"none of its {targets.height} image cells is one of the region's {len(cells)} cells"
+    values = on["target"].drop_nulls().drop_nans()
+    if values.len() == 0:
+        return f"all null on the {on.height} region cells it covers"
+    if values.n_unique() == 1:
+        return f"constant ({values[0]:g}) on the {on.height} region cells it covers"
+    return None
+
+
+def swapped_overlap(targets: pl.DataFrame, cells: np.ndarray) -> int:
+    """How many target cells would fall on the region's `cells` with latitude and longitude swapped."""
+    lat, lng = s2.cell_center(targets["cell_id"].to_numpy())
+    ok = np.abs(lng) <= 90
+    if not ok.any():
+        return 0
+    level = int(s2.cell_level(s2.as_uint64(cells[:1]))[0]) if len(cells) else 0
+    swapped = s2.latlng_to_cell_id(lng[ok], lat[ok], level)
+    return int(np.isin(swapped, s2.as_uint64(cells)).sum())

@@ -117,7 +117,8 @@ def _features(config, warehouse, region: str) -> pl.DataFrame:
 
 
 def _inputs(config, osm_source, region: str, features, embeddings, pca_source=None):
-    """(feature sets, tasks, notes, model_version, user targets?) of one region."""
+    """(feature sets, tasks, notes, model_version, user targets?, {region/task: why not scored}) of one
+    region; refuses (dg.Failure) a region where no target can be scored."""
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
     sets = er.standard_feature_sets(
         features, config.image_level, embeddings, external, config.seed, pca_source, config.pixel_level
@@ -140,12 +141,33 @@ def _inputs(config, osm_source, region: str, features, embeddings, pca_source=No
             osm_source.resolve(region), config.image_level, sets["raw"]["cell_id"].to_numpy()
         )
         notes += [f"{region}: {n}" for n in skipped]
+    # Before anything is scored or written: targets that miss the region or have no variance would
+    # replace the region's metrics with nothing (or with R2 = NaN).
+    try:
+        tasks, unscored = er.screen_tasks(
+            region,
+            tasks,
+            sets["raw"]["cell_id"].to_numpy(),
+            source=f"targets file {targets_file}" if targets_file else "the OSM proxy targets",
+        )
+    except TargetsError as e:
+        raise dg.Failure(description=str(e)) from e
+    notes += [f"{region}/{task}: not scored: {why}" for task, why in unscored.items()]
     version = embeddings["model_version"][0] if embeddings is not None else ""
-    return sets, tasks, notes, version, bool(targets_file)
+    return sets, tasks, notes, version, bool(targets_file), {f"{region}/{t}": w for t, w in unscored.items()}
 
 
 def _publish(
-    context, config, warehouse, scope: str, title: str, result, plots, intro: str, curves=None
+    context,
+    config,
+    warehouse,
+    scope: str,
+    title: str,
+    result,
+    plots,
+    intro: str,
+    curves=None,
+    skipped: dict[str, str] | None = None,
 ) -> dg.MaterializeResult:
     metrics = result.metrics
     verdict_lines = verdicts(metrics, result.n_blocks)
@@ -183,6 +205,10 @@ def _publish(
             markdown_table(learning_curve_table(curves), max_rows=100)
         )
     meta["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "-")
+    # Targets left out because they cannot be scored (no overlap, constant, all null): a warning.
+    meta["skipped_targets"] = dg.MetadataValue.json(skipped or {})
+    for task, why in (skipped or {}).items():
+        context.log.warning(f"{scope}: target {task} not scored: {why}")
     for model in metrics["model"].unique(maintain_order=True).to_list():
         meta[f"r2_{model}"] = dg.MetadataValue.md(markdown_table(r2_table(metrics, model), max_rows=50))
     for caption, png in plots.items():
@@ -213,7 +239,7 @@ def evaluation_report(
     osm_source: OsmSourceResource,
 ) -> dg.MaterializeResult:
     region = context.partition_key
-    sets, tasks, notes, version, user_targets = _inputs(
+    sets, tasks, notes, version, user_targets, skipped = _inputs(
         config,
         osm_source,
         region,
@@ -232,6 +258,19 @@ def evaluation_report(
         run_id=context.run_id,
     )
     result.notes[:0] = notes
+    if result.metrics.height == 0:
+        # Writing the empty result would delete the region's previous metrics for a run that scored
+        # nothing; refuse instead, saying why.
+        raise dg.Failure(
+            description=(
+                f"evaluation[{region}]: nothing could be scored, so no metric row was written or "
+                "deleted and the region's previous metrics stay current. Notes: "
+                + "; ".join(result.notes[len(notes) :] or notes)
+                + ". Fix the targets (more labelled cells inside the region) or the cell_features "
+                "levels, then re-run."
+            ),
+            metadata={"notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes))},
+        )
     curves = (
         er.learning_curves(
             region,
@@ -251,7 +290,7 @@ def evaluation_report(
         intro += "\n\n" + PROXY_NOTE
     plots = er.report_plots(result, sets, curves=curves)
     title = f"s2vec evaluation: {region}"
-    return _publish(context, config, warehouse, region, title, result, plots, intro, curves)
+    return _publish(context, config, warehouse, region, title, result, plots, intro, curves, skipped)
 
 
 @dg.asset(
@@ -296,12 +335,13 @@ def evaluation_cross_region(
     if with_embeddings and len(with_embeddings) < len(regions):
         notes.append(f"only {with_embeddings} have S2Vec embeddings; transfer compares the baselines only")
         embeddings = dict.fromkeys(regions)
-    sets, tasks, versions = {}, {}, set()
+    sets, tasks, versions, skipped = {}, {}, set(), {}
     for r in regions:
-        sets[r], tasks[r], region_notes, version, _ = _inputs(
+        sets[r], tasks[r], region_notes, version, _, region_skipped = _inputs(
             config, osm_source, r, features[r], embeddings[r], pooled
         )
         notes += region_notes
+        skipped |= region_skipped
         versions |= {version} if version else set()
     if len(versions) > 1:
         raise dg.Failure(
@@ -322,4 +362,5 @@ def evaluation_cross_region(
         result,
         plots,
         intro,
+        skipped=skipped,
     )
