@@ -62,21 +62,50 @@ class TrainedModel:
         return self.pixel_level - (self.model.config.patch_size.bit_length() - 1)
 
 
-def load_model(checkpoint: str | os.PathLike, device: str = "auto") -> TrainedModel:
-    """The model of a `train` checkpoint, in eval mode on `device`."""
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, not an s2vec checkpoint, or not the model version asked for."""
+
+
+_REQUIRED = ("model", "model_config", "norm", "taxonomy_version", "grid")
+
+
+def load_model(
+    checkpoint: str | os.PathLike, device: str = "auto", model_version: str | None = None
+) -> TrainedModel:
+    """The model of a `train` checkpoint, in eval mode on `device`.
+
+    With `model_version`, the file must hash to it: a row of embeddings names its exact weights, so a
+    file replaced after training (or a path that now points at another model) is refused, not used."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = load_checkpoint(path)
-    model = MaskedAutoencoder(MAEConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
+    found = sha256_file(path)
+    if model_version is not None and found != model_version:
+        raise CheckpointError(
+            f"the checkpoint at {path} is model version {found[:12]}, not {model_version[:12]} that was "
+            "trained and registered there: the file was replaced after training. Materialise mae_model "
+            "again to retrain (or restore the file), then the embeddings."
+        )
+    try:
+        state = load_checkpoint(path)
+        missing = [k for k in _REQUIRED if k not in state] if isinstance(state, dict) else list(_REQUIRED)
+        if missing:
+            raise CheckpointError(f"it lacks {', '.join(missing)}")
+        model = MaskedAutoencoder(MAEConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except Exception as e:  # EOFError, UnpicklingError, zip errors, shape mismatches: all the same to a user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable s2vec checkpoint ({reason}). Delete it and materialise mae_model "
+            "again; a checkpoint is only ever written by s2vec_core.train."
+        ) from e
     model.to(select_device(device)).eval()
     context_norm = NormStats.from_dict(state["context_norm"]) if state.get("context_norm") else None
     return TrainedModel(
         model=model,
         norm=NormStats.from_dict(state["norm"]),
         context_norm=context_norm,
-        model_version=sha256_file(path),
+        model_version=found,
         taxonomy_version=state["taxonomy_version"],
         image_level=int(state["grid"]["image_level"]),
         pixel_level=int(state["grid"]["pixel_level"]),

@@ -8,9 +8,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from s2vec_core import s2
-from s2vec_core.embed import NEIGHBOUR_RING, embed_shards, embeddings_frame, load_model, token_cells
+from s2vec_core.catalog import sha256_file
+from s2vec_core.embed import (
+    NEIGHBOUR_RING,
+    CheckpointError,
+    embed_shards,
+    embeddings_frame,
+    load_model,
+    token_cells,
+)
 from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
 from s2vec_core.neighbours import ring_mean
@@ -139,6 +148,29 @@ def test_embedding_table_schema_reads_back_from_delta(trained, tmp_path):
     assert back["token"].to_list() == s2.to_token(ids.view(np.uint64)).tolist()
     order = np.argsort(shards.image_ids.view(np.int64))
     np.testing.assert_array_equal(np.stack(back["embedding"].to_numpy()), emb[order])
+
+
+def test_corrupt_foreign_and_replaced_checkpoints_are_refused_clearly(trained, tmp_path):
+    root, _ = trained
+    good = root / "model.pt"
+    version = sha256_file(good)
+    assert load_model(good, device="cpu", model_version=version).model_version == version
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    configless = tmp_path / "configless.pt"
+    state = torch.load(good, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "model_config"}, configless)
+    for path, why in ((empty, ""), (cut, ""), (configless, "model_config")):
+        with pytest.raises(CheckpointError, match=f"{path.name} is not a readable s2vec checkpoint.*{why}"):
+            load_model(path, device="cpu")
+    # A valid checkpoint of other weights at the path the registry names: refused by its hash.
+    swapped = tmp_path / "swapped.pt"
+    torch.save({**state, "model": {k: v + 1 for k, v in state["model"].items()}}, swapped)
+    load_model(swapped, device="cpu")
+    with pytest.raises(CheckpointError, match=f"is model version .*not {version[:12]}.*replaced"):
+        load_model(swapped, device="cpu", model_version=version)
 
 
 def test_bad_inputs_are_refused(trained, tmp_path):

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.model import assets as model_assets
@@ -181,3 +182,36 @@ def test_collapsed_embeddings_fail_the_check(world):
     )
     assert _checks(result)["cell_embeddings_not_collapsed"] is False
     assert _checks(result)["cell_embeddings_finite_and_sized"] is True
+
+
+def _failure_text(result) -> str:
+    data = next(e for e in result.all_events if e.is_step_failure).step_failure_data
+    return (data.user_failure_data.description if data.user_failure_data else "") + data.error.message
+
+
+def test_embeddings_refuse_a_replaced_checkpoint_and_another_warehouses_model(world, tmp_path):
+    defs, resources, instance, root = world
+    row = registry.versions(str(root)).row(0, named=True)
+    # Recorded relative to the warehouse root: a moved or mounted warehouse still finds its models.
+    assert not Path(row["checkpoint"]).is_absolute()
+    checkpoint = root / row["checkpoint"]
+    uri = str(root / model_assets.EMBEDDINGS_TABLE)
+    version = warehouse.table_version(uri)
+    original = checkpoint.read_bytes()
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({**state, "model": {k: v * 0.5 for k, v in state["model"].items()}}, checkpoint)
+    try:
+        swapped = _materialize(world, ["cell_embeddings"], REGION)
+        assert not swapped.success
+        assert "replaced after training" in _failure_text(swapped)
+        assert warehouse.table_version(uri) == version
+    finally:
+        checkpoint.write_bytes(original)
+
+    # The instance's latest mae_model was trained into the first warehouse; a new one must not use it.
+    other = tmp_path / "other-warehouse"
+    elsewhere = (defs, {**resources, "warehouse": WarehouseResource(root=str(other))}, instance, other)
+    foreign = _materialize(elsewhere, ["cell_embeddings"], REGION)
+    assert not foreign.success
+    assert "not registered in the warehouse" in _failure_text(foreign)
+    assert not (other / model_assets.EMBEDDINGS_TABLE).exists()

@@ -278,7 +278,8 @@ def mae_model(
             holdout_loss=float(sum(holdout[k] for k in ("image", "context") if k in holdout))
             if holdout
             else None,
-            checkpoint=str(checkpoint),
+            # Relative to the warehouse root, so a moved or mounted warehouse still finds its models.
+            checkpoint=str(checkpoint.relative_to(local_root(warehouse))),
             run_id=context.run_id,
             trained_at=datetime.now(UTC),
         ),
@@ -346,12 +347,35 @@ def _loss_curve(result: train.TrainResult):
     return fig
 
 
-def latest_checkpoint(context: dg.AssetExecutionContext) -> Path:
-    """The checkpoint of mae_model's latest materialisation."""
+def latest_checkpoint(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> tuple[Path, str]:
+    """(checkpoint path, model version) of mae_model's latest materialisation, as this warehouse's
+    registry records it: a model trained into another warehouse is refused, not silently used."""
     event = context.instance.get_latest_materialization_event(mae_model.key)
     if event is None or event.asset_materialization is None:
-        raise dg.Failure("mae_model has not been materialised yet")
-    return Path(str(event.asset_materialization.metadata["checkpoint_path"].value))
+        raise dg.Failure("mae_model has not been materialised yet: materialise it before the embeddings")
+    version = str(event.asset_materialization.metadata["model_version"].value)
+    rows = registry.versions(warehouse.root, storage_options=warehouse.storage_options or None).filter(
+        pl.col("model_version") == version
+    )
+    if rows.is_empty():
+        raise dg.Failure(
+            f"mae_model's latest materialisation (model version {version[:12]}, run "
+            f"{event.run_id[:8]}) is not registered in the warehouse at {warehouse.root}: it was trained "
+            "into another warehouse. Materialise mae_model with this warehouse, then the embeddings."
+        )
+    path = Path(rows["checkpoint"][0])
+    return (path if path.is_absolute() else local_root(warehouse) / path), version
+
+
+def trained_model(
+    context: dg.OpExecutionContext, warehouse: WarehouseResource, device: str = "cpu"
+) -> embed.TrainedModel:
+    """The model of `latest_checkpoint`, its file verified to be that model version."""
+    path, version = latest_checkpoint(context, warehouse)
+    try:
+        return embed.load_model(path, device=device, model_version=version)
+    except (FileNotFoundError, embed.CheckpointError) as e:
+        raise dg.Failure(description=str(e), metadata={"checkpoint": dg.MetadataValue.path(str(path))}) from e
 
 
 @dg.asset(
@@ -374,7 +398,7 @@ def cell_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, device: DeviceResource
 ) -> dg.MaterializeResult:
     region = context.partition_key
-    trained = embed.load_model(latest_checkpoint(context), device=device.resolve())
+    trained = trained_model(context, warehouse, device.resolve())
     shards = raster.open_shards(raster_dir(warehouse, region))
     if (shards.meta["image_level"], shards.meta["pixel_level"]) != (trained.image_level, trained.pixel_level):
         raise dg.Failure(

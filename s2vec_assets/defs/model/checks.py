@@ -19,7 +19,7 @@ from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.gx_checks import Expect, gx_check_result
-from s2vec_core import embed, raster
+from s2vec_core import raster
 from s2vec_core.train import baseline_ratio, load_checkpoint
 
 VARIANCE_FLOOR = 1e-6
@@ -130,8 +130,8 @@ def raster_tensors_finite_and_shaped(
     can_subset=True,
     name="mae_model_checks",
 )
-def mae_model_checks(context: dg.AssetCheckExecutionContext):
-    state = load_checkpoint(model_assets.latest_checkpoint(context))
+def mae_model_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    state = load_checkpoint(model_assets.latest_checkpoint(context, warehouse)[0])
     selected = {key.name for key in context.selected_asset_check_keys}
     if "mae_model_weights_finite" in selected:
         weights = pl.DataFrame(
@@ -183,7 +183,7 @@ def mae_model_checks(context: dg.AssetCheckExecutionContext):
 @dg.multi_asset_check(specs=EMBEDDING_SPECS, can_subset=True, name="cell_embeddings_checks")
 def cell_embeddings_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     region = context.partition_key
-    trained = embed.load_model(model_assets.latest_checkpoint(context), device="cpu")
+    trained = model_assets.trained_model(context, warehouse)
     both = warehouse.read(
         model_assets.EMBEDDINGS_TABLE, {"region": region, "model_version": trained.model_version}
     )
