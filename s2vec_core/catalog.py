@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from s2vec_core import leftovers
 from s2vec_core.pbf_framing import PBFFramingError, check_pbf_framing
 
 REGION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -222,7 +223,8 @@ def resolve_source(
             return target
         except (SourceError, PBFFramingError):
             target.unlink(missing_ok=True)  # a poisoned cache entry (e.g. an older cut download): fetch again
-    fd, name = tempfile.mkstemp(dir=cache, prefix=f"{target.name}.", suffix=".part")
+    leftovers.sweep(target)
+    fd, name = tempfile.mkstemp(dir=cache, prefix=f"{leftovers.temporary_sibling(target).name}.")
     os.close(fd)
     tmp = Path(name)
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from s2vec_core import s2
+from s2vec_core import leftovers, s2
 from s2vec_core.features import KEY_COLUMNS
 from s2vec_core.neighbours import gather
 
@@ -216,7 +216,8 @@ def write_shards(
     if n == 0:
         raise RasterError("no images to write")
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    leftovers.sweep(directory)
+    tmp = leftovers.temporary_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     starts = range(0, n, shard_size)
@@ -253,7 +254,7 @@ def write_shards(
         **(extra_meta or {}),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    old = leftovers.temporary_sibling(directory, "old")
     if directory.exists():
         os.replace(directory, old)
     os.replace(tmp, directory)

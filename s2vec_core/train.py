@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2vec_core import leftovers
 from s2vec_core.baselines import arrangement_groups
 from s2vec_core.model import MAEConfig, MaskedAutoencoder
 from s2vec_core.raster import NormStats, ShardSet
@@ -161,7 +162,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[n
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    leftovers.sweep(path)
+    tmp = leftovers.temporary_sibling(path)
     torch.save(state, tmp)
     os.replace(tmp, path)
 
