@@ -9,7 +9,8 @@ run; after it every level is its own stage, so a level sees all regions of the o
 version is complete, every region embedded and the version current, before anything evaluates it).
 With `--regions`, a model trained on more regions than asked has those embedded too: a model version
 is only usable once all its regions are. Assets added under `s2vec_assets/defs/` join automatically,
-with their checks.
+with their checks. Each stage runs, in this process, through the named job that holds its assets
+(`region_pipeline` or `model`, see defs/jobs.py), so the UI lists its runs under those jobs.
 
     s2vec run [--regions liechtenstein,monaco] [--config deploy/paper_scale.yaml]
     python -m s2vec_assets.run (the same)

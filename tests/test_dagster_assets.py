@@ -106,6 +106,22 @@ def test_definitions_list_assets_checks_and_region_partitions(defs):
     assert {"warehouse", "osm_source", "device"} <= set(defs.resources)
 
 
+def test_the_named_jobs_split_the_graph_by_partitioning(defs):
+    from s2vec_assets.defs.jobs import MODEL_JOB, REGION_JOB
+
+    graph = defs.resolve_asset_graph()
+    region, model = defs.resolve_job_def(REGION_JOB), defs.resolve_job_def(MODEL_JOB)
+    region_keys, model_keys = region.asset_layer.selected_asset_keys, model.asset_layer.selected_asset_keys
+    assert {k.to_user_string() for k in region_keys} >= {"osm_extract", "cell_features", "cell_embeddings"}
+    assert {k.to_user_string() for k in model_keys} >= {"mae_model"}
+    assert region_keys | model_keys == graph.get_all_asset_keys() and not region_keys & model_keys
+    assert region.partitions_def == region_partitions and model.partitions_def is None
+    assert all(graph.get(k).partitions_def == region_partitions for k in region_keys)
+    assert all(graph.get(k).partitions_def is None for k in model_keys)
+    # Each job carries the checks of its assets.
+    assert CHECKS <= {k.name for k in region.asset_layer.asset_graph.asset_check_keys}
+
+
 def test_a_backfill_of_all_regions_is_one_run_per_region(defs, instance):
     # The function the backfill daemon turns a backfill into runs with (internal to Dagster).
     from dagster._core.definitions.automation_tick_evaluation_context import (
