@@ -77,26 +77,24 @@ def _as_long(pixel_cells: pl.DataFrame) -> pl.DataFrame:
 
 def _at_level(long: pl.DataFrame, level: int, finest: int, region: str) -> pl.DataFrame:
     """Sum the long rows per parent cell and channel, then one Float64 column per channel: the wide
-    frame is built once per level, never for the whole pixel table plus copies."""
+    frame is built once per level, never for the whole pixel table plus copies.
+
+    The sums run in a fixed order (by parent, channel, then child cell, whatever the input order): a
+    parallel group-by adds floats in a thread-dependent order, and identical runs gave tables that
+    differed by ~1e-11, so their digests (and data versions) did not repeat."""
     ids = long["cell_id"].to_numpy()
     cells = s2.parent(ids, level) if level != finest and len(ids) else ids
-    summed = (
-        long.with_columns(cell_id=pl.Series(cells, dtype=pl.UInt64))
-        .group_by("cell_id", "channel")
-        .agg(pl.col("value").sum())
-    )
-    unique, row = np.unique(summed["cell_id"].to_numpy(), return_inverse=True)
-    channel = summed["channel"].to_numpy()
-    value = summed["value"].to_numpy()
-    order = np.argsort(channel, kind="stable")
-    bounds = np.searchsorted(channel[order], np.arange(len(CHANNEL_NAMES) + 1))
-    columns = {}
-    for i, name in enumerate(CHANNEL_NAMES):
-        pick = order[bounds[i] : bounds[i + 1]]
-        col = np.zeros(unique.size)
-        col[row[pick]] = value[pick]
-        columns[name] = col
-    return pl.DataFrame(columns).with_columns(
+    channel = long["channel"].to_numpy()
+    order = np.lexsort((ids, channel, cells))
+    cells, channel, value = cells[order], channel[order], long["value"].to_numpy()[order]
+    new = np.ones(cells.size, bool)
+    new[1:] = (cells[1:] != cells[:-1]) | (channel[1:] != channel[:-1])
+    starts = np.flatnonzero(new)
+    sums = np.add.reduceat(value, starts) if starts.size else value
+    unique, row = np.unique(cells[starts], return_inverse=True)
+    wide = np.zeros((len(CHANNEL_NAMES), unique.size))
+    wide[channel[starts], row] = sums
+    return pl.DataFrame({name: wide[i] for i, name in enumerate(CHANNEL_NAMES)}).with_columns(
         region=pl.lit(region, pl.String),
         level=pl.lit(level, pl.Int8),
         cell_id=pl.Series(s2.as_int64(unique), dtype=pl.Int64),
