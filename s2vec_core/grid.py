@@ -7,7 +7,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MAX_LEVEL = 30
+from s2vec_core.taxonomy import CHANNEL_NAMES
+
+MAX_LEVEL = 26
+"""Finest level features (and so pixels) can be at: extraction keys a row by cell id | channel index,
+and the index must fit below the trailing bit of a level-26 id. (S2 itself goes to `s2.MAX_LEVEL` 30.)"""
+MAX_IMAGE_K = 7
+"""At most 2**7 x 2**7 pixels per image: one image holds channels x 4**k float32 values (92 channels:
+6 MB at k = 7, 386 MB at k = 10, where a 32-image batch no longer fits a 24 GiB machine)."""
+
+
+def check_image_levels(image_level: int, pixel_level: int) -> None:
+    """ValueError unless 0 <= image_level < pixel_level <= MAX_LEVEL and the image is at most
+    2**MAX_IMAGE_K pixels on a side."""
+    if not 0 <= image_level < pixel_level <= MAX_LEVEL:
+        raise ValueError(
+            f"need 0 <= image_level < pixel_level <= {MAX_LEVEL}, got {image_level}/{pixel_level}"
+        )
+    if pixel_level - image_level > MAX_IMAGE_K:
+        side = 1 << (pixel_level - image_level)
+        mb = side * side * 4 * len(CHANNEL_NAMES) / 2**20
+        raise ValueError(
+            f"image level {image_level} with pixel level {pixel_level} makes images of {side} x {side} "
+            f"pixels (~{mb:,.0f} MB each with the taxonomy's {len(CHANNEL_NAMES)} channels); images may be "
+            f"at most {1 << MAX_IMAGE_K} pixels on a side: raise image_level to "
+            f"{pixel_level - MAX_IMAGE_K} or more (the defaults make 16 x 16)"
+        )
 
 
 @dataclass(frozen=True)
@@ -27,10 +52,7 @@ class Grid:
     context_ring: int = 2
 
     def __post_init__(self) -> None:
-        if not 0 <= self.image_level < self.pixel_level <= MAX_LEVEL:
-            raise ValueError(
-                f"need 0 <= image_level < pixel_level <= {MAX_LEVEL}, got {self.image_level}/{self.pixel_level}"
-            )
+        check_image_levels(self.image_level, self.pixel_level)
         levels = tuple(sorted(set(self.feature_levels)))
         if any(not 0 <= lv <= MAX_LEVEL for lv in levels):
             raise ValueError(f"feature levels must be within 0..{MAX_LEVEL}, got {self.feature_levels}")

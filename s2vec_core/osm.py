@@ -39,6 +39,7 @@ import numpy as np
 import osmium
 import polars as pl
 
+from s2vec_core.grid import MAX_LEVEL
 from s2vec_core.s2 import face_ij_to_cell_id, latlng_to_cell_id, latlng_to_face_xy
 from s2vec_core.taxonomy import (
     AREA_KEYS,
@@ -69,8 +70,6 @@ SPREAD_BATCH_PIECES = 4_000_000
 FLUSH_POINTS = 100_000
 FLUSH_LINES = 10_000
 FLUSH_AREAS = 10_000
-# Finest extraction level: the channel index must fit below the trailing bit of a cell id.
-MAX_LEVEL = 26
 # Chunks queued for the worker thread before the reader waits.
 MAX_PENDING = 2
 # Files from this size on are read by two processes (see extract_cells_long).

@@ -26,6 +26,7 @@ import torch
 
 from s2vec_core import leftovers, s2
 from s2vec_core.features import KEY_COLUMNS
+from s2vec_core.grid import check_image_levels
 from s2vec_core.neighbours import gather
 
 INDEX_FILE = "index.parquet"
@@ -67,8 +68,10 @@ def rasterize(
 
     Uses only rows at `pixel_level`; pixels without a row are zero, so are neighbours outside the region.
     """
-    if not 0 <= image_level < pixel_level <= s2.MAX_LEVEL:
-        raise RasterError(f"need 0 <= image_level < pixel_level <= 30, got {image_level}/{pixel_level}")
+    try:
+        check_image_levels(image_level, pixel_level)
+    except ValueError as e:
+        raise RasterError(str(e)) from None
     if context_ring < 0:
         raise RasterError(f"context_ring must be >= 0, got {context_ring}")
     missing = [c for c in ("level", "cell_id") if c not in cell_features.columns]

@@ -5,6 +5,7 @@ import http.server
 import threading
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from s2vec_core import catalog
@@ -147,3 +148,20 @@ def test_grid_validates_levels():
         Grid(17, 13, (13, 17))
     with pytest.raises(ValueError, match="finest"):
         Grid(13, 17, (13, 17, 18))
+
+
+def test_images_too_large_for_memory_and_levels_extraction_cannot_reach_are_refused():
+    from s2vec_assets.defs.model.assets import RasterConfig
+    from s2vec_core.grid import MAX_IMAGE_K, MAX_LEVEL
+    from s2vec_core.raster import RasterError, rasterize
+
+    assert Grid(10, 17, (10, 17)).image_size == 1 << MAX_IMAGE_K
+    with pytest.raises(ValueError, match="1024 x 1024 pixels .*raise image_level to 10"):
+        Grid(7, 17, (7, 17))
+    with pytest.raises(RasterError, match="1024 x 1024"):
+        rasterize(pl.DataFrame({"level": [17], "cell_id": [0]}), 7, 17)
+    with pytest.raises(ValueError, match="1024 x 1024"):  # the Launchpad refuses it before a run starts
+        RasterConfig(image_level=7, pixel_level=17)
+    # One finest level for features, the extraction's (27..30 are S2 levels, not extractable ones).
+    with pytest.raises(ValueError, match=f"<= {MAX_LEVEL}"):
+        Grid(22, MAX_LEVEL + 1, (22, MAX_LEVEL + 1))

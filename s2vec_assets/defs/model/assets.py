@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
@@ -28,7 +28,7 @@ from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
 from s2vec_core import embed, raster, registry, train, vectors
-from s2vec_core.grid import Grid
+from s2vec_core.grid import Grid, check_image_levels
 from s2vec_core.model import MAEConfig, parameter_count
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.taxonomy import TAXONOMY_VERSION
@@ -58,6 +58,11 @@ class RasterConfig(dg.Config):
         description="Image cells on each side of the context window (0: none).",
     )
     shard_size: int = Field(default=4096, ge=1, description="Images per .npy shard.")
+
+    @model_validator(mode="after")
+    def _image_fits(self) -> "RasterConfig":
+        check_image_levels(self.image_level, self.pixel_level)
+        return self
 
 
 @dg.asset(
