@@ -18,7 +18,7 @@ from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_core import s2
 from s2vec_core.catalog import load_catalog, sha256_file
-from s2vec_core.grid import Grid
+from s2vec_core.grid import MAX_LEVEL, Grid
 from s2vec_core.taxonomy import CHANNEL_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -295,7 +295,8 @@ def test_a_corrupt_extract_fails_clearly_and_writes_nothing(defs, instance, mate
 
 
 def test_bad_levels_config_fails_with_a_clear_error_before_writing(defs, instance, tmp_path):
-    config = {"ops": {"cell_features": {"config": {"levels": [13, 40]}}}}
+    # 27 is an S2 level but finer than extraction can key: refused as clearly as 40.
+    config = {"ops": {"cell_features": {"config": {"levels": [13, MAX_LEVEL + 1]}}}}
     result = materialize(
         defs,
         resources_for(defs, tmp_path),
@@ -310,5 +311,5 @@ def test_bad_levels_config_fails_with_a_clear_error_before_writing(defs, instanc
     while error is not None:
         messages.append(error.message)
         error = error.cause
-    assert any("levels must be within 0..30" in m for m in messages)
+    assert any(f"levels must be within 0..{MAX_LEVEL}" in m for m in messages)
     assert not (tmp_path / "cell_features").exists()
