@@ -4,8 +4,10 @@ Defaults give the embedded setup (local Delta tables under `<repo>/warehouse`, t
 CPU unless a GPU is present); everything else is configuration, through environment variables or the
 resource config in the Launchpad.
 
-- `S2VEC_WAREHOUSE`: warehouse root, a directory or an object-store URI (`s3://bucket/prefix`); object
-  stores take credentials through `storage_options` (passed to deltalake as is).
+- `S2VEC_WAREHOUSE`: warehouse root, a directory or an object-store URI (`s3://bucket/prefix`). Object
+  stores take plain options (endpoint, region) in `storage_options` and credentials only from the
+  environment: the standard AWS_* / AZURE_* / GOOGLE_* variables, or `storage_options_from_env` naming
+  the variable per option. A literal credential is refused: it would sit in plain text in runs.db.
 - `S2VEC_CATALOG`: regions catalog (also decides the partitions, see `partitions.py`).
 - `S2VEC_CACHE`: where downloaded extracts are cached (default `~/.cache/s2vec/osm`).
 - `S2VEC_DEVICE`: `auto` (CUDA if available, else CPU), `cpu`, `cuda` or `cuda:N`.
@@ -34,13 +36,42 @@ def default_cache_dir() -> str:
     return os.environ.get("S2VEC_CACHE", str(Path(xdg) / "s2vec" / "osm"))
 
 
+CREDENTIAL_OPTION = re.compile(r"secret|password|token|credential|private|key|sas", re.IGNORECASE)
+"""Storage option names that hold credentials (aws_secret_access_key, azure_storage_account_key, ...)."""
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """The Delta warehouse: one table per name under `root`, written one partition at a time."""
 
     root: str = Field(description="Directory or object-store URI holding the Delta tables.")
     storage_options: dict[str, str] = Field(
-        default_factory=dict, description="deltalake storage options (credentials, endpoint, region...)."
+        default_factory=dict,
+        description=(
+            "deltalake storage options that are not secrets (endpoint, region, allow_http, conditional_put, "
+            "locking provider). Credentials: `storage_options_from_env`, or the standard AWS_* / AZURE_* / "
+            "GOOGLE_* environment variables, which deltalake reads itself."
+        ),
     )
+    storage_options_from_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Storage option -> name of the environment variable that holds it, read when a table is opened: "
+            "the value never enters the run config, runs.db, metadata or logs."
+        ),
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_literal_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        secret = sorted(k for k in options if CREDENTIAL_OPTION.search(k))
+        if secret:
+            raise ValueError(
+                f"storage_options {secret} look like credentials: a literal value would be stored in plain "
+                "text in the run config (runs.db) and shown in the Launchpad. Name the environment variable "
+                f"instead (storage_options_from_env: {{{secret[0]}: MY_ENV_VAR}}), or export the standard "
+                "variable (e.g. AWS_SECRET_ACCESS_KEY), which deltalake reads itself."
+            )
+        return options
 
     def table_uri(self, name: str) -> str:
         return warehouse.table_uri(self.root, name)
@@ -62,7 +93,7 @@ class WarehouseResource(dg.ConfigurableResource):
             df,
             self.table_uri(name),
             partition,
-            storage_options=self._options,
+            storage_options=self.options,
             description=description,
             commit=commit,
             facts=facts,
@@ -73,23 +104,32 @@ class WarehouseResource(dg.ConfigurableResource):
     def model_version(self, pin: str | None = None) -> str | None:
         """The embeddings readers read: `pin`, else the current version (see registry.resolve); None if
         cell_embeddings holds none yet. Raises registry.VersionError when that is ambiguous."""
-        if not registry.embedded_versions(self.root, storage_options=self._options):
+        if not registry.embedded_versions(self.root, storage_options=self.options):
             return None
-        return registry.resolve(self.root, pin, storage_options=self._options)
+        return registry.resolve(self.root, pin, storage_options=self.options)
 
     def read(
         self, name: str, filters: dict[str, str | int] | None = None, columns: list[str] | None = None
     ) -> pl.DataFrame:
         return warehouse.read_table(
-            self.table_uri(name), filters, storage_options=self._options, columns=columns
+            self.table_uri(name), filters, storage_options=self.options, columns=columns
         )
 
     def version(self, name: str) -> int | None:
-        return warehouse.table_version(self.table_uri(name), storage_options=self._options)
+        return warehouse.table_version(self.table_uri(name), storage_options=self.options)
 
     @property
-    def _options(self) -> dict[str, str] | None:
-        return dict(self.storage_options) or None
+    def options(self) -> dict[str, str] | None:
+        """The storage options deltalake gets: the plain ones plus those read from the environment now."""
+        missing = sorted(v for v in self.storage_options_from_env.values() if v not in os.environ)
+        if missing:
+            raise dg.Failure(
+                f"the warehouse at {self.root} takes storage options from the environment variables "
+                f"{missing}, which are not set in this process: export them where Dagster runs (the "
+                "webserver, the daemon and run workers) and launch again."
+            )
+        env = {option: os.environ[var] for option, var in self.storage_options_from_env.items()}
+        return {**self.storage_options, **env} or None
 
 
 class OsmSourceResource(dg.ConfigurableResource):

@@ -31,7 +31,7 @@ def maintain_warehouse(
     done = maintenance.maintain(
         warehouse.root,
         timedelta(hours=config.retention_hours),
-        storage_options=warehouse.storage_options or None,
+        storage_options=warehouse.options,
         dry_run=config.dry_run,
     )
     for d in done:

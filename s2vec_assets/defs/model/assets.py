@@ -289,7 +289,7 @@ def mae_model(
             trained_at=datetime.now(UTC),
         ),
         commit=commit_info(context, trained.model_version),
-        storage_options=warehouse.storage_options or None,
+        storage_options=warehouse.options,
     )
     return dg.MaterializeResult(
         metadata={
@@ -359,7 +359,7 @@ def latest_checkpoint(context: dg.OpExecutionContext, warehouse: WarehouseResour
     if event is None or event.asset_materialization is None:
         raise dg.Failure("mae_model has not been materialised yet: materialise it before the embeddings")
     version = str(event.asset_materialization.metadata["model_version"].value)
-    rows = registry.versions(warehouse.root, storage_options=warehouse.storage_options or None).filter(
+    rows = registry.versions(warehouse.root, storage_options=warehouse.options).filter(
         pl.col("model_version") == version
     )
     if rows.is_empty():
@@ -438,7 +438,7 @@ def cell_embeddings(
         warehouse.root,
         trained.model_version,
         commit=commit,
-        storage_options=warehouse.storage_options or None,
+        storage_options=warehouse.options,
     )
     metadata = table_metadata(
         df,
