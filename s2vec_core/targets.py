@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from s2vec_core import s2
+from s2vec_core.catalog import redact_url
 
 AGGREGATIONS = ("mean", "sum", "density")
 EARTH_RADIUS_KM = 6371.0088
@@ -31,6 +32,12 @@ class TargetsError(ValueError):
 
 def read_targets_file(path: str | os.PathLike) -> pl.DataFrame:
     """Read a Parquet or CSV targets file (chosen by suffix) with a clear error when unreadable."""
+    if "://" in str(path):
+        shown = redact_url(str(path))
+        raise TargetsError(
+            f"targets {shown} is a URL; targets are read from a local Parquet or CSV file only (they are "
+            "not downloaded): fetch it first and give its path"
+        )
     path = Path(path)
     if not path.is_file():
         raise TargetsError(f"targets file not found: {path}")

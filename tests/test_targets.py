@@ -124,6 +124,10 @@ def test_malformed_and_missing_files(tmp_path):
         load_targets(bad, LEVEL)
     with pytest.raises(TargetsError, match="not found"):
         load_targets(tmp_path / "nope.csv", LEVEL)
+    # A URL (e.g. in the Launchpad's `targets`) is refused for what it is, its query never printed.
+    with pytest.raises(TargetsError, match=r"https://example\.org/t\.csv is a URL; .*local") as url:
+        load_targets("https://example.org/t.csv?sig=s3cr3t", LEVEL)
+    assert "s3cr3t" not in str(url.value)
     other = write_csv(tmp_path, "{}", "t.json")
     with pytest.raises(TargetsError, match="unsupported format '.json'"):
         load_targets(other, LEVEL)
