@@ -156,8 +156,8 @@ ops:
   mae_model:
     config: {patch_size: 4, width: 16, depth: 1, heads: 2, decoder_width: 8, decoder_depth: 1, decoder_heads: 2,
              epochs: 2, batch_size: 8, lr: 0.01}
-  evaluation_report: {config: {image_level: 14, pixel_level: 18, learning_curves: false, k: 2}}
-  evaluation_cross_region: {config: {image_level: 14, pixel_level: 18, learning_curves: false, k: 2}}
+  evaluation_report: {config: {learning_curves: false, k: 2}}
+  evaluation_cross_region: {config: {learning_curves: false, k: 2}}
 """
 MONACO = REPO / "data" / "osm" / "monaco-2023.osm.pbf"
 

@@ -10,21 +10,24 @@ add learning curves (R2 vs labelled cells, spatial split) as a table, a plot and
 beside the report (not in Delta). All scoring lives in s2vec_core.evaluation_run.
 """
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from s2vec_assets.defs.features import assets as feature_assets
+from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, table_metadata
 from s2vec_assets.provenance import commit_info
 from s2vec_core import evaluation_run as er
-from s2vec_core import registry
+from s2vec_core import raster, registry
 from s2vec_core.catalog import CROSS_REGION_SCOPE
 from s2vec_core.evaluate import r2_table, raw_channel_totals, verdicts
 from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
@@ -43,10 +46,6 @@ PROXY_NOTE = (
 
 
 class EvaluationConfig(dg.Config):
-    image_level: int = Field(default=Grid().image_level, description="Level of the image cells (embeddings).")
-    pixel_level: int = Field(
-        default=Grid().pixel_level, description="Level of the pixel cells (for the spatial_stats baseline)."
-    )
     targets: str | None = Field(
         default=None, description="Targets file (Parquet/CSV); overrides the catalog."
     )
@@ -95,35 +94,72 @@ def _model_version(config: EvaluationConfig, warehouse: WarehouseResource) -> st
         raise dg.Failure(description=f"{e}; set `model_version` in the run config") from e
 
 
-def _embeddings(config: EvaluationConfig, warehouse: WarehouseResource, region: str, version: str | None):
+class Levels(NamedTuple):
+    """The image and pixel levels an evaluation scores at, and what said so."""
+
+    image: int
+    pixel: int
+    source: str
+
+
+def _levels(warehouse: WarehouseResource, version: str | None, regions: Sequence[str]) -> Levels:
+    """The grid flows from the inputs, never from this asset's config: the scored model's levels (its
+    `model_versions` row), else those the regions' rasters were made at, else raster_tensors' default.
+    It is set once, where rasters are made."""
+    if version is not None:
+        row = registry.versions(warehouse.root, storage_options=warehouse.options).filter(
+            pl.col("model_version") == version
+        )
+        if row.height:
+            return Levels(int(row["image_level"][0]), int(row["pixel_level"][0]), f"model {version[:12]}")
+    found = {}
+    for r in regions:
+        meta = model_assets.raster_dir(warehouse, r) / raster.META_FILE
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            found[r] = (int(m["image_level"]), int(m["pixel_level"]))
+    grids = sorted(set(found.values()))
+    if len(grids) > 1:
+        raise dg.Failure(
+            f"the regions' rasters were made at different levels {found}: re-materialise raster_tensors "
+            "with one image and pixel level for every region"
+        )
+    if not grids:  # baselines before any rasters: the grid raster_tensors makes by default
+        return Levels(Grid().image_level, Grid().pixel_level, "default grid")
+    return Levels(*grids[0], "rasters")
+
+
+def _embeddings(levels: Levels, warehouse: WarehouseResource, region: str, version: str | None):
     if version is None:
         return None
     df = warehouse.read(EMBEDDINGS.path[-1], {"region": region, "model_version": version})
-    df = df.filter(pl.col("level") == config.image_level)
+    df = df.filter(pl.col("level") == levels.image)
     if df.height == 0:
         return None
     registry.check_one_version(df)
     return df
 
 
-def _features(config, warehouse, region: str) -> pl.DataFrame:
+def _features(levels: Levels, warehouse, region: str) -> pl.DataFrame:
     features = warehouse.read(feature_assets.TABLE, {"region": region})
-    if features.filter(pl.col("level") == config.image_level).height == 0:
+    have = sorted(features["level"].unique().to_list())
+    missing = [lv for lv in (levels.image, levels.pixel) if lv not in have]
+    if missing:
         raise dg.Failure(
-            f"{region}: cell_features has no rows at the image level {config.image_level}; "
-            "materialise cell_features with that level"
+            f"{region}: cell_features has levels {have}, not {missing} that the {levels.source} was made "
+            f"at (image {levels.image}, pixel {levels.pixel}): materialise cell_features with those levels"
         )
     return features
 
 
-def _inputs(config, osm_source, region: str, features, embeddings, pca_source=None):
+def _inputs(config, levels: Levels, osm_source, region: str, features, embeddings, pca_source=None):
     """(feature sets, tasks, notes, model_version, user targets?, {region/task: why not scored}) of one
     region; refuses (dg.Failure) a region where no target can be scored."""
     external = pl.read_parquet(config.external_embeddings) if config.external_embeddings else None
     sets = er.standard_feature_sets(
-        features, config.image_level, embeddings, external, config.seed, pca_source, config.pixel_level
+        features, levels.image, embeddings, external, config.seed, pca_source, levels.pixel
     )
-    notes = [f"{region}: {n}" for n in er.feature_set_notes(sets, config.pixel_level)]
+    notes = [f"{region}: {n}" for n in er.feature_set_notes(sets, levels.pixel)]
     if embeddings is None:
         notes.append(f"{region}: no S2Vec embeddings in cell_embeddings; baselines only")
     targets_file = config.targets or osm_source.region(region).targets
@@ -131,14 +167,14 @@ def _inputs(config, osm_source, region: str, features, embeddings, pca_source=No
         try:
             tasks = {
                 Path(targets_file).stem: load_targets(
-                    targets_file, config.image_level, config.value_column, config.agg
+                    targets_file, levels.image, config.value_column, config.agg
                 )
             }
         except TargetsError as e:
             raise dg.Failure(description=str(e)) from e
     else:
         tasks, skipped = er.proxy_tasks(
-            osm_source.resolve(region), config.image_level, sets["raw"]["cell_id"].to_numpy()
+            osm_source.resolve(region), levels.image, sets["raw"]["cell_id"].to_numpy()
         )
         notes += [f"{region}: {n}" for n in skipped]
     # Before anything is scored or written: targets that miss the region or have no variance would
@@ -239,18 +275,21 @@ def evaluation_report(
     osm_source: OsmSourceResource,
 ) -> dg.MaterializeResult:
     region = context.partition_key
+    model_version = _model_version(config, warehouse)
+    levels = _levels(warehouse, model_version, [region])
     sets, tasks, notes, version, user_targets, skipped = _inputs(
         config,
+        levels,
         osm_source,
         region,
-        _features(config, warehouse, region),
-        _embeddings(config, warehouse, region, _model_version(config, warehouse)),
+        _features(levels, warehouse, region),
+        _embeddings(levels, warehouse, region, model_version),
     )
     result = er.evaluate_region(
         region,
         sets,
         tasks,
-        config.image_level,
+        levels.image,
         k=config.k,
         block_levels_up=config.block_levels_up,
         seed=config.seed,
@@ -276,7 +315,7 @@ def evaluation_report(
             region,
             sets,
             tasks,
-            config.image_level,
+            levels.image,
             k=config.k,
             block_levels_up=config.block_levels_up,
             seed=config.seed,
@@ -285,7 +324,10 @@ def evaluation_report(
         if config.learning_curves
         else None
     )
-    intro = f"Region `{region}`, image level {config.image_level}, embeddings `{version or 'none'}`."
+    intro = (
+        f"Region `{region}`, image level {levels.image} (from the {levels.source}), "
+        f"embeddings `{version or 'none'}`."
+    )
     if not user_targets:
         intro += "\n\n" + PROXY_NOTE
     plots = er.report_plots(result, sets, curves=curves)
@@ -309,27 +351,28 @@ def evaluation_cross_region(
     warehouse: WarehouseResource,
     osm_source: OsmSourceResource,
 ) -> dg.MaterializeResult:
+    model_version = _model_version(config, warehouse)
     regions = region_partitions.get_partition_keys()
+    levels = _levels(warehouse, model_version, regions)
     present = (
         warehouse.read(feature_assets.TABLE, columns=["region", "level"])
-        .filter(pl.col("level") == config.image_level)["region"]
+        .filter(pl.col("level") == levels.image)["region"]
         .unique()
         .to_list()
     )
     regions = [r for r in regions if r in present]
-    notes = [f"regions with features at level {config.image_level}: {regions}"]
-    features = {r: _features(config, warehouse, r) for r in regions}
+    notes = [f"regions with features at level {levels.image} (from the {levels.source}): {regions}"]
+    features = {r: _features(levels, warehouse, r) for r in regions}
     # Adjacent regions can share an image cell on their border (each holds its own part of it); the PCA is
     # keyed by cell id, so the pooled fit keeps one row per cell.
     pooled = (
-        pl.concat(
-            [raw_channel_totals(features[r], config.image_level, CHANNEL_NAMES) for r in regions]
-        ).unique("cell_id", keep="first", maintain_order=True)
+        pl.concat([raw_channel_totals(features[r], levels.image, CHANNEL_NAMES) for r in regions]).unique(
+            "cell_id", keep="first", maintain_order=True
+        )
         if regions
         else None
     )
-    model_version = _model_version(config, warehouse)
-    embeddings = {r: _embeddings(config, warehouse, r, model_version) for r in regions}
+    embeddings = {r: _embeddings(levels, warehouse, r, model_version) for r in regions}
     # Transfer needs the same features everywhere: S2Vec only if every region has embeddings.
     with_embeddings = [r for r in regions if embeddings[r] is not None]
     if with_embeddings and len(with_embeddings) < len(regions):
@@ -338,7 +381,7 @@ def evaluation_cross_region(
     sets, tasks, versions, skipped = {}, {}, set(), {}
     for r in regions:
         sets[r], tasks[r], region_notes, version, _, region_skipped = _inputs(
-            config, osm_source, r, features[r], embeddings[r], pooled
+            config, levels, osm_source, r, features[r], embeddings[r], pooled
         )
         notes += region_notes
         skipped |= region_skipped
@@ -352,7 +395,10 @@ def evaluation_cross_region(
     )
     result.notes[:0] = notes
     plots = er.report_plots(result, {}) if result.metrics.height else {}
-    intro = f"Leave-one-region-out transfer over {regions}, image level {config.image_level}.\n\n{PROXY_NOTE}"
+    intro = (
+        f"Leave-one-region-out transfer over {regions}, image level {levels.image} (from the "
+        f"{levels.source}).\n\n{PROXY_NOTE}"
+    )
     return _publish(
         context,
         config,
