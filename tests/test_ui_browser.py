@@ -259,6 +259,12 @@ def test_ui_lists_every_asset_and_check_and_materialises_a_region_by_clicks(dags
                 for key in instance.get_asset_keys()
                 if instance.get_materialized_partitions(key) == {REGION}
             }
+            events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event]
+    # The UI's run went through the run launcher into its own process and, with the default in-process
+    # executor, ran every step there (no step subprocesses).
+    run_pids = {e.pid for e in events if e.event_type == dg.DagsterEventType.RUN_START}
+    step_pids = {e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
+    assert len(run_pids) == 1 and step_pids == run_pids
     _open(browser, f"{url}/runs/{run.run_id}")
     _wait(browser, lambda d: "Success" in d.find_element(By.TAG_NAME, "body").text, what="Success on the run")
     time.sleep(2)
