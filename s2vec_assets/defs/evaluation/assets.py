@@ -298,17 +298,19 @@ def evaluation_report(
     )
     result.notes[:0] = notes
     if result.metrics.height == 0:
-        # Writing the empty result would delete the region's previous metrics for a run that scored
-        # nothing; refuse instead, saying why.
-        raise dg.Failure(
-            description=(
-                f"evaluation[{region}]: nothing could be scored, so no metric row was written or "
-                "deleted and the region's previous metrics stay current. Notes: "
-                + "; ".join(result.notes[len(notes) :] or notes)
-                + ". Fix the targets (more labelled cells inside the region) or the cell_features "
-                "levels, then re-run."
-            ),
-            metadata={"notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes))},
+        # Too few labelled cells to score is a fact about a small region, not a failure; but writing the
+        # empty result would delete the region's previous metrics, so nothing is written.
+        why = "; ".join(result.notes[len(notes) :] or notes)
+        context.log.warning(f"evaluation[{region}]: nothing scored, previous metrics kept: {why}")
+        return dg.MaterializeResult(
+            metadata={
+                "scored": dg.MetadataValue.int(0),
+                "verdict": dg.MetadataValue.md(
+                    f"**Nothing scored** for `{region}`; no metric row was written or deleted, so the region's "
+                    f"previous metrics stay current. {why}"
+                ),
+                "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes)),
+            }
         )
     curves = (
         er.learning_curves(
