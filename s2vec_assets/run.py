@@ -2,9 +2,11 @@
 
 Runs are recorded in the persistent instance under $DAGSTER_HOME (default ./dagster_home), so
 `make dev` shows them afterwards with their metadata and check results. The graph is walked in
-stages in dependency order, one run per region (a failing region does not stop the others, but the
-next stage waits until all regions are fine); an unpartitioned asset (e.g. a model trained on all
-regions) runs once. Up to the first unpartitioned asset, consecutive region-partitioned assets share a
+stages in dependency order, one run per region; an unpartitioned asset (e.g. a model trained on all
+regions) runs once. A region that fails sits out the later stages and the others go on without it;
+a failed unpartitioned stage stops the rest (they all need it). At the end every failure is listed,
+one paragraph each (region, stage, run, the step's own message; the trace stays in the run's logs),
+and the exit status is 1. Up to the first unpartitioned asset, consecutive region-partitioned assets share a
 run; after it every level is its own stage, so a level sees all regions of the one before (a model
 version is complete, every region embedded and the version current, before anything evaluates it).
 With `--regions`, a model trained on more regions than asked has those embedded too: a model version
@@ -20,12 +22,16 @@ import argparse
 import os
 import socket
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import yaml
+
+from s2vec_assets.stale_runs import reap_dead_runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,35 +40,8 @@ LAUNCHED_BY = {"s2vec/launched_by": "s2vec_assets.run"}
 
 
 def run_tags() -> dict[str, str]:
-    """Tags of every run this process launches: who, and which process (see `reap_dead_runs`)."""
+    """Tags of every run this process launches: who, and which process (see `stale_runs`)."""
     return {**LAUNCHED_BY, "s2vec/host": socket.gethostname(), "s2vec/pid": str(os.getpid())}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark runs of an earlier `make run` whose process died (killed, out of memory) as failed.
-
-    In-process runs hold their pool slot (e.g. `gpu`) in the instance; a killed process never gives
-    it back, and the next training step would wait for it forever. Returns the reaped run ids.
-    """
-    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-    reaped = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=active, tags=LAUNCHED_BY)):
-        pid = run.tags.get("s2vec/pid")
-        if run.tags.get("s2vec/host") == socket.gethostname() and pid and not _alive(int(pid)):
-            instance.report_run_failed(run, message=f"process {pid} of s2vec_assets.run is gone")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            reaped.append(run.run_id)
-    return reaped
 
 
 def plan_stages(graph) -> list[Stage]:
@@ -127,9 +106,9 @@ def run_stage(
     instance: dg.DagsterInstance,
     regions: Sequence[str] | None,
     config: dict | None = None,
-) -> list[tuple[str, bool, str]]:
-    """Materialise a stage (its assets and their checks) through its named job, in this process;
-    returns (partition, success, run id)."""
+) -> list["Outcome"]:
+    """Materialise a stage (its assets and their checks) through its named job, in this process; one
+    Outcome per partition."""
     pdef, keys = stage
     partitions: list[str | None] = [None]
     if pdef is not None:
@@ -155,8 +134,44 @@ def run_stage(
             else "FAILED" + (f" (checks: {', '.join(failed_checks)})" if failed_checks else "")
         )
         print(f"  {label:<20} {status}  {job.name} run {result.run_id}", flush=True)
-        outcomes.append((label, result.success, result.run_id))
+        outcomes.append(Outcome(label, result.success, result.run_id, "" if result.success else _why(result)))
     return outcomes
+
+
+class Outcome(NamedTuple):
+    label: str
+    """The region, or "(all regions)"."""
+    ok: bool
+    run_id: str
+    why: str
+    """The first failed step's own message (the trace stays in the run's logs)."""
+
+
+def _why(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            text = (data.user_failure_data.description if data.user_failure_data else None) or (
+                data.error.message if data.error else ""
+            )
+            return f"{event.step_key}: {text.strip().splitlines()[0] if text.strip() else 'failed'}"
+    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    return f"blocking checks failed: {', '.join(failed)}" if failed else "the run failed (see its logs)"
+
+
+def _pool_holders(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> str:
+    """Which runs hold the pools the stage's steps need (empty if none): a step waiting for a slot
+    is otherwise silent on the terminal."""
+    graph = defs.resolve_asset_graph()
+    pools = set().union(*(graph.get(k).pools or set() for k in keys))
+    held = []
+    for pool in sorted(pools):
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        if info.slot_count and len(info.claimed_slots) >= info.slot_count:
+            held.append(
+                f"pool {pool!r} is full, held by run(s) {sorted({c.run_id for c in info.claimed_slots})}"
+            )
+    return "; ".join(held)
 
 
 def _table_locations(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, str]:
@@ -212,25 +227,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"marked run {run_id} failed: its process is gone (its pool slots are free again)")
+        failures: list[tuple[str, Outcome]] = []
         for pdef, keys in plan_stages(defs.resolve_asset_graph()):
             names = ", ".join(k.to_user_string() for k in keys)
             print(f"stage: {names}" + (" (per region)" if pdef is not None else ""), flush=True)
+            if held := _pool_holders(instance, defs, keys):
+                print(f"  waiting: {held} (a run killed in the shell is reaped by the next `make run`)")
             outcomes = run_stage(defs, (pdef, keys), instance, regions, config)
-            failed = [label for label, ok, _ in outcomes if not ok]
-            if failed:
-                print(
-                    f"stopped: {', '.join(failed)} failed; later stages need them. "
-                    f"Details: `make dev`, runs above.",
-                    file=sys.stderr,
-                )
-                return 1
-            if pdef is None and regions is not None:
-                extra = [r for r in trained_regions(instance, keys) if r not in regions]
-                if extra:
-                    print(
-                        f"  the model covers {extra} too: embedding them as well, so its version is complete"
-                    )
-                    regions = [*regions, *extra]
+            failures += [(names, o) for o in outcomes if not o.ok]
+            if pdef is not None:
+                # A failed region sits out the later stages; the others go on without it.
+                done = [o.label for o in outcomes if o.ok]
+                if not done:
+                    break
+                regions = done
+                continue
+            if not outcomes[0].ok:
+                break  # every later stage needs what this one makes for all regions
+            extra = [r for r in trained_regions(instance, keys) if regions is not None and r not in regions]
+            if extra:
+                print(f"  the model covers {extra} too: embedding them as well, so its version is complete")
+                regions = [*regions, *extra]
+        if failures:
+            print(f"\n{len(failures)} failed after {time.perf_counter() - started:.0f} s:", file=sys.stderr)
+            for names, o in failures:
+                paragraph = f"- {o.label} ({names}, run {o.run_id}): {o.why}"
+                print(textwrap.fill(paragraph, 110, subsequent_indent="  "), file=sys.stderr)
+            print("The full traces are in those runs' logs (`make dev`, Runs).", file=sys.stderr)
+            return 1
         print(f"\ndone in {time.perf_counter() - started:.0f} s. Dagster home: {os.environ['DAGSTER_HOME']}")
         print("Delta tables (polars.read_delta / deltalake.DeltaTable / duckdb delta_scan):")
         for table, uri in _table_locations(defs, instance).items():

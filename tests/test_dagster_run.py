@@ -268,3 +268,53 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
         assert after["region"].unique().to_list() == ["west"]
         assert after.sort(pl.all()).equals(rows)
     assert not (root / "rasters" / "east").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_one_bad_region_fails_alone_and_the_rest_get_model_embeddings_and_evaluation(tmp_path):
+    """A truncated extract for one region: `s2vec run` finishes every stage for the other, exits 1 and
+    lists what failed, one paragraph each."""
+    import polars as pl
+
+    from s2vec_core import registry, warehouse
+
+    home, root = tmp_path / "dagster_home", tmp_path / "warehouse"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    cut = tmp_path / "east-cut.osm.pbf"
+    cut.write_bytes(MONACO.read_bytes()[: MONACO.stat().st_size // 2])
+    catalog = tmp_path / "regions.toml"
+    catalog.write_text(
+        f'[regions.west]\nsource = "{MONACO}"\nbbox = {HALVES["west"]}\n'
+        f'[regions.east]\nsource = "{cut}"\nbbox = {HALVES["east"]}\n'
+    )
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "S2VEC_WAREHOUSE": str(root),
+        "S2VEC_CATALOG": str(catalog),
+        "S2VEC_REPORTS": str(tmp_path / "reports"),
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "s2vec"), "run", "--config", str(tmp_path / "tiny.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = done.stderr[done.stderr.index("1 failed after") :]
+    assert "- east (osm_extract" in summary and str(cut) in summary.replace("\n  ", "")
+    assert "west" not in summary
+    # The good region went all the way: a current model trained on it alone, embedded and evaluated.
+    current = registry.current(str(root))
+    assert current is not None and registry.embedded_regions(str(root), current) == ["west"]
+    stages = done.stdout.split("stage: ")
+    evaluation = next(s for s in stages if s.startswith("evaluation_report"))
+    assert "west " in evaluation and " ok " in evaluation and "east" not in evaluation
+    assert any(s.startswith("evaluation_cross_region") and " ok " in s for s in stages)
+    assert not pl.read_delta(warehouse.table_uri(str(root), "cell_features"))["region"].eq("east").any()

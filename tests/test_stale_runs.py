@@ -15,6 +15,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from s2vec_assets import run as make_run
+from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.maintenance.sensors import reap_dead_runs as sensor
 from s2vec_assets.stale_runs import dead_runs, reap_dead_runs
 
@@ -67,6 +69,10 @@ def test_a_killed_run_holding_the_gpu_slot_is_reaped_and_the_next_one_runs(home,
     with dg.DagsterInstance.get() as instance:
         assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
         assert dead_runs(instance) == []  # alive: never touched
+        # `make run` says why its training stage waits, instead of sitting silent.
+        (holder,) = {c.run_id for c in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots}
+        waiting = make_run._pool_holders(instance, load_defs(), [dg.AssetKey("mae_model")])
+        assert "pool 'gpu' is full" in waiting and holder in waiting
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         (run,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
