@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 # (both optional: empty = the defaults, every catalog region).
 CONFIG ?=
 REGIONS ?=
+# `make dev PORT=3001`: the UI's port on 127.0.0.1.
+PORT ?= 3000
 
 run: venv
 	$(BIN)/s2vec run $(if $(strip $(REGIONS)),--regions $(strip $(REGIONS))) $(if $(strip $(CONFIG)),--config $(strip $(CONFIG)))
@@ -37,7 +39,7 @@ bench: venv
 	$(BIN)/python bench/run_all.py
 
 dev: venv
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(BIN)/s2vec dev --host 127.0.0.1 --port $(PORT)
 
 taxonomy-doc: venv
 	$(BIN)/python -m s2vec_core.taxonomy > TAXONOMY.md

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 
@@ -115,6 +117,28 @@ def _run(args) -> int:
     )
 
 
+def _dev(args) -> int:
+    """`make dev`: refuse a busy port at once (dagster dev would say "Serving" and run on headless),
+    make the instance's schema under the home's lock, then become `dagster dev`."""
+    import socket
+
+    from s2vec_assets.instance import open_instance
+
+    with socket.socket() as probe:
+        if probe.connect_ex((args.host, args.port)) == 0:
+            print(
+                f"s2vec dev: {args.host}:{args.port} is already in use (another `make dev`?). Stop it, or "
+                f"pick another port: make dev PORT={args.port + 1}",
+                file=sys.stderr,
+            )
+            return 2
+    os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parent.parent / "dagster_home"))
+    with open_instance():
+        pass
+    dagster = Path(sys.executable).parent / "dagster"
+    os.execv(dagster, [str(dagster), "dev", "-h", args.host, "-p", str(args.port)])
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="s2vec",
@@ -166,6 +190,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regions")
     p.add_argument("--config")
     p.set_defaults(func=_run)
+    p = sub.add_parser("dev", help="the Dagster UI (what `make dev` does); refuses a busy port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=_dev)
     return top
 
 

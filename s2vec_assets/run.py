@@ -31,6 +31,7 @@ from typing import NamedTuple
 import dagster as dg
 import yaml
 
+from s2vec_assets.instance import open_instance
 from s2vec_assets.stale_runs import reap_dead_runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown regions {unknown}; the catalog has {sorted(known)}")
 
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"marked run {run_id} failed: its process is gone (its pool slots are free again)")
         failures: list[tuple[str, Outcome]] = []
