@@ -215,3 +215,11 @@ def test_embeddings_refuse_a_replaced_checkpoint_and_another_warehouses_model(wo
     assert not foreign.success
     assert "not registered in the warehouse" in _failure_text(foreign)
     assert not (other / model_assets.EMBEDDINGS_TABLE).exists()
+
+
+def test_regions_without_shards_are_left_out_of_training_by_name(world, tmp_path, capfd):
+    _, _, instance, root = world
+    context = dg.build_asset_context(instance=instance)
+    assert model_assets.trained_regions(context, WarehouseResource(root=str(root))) == [REGION]
+    assert model_assets.trained_regions(context, WarehouseResource(root=str(tmp_path / "empty"))) == []
+    assert f"not training on ['{REGION}']" in "".join(capfd.readouterr())

@@ -205,9 +205,19 @@ class ModelConfig(dg.Config):
 
 
 def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> list[str]:
-    """Regions whose raster_tensors partition is materialised and whose shards exist."""
+    """Regions whose raster_tensors partition is materialised and whose shards exist in this warehouse.
+
+    The others (shards removed, or materialised into another warehouse on the same instance) are left
+    out with a warning that names them, never silently."""
     done = context.instance.get_materialized_partitions(raster_tensors.key)
-    return sorted(r for r in done if (raster_dir(warehouse, r) / raster.INDEX_FILE).exists())
+    missing = sorted(r for r in done if not (raster_dir(warehouse, r) / raster.INDEX_FILE).exists())
+    if missing:
+        context.log.warning(
+            f"not training on {missing}: raster_tensors was materialised for them, but no shards are under "
+            f"{local_root(warehouse) / 'rasters'} (removed, or made in another warehouse); materialise "
+            "raster_tensors for them to include them"
+        )
+    return sorted(set(done) - set(missing))
 
 
 @dg.asset(
