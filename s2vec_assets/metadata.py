@@ -15,12 +15,23 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import polars as pl
 
+from s2vec_core.taxonomy import CHANNELS
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+CHANNEL_DESCRIPTIONS = {c.name: f"{c.kind}: {c.description}" for c in CHANNELS}
+"""What the UI shows beside each feature column: the taxonomy's own words (TAXONOMY.md is made from them)."""
+
+
 def column_schema(schema: pl.Schema | dict[str, pl.DataType]) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()])
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, str(dtype), description=CHANNEL_DESCRIPTIONS.get(name))
+            for name, dtype in schema.items()
+        ]
+    )
 
 
 def markdown_table(df: pl.DataFrame, max_rows: int = 10, float_digits: int = 4) -> str:
@@ -46,8 +57,13 @@ def table_metadata(
     table_name: str,
     preview_columns: Sequence[str] | None = None,
     preview_rows: int = 5,
+    busiest: Sequence[str] | None = None,
 ) -> dict[str, object]:
-    """Row count, column schema, table URI and version, and a preview of `df` (the rows just written)."""
+    """Row count, column schema, table URI and version, and a preview of `df` (the rows just written):
+    with `busiest`, the rows with the largest sum of those columns (most cells of a sparse table are
+    all zeros, which says nothing)."""
+    if busiest:
+        df = df.sort(pl.sum_horizontal(list(busiest)), descending=True)
     preview = df.select(preview_columns) if preview_columns is not None else df
     return {
         "dagster/row_count": dg.MetadataValue.int(df.height),

@@ -19,7 +19,7 @@ from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_core import s2
 from s2vec_core.catalog import load_catalog, sha256_file
 from s2vec_core.grid import MAX_LEVEL, Grid
-from s2vec_core.taxonomy import CHANNEL_NAMES
+from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS
 
 REPO = Path(__file__).resolve().parent.parent
 REGIONS = list(load_catalog(REPO / "regions.toml"))
@@ -157,6 +157,13 @@ def test_each_region_materialises_with_metadata_and_passing_checks(materialized,
         assert features["dagster/row_count"].value == rows.height > 0
         assert features["dagster/uri"].value == str(root / "cell_features")
         assert [c.name for c in features["dagster/column_schema"].schema.columns] == table.columns
+        # Each channel column says what it counts, in the taxonomy's words; the preview shows the busiest
+        # cells, not the first (mostly empty) ones.
+        described = {c.name: c.description for c in features["dagster/column_schema"].schema.columns}
+        channel = CHANNEL_NAMES[0]
+        assert described[channel] and described[channel].endswith(CHANNELS[0].description)
+        preview_rows = features["preview"].value.splitlines()[2:]
+        assert preview_rows and all(set(r.split("|")[3:-1]) != {" 0 "} for r in preview_rows)
         assert "data:image/png;base64," in features["map"].value
         assert sorted(rows["level"].unique()) == list(Grid().feature_levels)
     # The runs were recorded in the temporary DAGSTER_HOME's SQLite storage.
