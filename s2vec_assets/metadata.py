@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import polars as pl
 
+from s2vec_core import warehouse
 from s2vec_core.taxonomy import CHANNELS
 
 if TYPE_CHECKING:
@@ -58,10 +59,13 @@ def table_metadata(
     preview_columns: Sequence[str] | None = None,
     preview_rows: int = 5,
     busiest: Sequence[str] | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """Row count, column schema, table URI and version, and a preview of `df` (the rows just written):
     with `busiest`, the rows with the largest sum of those columns (most cells of a sparse table are
-    all zeros, which says nothing)."""
+    all zeros, which says nothing). `dagster/row_count` is this partition's; `table_row_count` and
+    `rows_per_partition` are the whole table's current version."""
+    parts = warehouse.rows_per_partition(uri, storage_options)
     if busiest:
         df = df.sort(pl.sum_horizontal(list(busiest)), descending=True)
     preview = df.select(preview_columns) if preview_columns is not None else df
@@ -71,6 +75,10 @@ def table_metadata(
         "dagster/uri": dg.MetadataValue.path(uri),
         "dagster/table_name": table_name,
         "delta_version": dg.MetadataValue.int(version),
+        "table_row_count": dg.MetadataValue.int(int(parts["rows"].sum())),
+        "rows_per_partition": dg.MetadataValue.md(
+            markdown_table(parts.rename(lambda c: c.removeprefix("partition.")), max_rows=50)
+        ),
         "preview": dg.MetadataValue.md(markdown_table(preview, preview_rows)),
     }
 

@@ -155,6 +155,9 @@ def test_each_region_materialises_with_metadata_and_passing_checks(materialized,
         rows = table.filter(pl.col("region") == region)
         features = meta["cell_features"]
         assert features["dagster/row_count"].value == rows.height > 0
+        # This partition's rows, and the whole table's (every region materialised before it included).
+        assert features["table_row_count"].value >= rows.height
+        assert f"| {region} | {rows.height} |" in features["rows_per_partition"].value
         assert features["dagster/uri"].value == str(root / "cell_features")
         assert [c.name for c in features["dagster/column_schema"].schema.columns] == table.columns
         # Each channel column says what it counts, in the taxonomy's words; the preview shows the busiest

@@ -223,6 +223,7 @@ def _publish(
         version,
         TABLE,
         preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
+        storage_options=warehouse.options,
     )
     report = write_report(
         _reports_dir(config, warehouse, scope),

@@ -90,7 +90,13 @@ def cell_features(
     totals = features.channel_totals(df).filter(pl.col("level") == config.levels[-1]).drop("level")
     top = sorted(totals.columns, key=lambda c: -totals[c][0])[:8] if totals.height else []
     metadata = table_metadata(
-        df, warehouse.table_uri(TABLE), version, TABLE, preview_columns=["level", "token", *top], busiest=top
+        df,
+        warehouse.table_uri(TABLE),
+        version,
+        TABLE,
+        preview_columns=["level", "token", *top],
+        busiest=top,
+        storage_options=warehouse.options,
     )
     metadata.update(
         levels=dg.MetadataValue.json(config.levels),

@@ -456,6 +456,7 @@ def cell_embeddings(
         version,
         EMBEDDINGS_TABLE,
         preview_columns=["level", "cell_id", "token", "norm"],
+        storage_options=warehouse.options,
     )
     metadata.update(
         model_version=trained.model_version,
