@@ -146,6 +146,9 @@ def test_rasters_model_embeddings(world):
     again_meta = again.asset_materializations_for_node("mae_model")[0].metadata
     assert again_meta["model_version"].value == meta["model_version"].value
     assert again_meta["resumed_from_epoch"].value == TINY["epochs"]
+    assert (
+        "images_per_s" in meta and "images_per_s" not in again_meta
+    )  # no rate for a run that trained nothing
 
 
 def test_collapsed_embeddings_fail_the_check(world):

@@ -324,7 +324,12 @@ def mae_model(
             ),
             **({"holdout_vs_mean_of_visible": float(result.baseline_ratio)} if result.holdout else {}),
             "wall_time_s": float(wall),
-            "images_per_s": float(result.images_per_s),
+            # Only when this run trained: a re-run that found the finished checkpoint has no rate to plot.
+            **(
+                {"images_per_s": float(result.images_per_s)}
+                if result.resumed_from_epoch < len(result.losses)
+                else {}
+            ),
             "training_images": dg.MetadataValue.int(len(shards)),
             "regions": dg.MetadataValue.json(regions),
             "model_config": dg.MetadataValue.json(model_config.to_dict()),
