@@ -91,6 +91,9 @@ def test_rasters_model_embeddings(world):
     assert meta["device"].value == "cpu" and meta["epochs"].value == TINY["epochs"]
     assert meta["regions"].value == [REGION] and "data:image/png;base64," in meta["loss_curve"].value
     assert defs.resolve_assets_def("mae_model").op.pool == "gpu"
+    # Progress in the run's log: one line per epoch with the rate and what is left.
+    progress = [e.user_message for e in world[2].all_logs(model.run_id) if "images/s" in e.user_message]
+    assert len(progress) == TINY["epochs"] and "s to go" in progress[-1]
 
     embedded = _materialize(world, ["cell_embeddings"], REGION)
     assert embedded.success

@@ -259,9 +259,18 @@ def mae_model(
     checkpoint = local_root(warehouse) / "models" / "mae" / key / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
+    epochs_here = []
+
     def log_epoch(epoch: int, loss: float, holdout: dict[str, float]) -> None:
+        epochs_here.append(epoch)
+        seconds = time.perf_counter() - started
+        rate = len(shards) * len(epochs_here) / seconds
+        left = (train_config.epochs - epoch) * seconds / len(epochs_here)
         held = f", held-out {train.baseline_ratio(holdout):.3f} of mean-of-visible" if holdout else ""
-        context.log.info(f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}{held}")
+        context.log.info(
+            f"epoch {epoch}/{train_config.epochs}: loss {loss:.5f}{held}; {rate:.0f} images/s, "
+            f"at most {left:.0f} s to go (early stopping may end sooner)"
+        )
 
     started = time.perf_counter()
     result = train.train(
