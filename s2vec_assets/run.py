@@ -6,8 +6,8 @@ stages in dependency order, one run per region; an unpartitioned asset (e.g. a m
 regions) runs once. A region that fails sits out the later stages and the others go on without it;
 a failed unpartitioned stage stops the rest (they all need it). At the end every failure is listed,
 one paragraph each (region, stage, run, the step's own message; the trace stays in the run's logs),
-and the exit status is 1. Up to the first unpartitioned asset, consecutive region-partitioned assets share a
-run; after it every level is its own stage, so a level sees all regions of the one before (a model
+and the exit status is 1. Up to the first unpartitioned asset, consecutive region-partitioned assets
+share a run; after it every level is its own stage, so a level sees all regions of the one before (a model
 version is complete, every region embedded and the version current, before anything evaluates it).
 With `--regions`, a model trained on more regions than asked has those embedded too: a model version
 is only usable once all its regions are. Assets added under `s2vec_assets/defs/` join automatically,
@@ -101,13 +101,22 @@ def job_for(defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> dg.JobDefiniti
     return defs.resolve_implicit_global_asset_job_def()
 
 
+class Outcome(NamedTuple):
+    label: str
+    """The region, or "(all regions)"."""
+    ok: bool
+    run_id: str
+    why: str
+    """The first failed step's own message (the trace stays in the run's logs)."""
+
+
 def run_stage(
     defs: dg.Definitions,
     stage: Stage,
     instance: dg.DagsterInstance,
     regions: Sequence[str] | None,
     config: dict | None = None,
-) -> list["Outcome"]:
+) -> list[Outcome]:
     """Materialise a stage (its assets and their checks) through its named job, in this process; one
     Outcome per partition."""
     pdef, keys = stage
@@ -137,15 +146,6 @@ def run_stage(
         print(f"  {label:<20} {status}  {job.name} run {result.run_id}", flush=True)
         outcomes.append(Outcome(label, result.success, result.run_id, "" if result.success else _why(result)))
     return outcomes
-
-
-class Outcome(NamedTuple):
-    label: str
-    """The region, or "(all regions)"."""
-    ok: bool
-    run_id: str
-    why: str
-    """The first failed step's own message (the trace stays in the run's logs)."""
 
 
 def _why(result: dg.ExecuteInProcessResult) -> str:
