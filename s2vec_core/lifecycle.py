@@ -7,14 +7,13 @@ shards. The registry keeps its history: a model's `regions` say what it was trai
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 
 from deltalake import DeltaTable
 
 from s2vec_core import warehouse
+from s2vec_core.artifacts import ArtifactStore, raster_key
 from s2vec_core.catalog import Region, validate_region_name
 from s2vec_core.tables import ALL
 
@@ -45,8 +44,7 @@ def remove_region(
         ):
             continue
         versions[spec.name] = warehouse.delete_partition(uri, {"region": region}, storage_options, commit)
-    if "://" not in root:
-        shutil.rmtree(Path(root) / "rasters" / region, ignore_errors=True)
+    ArtifactStore(root, storage_options).delete(raster_key(region))
     return versions
 
 

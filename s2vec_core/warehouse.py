@@ -386,11 +386,13 @@ def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:
         )
 
 
-def duckdb_connect():
+def duckdb_connect(storage_options: Mapping[str, str] | None = None):
     """A DuckDB connection that can `delta_scan` the warehouse offline.
 
-    DuckDB downloads its delta extension at run time by default; the `duckdb-ext-delta` package
-    (matched to the DuckDB version) ships it, so point the extension directory there.
+    DuckDB downloads its extensions at run time by default; the `duckdb-ext-delta` and
+    `duckdb-ext-httpfs` packages (matched to the DuckDB version) ship them, so point the extension
+    directory there. With `storage_options` of an S3 warehouse (endpoint, region, allow_http) it also
+    gets a session secret for S3, credentials from the standard AWS_* variables, as deltalake reads them.
     """
     import duckdb
     import duckdb_ext
@@ -398,4 +400,29 @@ def duckdb_connect():
     extensions = Path(next(iter(duckdb_ext.__path__))) / "extensions"
     con = duckdb.connect(config={"extension_directory": str(extensions)})
     con.execute("LOAD delta")
+    if storage_options:
+        con.execute(*_s3_secret(storage_options))
     return con
+
+
+def _s3_secret(storage_options: Mapping[str, str]) -> tuple[str, list[str]]:
+    """CREATE SECRET for DuckDB's S3 reader from deltalake-style options plus the environment."""
+    options = {k.lower().removeprefix("aws_"): v for k, v in storage_options.items()}
+    endpoint = options.get("endpoint") or options.get("endpoint_url")
+    params = {
+        "KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        "SECRET": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        "SESSION_TOKEN": os.environ.get("AWS_SESSION_TOKEN", ""),
+        "REGION": options.get("region") or os.environ.get("AWS_REGION", "us-east-1"),
+    }
+    extra = ""
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        params["ENDPOINT"] = host
+        extra = f", URL_STYLE 'path', USE_SSL {'false' if scheme == 'http' else 'true'}"
+    keys = [k for k, v in params.items() if v]
+    # Values are bound, never formatted into the SQL: a secret must not reach a log of the statement.
+    return (
+        f"CREATE OR REPLACE SECRET s2vec_s3 (TYPE s3, {', '.join(f'{k} ?' for k in keys)}{extra})",
+        [params[k] for k in keys],
+    )

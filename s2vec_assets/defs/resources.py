@@ -10,6 +10,8 @@ resource config in the Launchpad.
   the variable per option. A literal credential is refused: it would sit in plain text in runs.db.
 - `S2VEC_CATALOG`: regions catalog (also decides the partitions, see `partitions.py`).
 - `S2VEC_CACHE`: where downloaded extracts are cached (default `~/.cache/s2vec/osm`).
+- `S2VEC_ARTIFACT_CACHE`: local copies of the rasters and checkpoints of an object-store warehouse
+  (default `~/.cache/s2vec/artifacts`; see s2vec_core.artifacts).
 - `S2VEC_DEVICE`: `auto` (CUDA if available, else CPU), `cpu`, `cuda` or `cuda:N`.
 """
 
@@ -22,6 +24,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from s2vec_core import registry, warehouse
+from s2vec_core.artifacts import ArtifactStore
 from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +120,11 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def version(self, name: str) -> int | None:
         return warehouse.table_version(self.table_uri(name), storage_options=self.options)
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """Raster shards, checkpoints and reports under the same root (local copies cached on object stores)."""
+        return ArtifactStore(self.root, self.options)
 
     @property
     def options(self) -> dict[str, str] | None:

@@ -26,8 +26,8 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, table_metadata
 from s2vec_assets.provenance import commit_info
+from s2vec_core import artifacts, raster, registry
 from s2vec_core import evaluation_run as er
-from s2vec_core import raster, registry
 from s2vec_core.catalog import CROSS_REGION_SCOPE
 from s2vec_core.evaluate import r2_table, raw_channel_totals, verdicts
 from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
@@ -74,16 +74,20 @@ class EvaluationConfig(dg.Config):
     )
 
 
-def _reports_dir(config: EvaluationConfig, warehouse: WarehouseResource, scope: str) -> Path:
+def _reports_dir(
+    config: EvaluationConfig, warehouse: WarehouseResource, scope: str
+) -> tuple[Path, str | None]:
+    """(where the report is written, the artifact key to publish it under or None): the configured
+    directory, else beside a local warehouse, else the local copy of `<root>/reports/evaluation/<scope>`
+    of an object-store warehouse."""
     if config.reports_dir:
-        root = Path(config.reports_dir)
-    elif os.environ.get("S2VEC_REPORTS"):
-        root = Path(os.environ["S2VEC_REPORTS"])
-    elif "://" not in warehouse.root:
-        root = Path(warehouse.root).resolve().parent / "reports"
-    else:
-        root = Path.cwd() / "reports"
-    return root / "evaluation" / scope
+        return Path(config.reports_dir) / "evaluation" / scope, None
+    if os.environ.get("S2VEC_REPORTS"):
+        return Path(os.environ["S2VEC_REPORTS"]) / "evaluation" / scope, None
+    if warehouse.artifacts.remote:
+        key = artifacts.report_key(scope)
+        return warehouse.artifacts.local(key), key
+    return Path(warehouse.root).resolve().parent / "reports" / "evaluation" / scope, None
 
 
 def _model_version(config: EvaluationConfig, warehouse: WarehouseResource) -> str | None:
@@ -114,9 +118,8 @@ def _levels(warehouse: WarehouseResource, version: str | None, regions: Sequence
             return Levels(int(row["image_level"][0]), int(row["pixel_level"][0]), f"model {version[:12]}")
     found = {}
     for r in regions:
-        meta = model_assets.raster_dir(warehouse, r) / raster.META_FILE
-        if meta.is_file():
-            m = json.loads(meta.read_text())
+        if warehouse.artifacts.has_dir(artifacts.raster_key(r)):
+            m = json.loads((model_assets.raster_dir(warehouse, r) / raster.META_FILE).read_text())
             found[r] = (int(m["image_level"]), int(m["pixel_level"]))
     grids = sorted(set(found.values()))
     if len(grids) > 1:
@@ -225,8 +228,9 @@ def _publish(
         preview_columns=["region", "task", "split", "feature_set", "model", "metric", "value"],
         storage_options=warehouse.options,
     )
+    out_dir, publish_key = _reports_dir(config, warehouse, scope)
     report = write_report(
-        _reports_dir(config, warehouse, scope),
+        out_dir,
         title,
         metrics,
         result.notes,
@@ -235,7 +239,11 @@ def _publish(
         verdict_lines,
         curves,
     )
-    meta["report"] = dg.MetadataValue.path(str(report))
+    if publish_key is not None:
+        warehouse.artifacts.publish_dir(publish_key)
+    meta["report"] = dg.MetadataValue.path(
+        str(report) if publish_key is None else f"{warehouse.artifacts.uri(publish_key)}/{report.name}"
+    )
     meta["verdicts"] = dg.MetadataValue.md("\n".join(f"- {v}" for v in verdict_lines) or "-")
     if curves is not None and curves.height:
         meta["learning_curves"] = dg.MetadataValue.md(

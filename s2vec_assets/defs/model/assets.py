@@ -1,10 +1,11 @@
 """The S2Vec model assets: raster_tensors[region] -> mae_model (all regions) -> cell_embeddings[region].
 
-Rasters are memory-mapped `.npy` shards under `<warehouse root>/rasters/<region>` (a local directory:
-training reads them with `np.load(mmap_mode="r")`). The model checkpoint lives under
+Rasters are memory-mapped `.npy` shards under `<warehouse root>/rasters/<region>`; the checkpoint is
 `<warehouse root>/models/mae/<training key>/checkpoint.pt`, where the key hashes the configs and the
 content of every raster set trained on: a retried run resumes its own checkpoint, changed data or
 config starts a fresh one, and an unchanged re-run finds the finished checkpoint and returns at once.
+On an object-store warehouse both are built in a local cache and published next to the tables
+(s2vec_core.artifacts); the checkpoint after every epoch, so a run retried on another machine resumes.
 
 Versions: mae_model registers its model in `model_versions` (status `trained`); cell_embeddings writes
 unit-length vectors (raw length in `norm`) and, once every region the model was trained on is embedded
@@ -27,7 +28,7 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import embed, raster, registry, train, vectors
+from s2vec_core import artifacts, embed, raster, registry, train, vectors
 from s2vec_core.grid import Grid, check_image_levels
 from s2vec_core.model import MAEConfig, parameter_count
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
@@ -36,15 +37,12 @@ from s2vec_core.taxonomy import TAXONOMY_VERSION
 EMBEDDINGS_TABLE = CELL_EMBEDDINGS.name
 
 
-def local_root(warehouse: WarehouseResource) -> Path:
-    """Rasters and checkpoints need a local filesystem (memory maps, atomic renames)."""
-    if "://" in warehouse.root and not warehouse.root.startswith("file://"):
-        raise dg.Failure(f"raster shards and checkpoints need a local warehouse root, got {warehouse.root}")
-    return Path(warehouse.root.removeprefix("file://"))
-
-
 def raster_dir(warehouse: WarehouseResource, region: str) -> Path:
-    return local_root(warehouse) / "rasters" / region
+    """The region's shard directory on this machine, current with the warehouse's copy."""
+    try:
+        return warehouse.artifacts.fetch_dir(artifacts.raster_key(region))
+    except artifacts.ArtifactError as e:
+        raise dg.Failure(f"{region}: no raster shards ({e}); materialise raster_tensors[{region}]") from e
 
 
 class RasterConfig(dg.Config):
@@ -90,17 +88,19 @@ def raster_tensors(
         rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level, grid.context_ring)
     except raster.RasterError as e:
         raise dg.Failure(f"{region}: {e}") from e
-    directory = raster_dir(warehouse, region)
+    key = artifacts.raster_key(region)
+    directory = warehouse.artifacts.local(key)
     index = raster.write_shards(
         rasters,
         directory,
         config.shard_size,
         extra_meta={"region": region, "taxonomy_version": TAXONOMY_VERSION},
     )
+    warehouse.artifacts.publish_dir(key)
     occupied = (rasters.tensors.sum(axis=1) > 0).mean()
     return dg.MaterializeResult(
         metadata={
-            "dagster/uri": dg.MetadataValue.path(str(directory)),
+            "dagster/uri": dg.MetadataValue.path(warehouse.artifacts.uri(key)),
             "dagster/row_count": dg.MetadataValue.int(index.height),
             "images": dg.MetadataValue.int(index.height),
             "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
@@ -210,11 +210,11 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     The others (shards removed, or materialised into another warehouse on the same instance) are left
     out with a warning that names them, never silently."""
     done = context.instance.get_materialized_partitions(raster_tensors.key)
-    missing = sorted(r for r in done if not (raster_dir(warehouse, r) / raster.INDEX_FILE).exists())
+    missing = sorted(r for r in done if not warehouse.artifacts.has_dir(artifacts.raster_key(r)))
     if missing:
         context.log.warning(
             f"not training on {missing}: raster_tensors was materialised for them, but no shards are under "
-            f"{local_root(warehouse) / 'rasters'} (removed, or made in another warehouse); materialise "
+            f"{warehouse.artifacts.uri('rasters')} (removed, or made in another warehouse); materialise "
             "raster_tensors for them to include them"
         )
     return sorted(set(done) - set(missing))
@@ -241,7 +241,8 @@ def mae_model(
     regions = trained_regions(context, warehouse)
     if not regions:
         raise dg.Failure("no raster_tensors partition is materialised; materialise some regions first")
-    shards = raster.open_shards([raster_dir(warehouse, r) for r in regions])
+    directories = {r: raster_dir(warehouse, r) for r in regions}
+    shards = raster.open_shards(list(directories.values()))
     model_config, train_config = config.configs(shards)
     key_source = json.dumps(
         {
@@ -249,19 +250,23 @@ def mae_model(
             "train": train_config.to_dict(),
             "taxonomy": TAXONOMY_VERSION,
             "rasters": {
-                r: json.loads((raster_dir(warehouse, r) / raster.META_FILE).read_text())["sha256"]
-                for r in regions
+                r: json.loads((d / raster.META_FILE).read_text())["sha256"] for r, d in directories.items()
             },
         },
         sort_keys=True,
     )
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    checkpoint = local_root(warehouse) / "models" / "mae" / key / "checkpoint.pt"
+    store = warehouse.artifacts
+    checkpoint_key = artifacts.checkpoint_key(hashlib.sha256(key_source.encode()).hexdigest()[:16])
+    # A retried run (on this machine or another) resumes the warehouse's copy of its checkpoint.
+    checkpoint = (
+        store.fetch_file(checkpoint_key) if store.has_file(checkpoint_key) else store.local(checkpoint_key)
+    )
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     epochs_here = []
 
     def log_epoch(epoch: int, loss: float, holdout: dict[str, float]) -> None:
+        store.publish_file(checkpoint_key)
         epochs_here.append(epoch)
         seconds = time.perf_counter() - started
         rate = len(shards) * len(epochs_here) / seconds
@@ -283,6 +288,7 @@ def mae_model(
         on_epoch_end=log_epoch,
     )
     wall = time.perf_counter() - started
+    store.publish_file(checkpoint_key)  # with the embedding scale added after the last epoch
     trained = embed.load_model(checkpoint, device="cpu")
     holdout = result.holdout[-1] if result.holdout else {}
     status = registry.record_trained(
@@ -303,7 +309,7 @@ def mae_model(
             if holdout
             else None,
             # Relative to the warehouse root, so a moved or mounted warehouse still finds its models.
-            checkpoint=str(checkpoint.relative_to(local_root(warehouse))),
+            checkpoint=checkpoint_key,
             run_id=context.run_id,
             trained_at=datetime.now(UTC),
         ),
@@ -315,7 +321,7 @@ def mae_model(
             "model_version": trained.model_version,
             "registry_status": status,
             "registry_uri": dg.MetadataValue.path(warehouse.table_uri(MODEL_VERSIONS.name)),
-            "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
+            "checkpoint_path": dg.MetadataValue.path(store.uri(checkpoint_key)),
             "device": result.device,
             "parameters": dg.MetadataValue.int(parameter_count(trained.model)),
             "epochs": dg.MetadataValue.int(len(result.losses)),
@@ -393,7 +399,12 @@ def latest_checkpoint(context: dg.OpExecutionContext, warehouse: WarehouseResour
             "into another warehouse. Materialise mae_model with this warehouse, then the embeddings."
         )
     path = Path(rows["checkpoint"][0])
-    return (path if path.is_absolute() else local_root(warehouse) / path), version
+    if path.is_absolute():  # registered before checkpoints were keys under the root
+        return path, version
+    try:
+        return warehouse.artifacts.fetch_file(path.as_posix()), version
+    except FileNotFoundError as e:
+        raise dg.Failure(f"model {version[:12]}: {e}; materialise mae_model again") from e
 
 
 def trained_model(
