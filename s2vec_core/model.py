@@ -273,13 +273,20 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError("this model has no context stream (context_size 0); pass context=None")
 
     def random_mask(
-        self, batch: int, tokens: int | None = None, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        tokens: int | None = None,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> torch.Tensor:
         """Indices [B, N] of a random token order; the first visible ones are kept.
 
-        Drawn on the CPU (from `generator` if given) so masks are reproducible whatever the device."""
-        noise = torch.rand(batch, tokens or self.config.num_patches, generator=generator)
-        return noise.argsort(dim=1).to(self.pos.device)
+        Drawn on the CPU (from `generator` if given) so masks are reproducible whatever the device. With
+        `part` = (r, W) the B rows are slice r of a batch of W * B: the noise is drawn for all W * B rows
+        and slice r kept, so W data-parallel processes sharing one generator draw one process's masks."""
+        rank, world = part
+        noise = torch.rand(batch * world, tokens or self.config.num_patches, generator=generator)
+        return noise[rank * batch : (rank + 1) * batch].argsort(dim=1).to(self.pos.device)
 
     def _streams(self, x: torch.Tensor, context: torch.Tensor | None) -> list[dict]:
         c = self.config
@@ -318,17 +325,22 @@ class MaskedAutoencoder(nn.Module):
         context: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         baseline: bool = False,
+        part: tuple[int, int] = (0, 1),
     ) -> dict[str, torch.Tensor]:
         """The loss terms for one random mask per stream: `image`, `context` (masked-token weighted MSE),
         `summary` and `total`; with `baseline`, also `image_baseline` / `context_baseline`: the same
-        error when every masked pixel is predicted as the mean of the image's visible pixels."""
+        error when every masked pixel is predicted as the mean of the image's visible pixels.
+
+        `part` = (r, W): `x` is slice r of W equal slices of a batch, masked as in the whole batch
+        (`random_mask`). Every term is a mean over rows, so the mean of the W slices' losses is the
+        whole batch's loss."""
         self._check(x, context)
         streams = self._streams(x, context)
         b = x.shape[0]
         visible, keeps = [], []
         for s in streams:
             n = s["target"].shape[1]
-            keep = self.random_mask(b, n, generator)[:, : s["visible"]]
+            keep = self.random_mask(b, n, generator, part)[:, : s["visible"]]
             tokens = s["embed"](s["target"]) + s["pos"] + s.get("type", 0)
             visible.append(torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.config.width)))
             keeps.append(keep)
@@ -390,10 +402,14 @@ class MaskedAutoencoder(nn.Module):
         return rings / torch.bincount(self.ring_of).to(rings.dtype).view(1, -1, 1)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> torch.Tensor:
         """The training loss (`losses(...)["total"]`) of normalised images `x` (and context windows)."""
-        return self.losses(x, context, generator)["total"]
+        return self.losses(x, context, generator, part=part)["total"]
 
     def embed(
         self, x: torch.Tensor, context: torch.Tensor | None = None, per_token: bool = False

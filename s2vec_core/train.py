@@ -9,6 +9,14 @@ One checkpoint file holds everything needed to resume or embed (model, optimiser
 norm stats, configs, taxonomy version, the data/mask RNG state, the loss curves); it is rewritten
 atomically after every epoch and read with `torch.load(weights_only=True)`, so it holds only tensors
 and plain containers. The same seed gives the same weights on CPU whether or not a run was interrupted.
+
+Under an initialised `torch.distributed` process group of W > 1 processes (`s2vec_core.ddp` sets one up
+under torchrun) the model is wrapped in DistributedDataParallel and `batch_size` is the global batch:
+every process draws the same shuffle and masks from the same generator and trains on its 1/W slice of
+each batch, so the averaged gradient is the one-process gradient up to float summation order. A short
+last batch is trimmed to a multiple of W (at most W - 1 rows an epoch sit out). Rank 0 scores the
+held-out split and broadcasts it, so every process takes the same early-stopping decision; only rank 0
+writes the checkpoint (the same format: a checkpoint resumes under any number of processes).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from s2vec_core import leftovers
 from s2vec_core.baselines import arrangement_groups
@@ -155,10 +164,33 @@ class _Batches(torch.utils.data.Dataset):
         return torch.from_numpy(x), None if ctx is None else torch.from_numpy(ctx)
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-    """A fresh shuffle of `n` rows cut into batches (the last may be short)."""
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, world: int = 1) -> list[np.ndarray]:
+    """A fresh shuffle of `n` rows cut into batches. The last may be short; for `world` processes it is
+    trimmed to a multiple of `world` (dropped if that leaves none) so that it splits into equal slices,
+    which keeps the mean of the slices' losses equal to the batch's."""
     order = torch.randperm(n, generator=generator).numpy()
-    return [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if batches and (short := len(batches[-1]) // world * world) < len(batches[-1]):
+        batches[-1] = batches[-1][:short]
+    return [b for b in batches if b.size]
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """len(epoch_batches(n, batch_size, _, world)) without drawing a shuffle."""
+    return n // batch_size + (n % batch_size >= world)
+
+
+def rank_slice(batch: int, rank: int, world: int) -> slice:
+    """Process `rank`'s rows of a batch of `batch` rows (a multiple of `world`)."""
+    per = batch // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _save_atomic(state: dict, path: Path) -> None:
@@ -300,6 +332,8 @@ def train(
     If `checkpoint` exists it is resumed; its model/training config must then equal the given ones
     (a mismatch raises instead of silently mixing runs). `model_config` defaults to the small CPU
     config for the shards (`default_model_config`). Norm stats are fitted on the training split.
+    Inside a process group every process calls this with the same arguments (see the module docstring);
+    `on_epoch_end` runs on every process once the epoch's checkpoint is written.
     """
     with flush_denormals():
         return _train(
@@ -317,15 +351,20 @@ def _train(
         raise ValueError("no training images")
     dev = select_device(device)
     amp = autocast_dtype(dev)
+    rank, world = process_group()
     train_rows, held_rows = split_holdout(len(shards), train_config.holdout_fraction, train_config.seed)
+    if train_config.batch_size % world or train_rows.size < world:
+        raise ValueError(
+            f"batch_size {train_config.batch_size} and {train_rows.size} training images do not split "
+            f"over {world} processes"
+        )
 
     torch.manual_seed(train_config.seed)
     model = MaskedAutoencoder(model_config).to(dev)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
     )
-    steps_per_epoch = math.ceil(train_rows.size / train_config.batch_size)
-    total = steps_per_epoch * train_config.epochs
+    total = steps_per_epoch(train_rows.size, train_config.batch_size, world) * train_config.epochs
     warmup = max(1, int(total * train_config.warmup_fraction))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -346,6 +385,7 @@ def _train(
         start, losses, seconds = state["epoch"], list(state["losses"]), list(state["epoch_seconds"])
         holdout = list(state["holdout"])
     else:
+        # The same rows on every process give the same stats: nothing to broadcast.
         norm, context_norm = fit_norms(shards, train_rows)
         model.set_loss_weights(
             torch.from_numpy(norm.arrays()[1]),
@@ -369,6 +409,8 @@ def _train(
     stopped = bool(held_rows.size) and should_stop(
         [h["total"] for h in holdout], train_config.patience, train_config.min_delta
     )
+    # Buffers (loss weights, positions) never change while training, so they need no per-step broadcast.
+    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
     model.train()
     images = 0
     run_start = time.perf_counter()
@@ -376,7 +418,10 @@ def _train(
         if stopped:
             break
         t0 = time.perf_counter()
-        batches = [train_rows[b] for b in epoch_batches(train_rows.size, train_config.batch_size, generator)]
+        batches = [
+            train_rows[b[rank_slice(b.size, rank, world)]]
+            for b in epoch_batches(train_rows.size, train_config.batch_size, generator, world)
+        ]
         loader = torch.utils.data.DataLoader(
             _Batches(fetch, batches),
             batch_size=None,
@@ -387,7 +432,7 @@ def _train(
         for x, ctx in loader:
             x, ctx = normalise(x, ctx)
             with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                loss = model(x, ctx, generator=generator)
+                loss = net(x, ctx, generator=generator, part=(rank, world))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
@@ -395,47 +440,62 @@ def _train(
             scheduler.step()
             total_loss += loss.item() * x.shape[0]
             count += x.shape[0]
+        if world > 1:
+            sums = torch.tensor([total_loss, count], dtype=torch.float64, device=dev)
+            dist.all_reduce(sums)
+            total_loss, count = sums[0].item(), int(sums[1].item())
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"training loss became non-finite in epoch {epoch + 1}")
         losses.append(total_loss / count)
         if held_rows.size:
-            holdout.append(holdout_losses(model, fetch, held_rows, normalise, train_config.seed))
+            scores = [
+                holdout_losses(model, fetch, held_rows, normalise, train_config.seed) if rank == 0 else None
+            ]
+            if world > 1:
+                dist.broadcast_object_list(scores, src=0)
+            holdout.append(scores[0])
             stopped = should_stop(
                 [h["total"] for h in holdout], train_config.patience, train_config.min_delta
             )
         seconds.append(time.perf_counter() - t0)
         images += count
-        _save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": generator.get_state(),
-                "epoch": epoch + 1,
-                "losses": losses,
-                "holdout": holdout,
-                "stopped_early": stopped,
-                "epoch_seconds": seconds,
-                "norm": norm.to_dict(),
-                "context_norm": context_norm.to_dict() if context_norm else None,
-                "model_config": model_config.to_dict(),
-                "train_config": train_config.to_dict(),
-                "taxonomy_version": taxonomy_version,
-                "grid": {
-                    "image_level": shards.meta["image_level"],
-                    "pixel_level": shards.meta["pixel_level"],
-                    "context_ring": int(shards.meta.get("context_ring") or 0),
+        if rank == 0:
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "losses": losses,
+                    "holdout": holdout,
+                    "stopped_early": stopped,
+                    "epoch_seconds": seconds,
+                    "norm": norm.to_dict(),
+                    "context_norm": context_norm.to_dict() if context_norm else None,
+                    "model_config": model_config.to_dict(),
+                    "train_config": train_config.to_dict(),
+                    "taxonomy_version": taxonomy_version,
+                    "grid": {
+                        "image_level": shards.meta["image_level"],
+                        "pixel_level": shards.meta["pixel_level"],
+                        "context_ring": int(shards.meta.get("context_ring") or 0),
+                    },
                 },
-            },
-            checkpoint,
-        )
+                checkpoint,
+            )
+        if world > 1:
+            dist.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, losses[-1], holdout[-1] if holdout else {})
     wall = time.perf_counter() - run_start
-    state = load_checkpoint(checkpoint)
-    if images or "embedding_scale" not in state:
-        state["embedding_scale"] = embedding_scale(model, fetch, train_rows, normalise)
-        _save_atomic(state, checkpoint)
+    if rank == 0:
+        state = load_checkpoint(checkpoint)
+        if images or "embedding_scale" not in state:
+            state["embedding_scale"] = embedding_scale(model, fetch, train_rows, normalise)
+            _save_atomic(state, checkpoint)
+    if world > 1:
+        dist.barrier()
     return TrainResult(
         losses=losses,
         epoch_seconds=seconds,
