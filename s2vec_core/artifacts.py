@@ -79,6 +79,11 @@ def obstore_options(root: str, storage_options: dict[str, str] | None) -> tuple[
             client[bare] = value
         else:
             config[name if name.startswith(prefix) else prefix + name] = value
+    # obstore reads the store's settings from the environment (AWS_ENDPOINT_URL, ...) but not the
+    # client's, which deltalake does read (AWS_ALLOW_HTTP): take those from there too.
+    for key in sorted(_CLIENT - client.keys()) if prefix else ():
+        if (var := f"{prefix}{key}".upper()) in os.environ:
+            client[key] = os.environ[var]
     return config, client
 
 

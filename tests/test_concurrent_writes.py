@@ -39,7 +39,7 @@ print(version)
 """.replace("ROWS", str(ROWS))
 
 
-def _write_at_once(tmp_path, uri: str, regions: list[str]) -> list[int]:
+def write_at_once(tmp_path, uri: str, regions: list[str]) -> list[int]:
     """One process per entry of `regions`, all released at once; their returned versions."""
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -66,7 +66,7 @@ def _write_at_once(tmp_path, uri: str, regions: list[str]) -> list[int]:
     return versions
 
 
-def _assert_one_copy_per_region(df: pl.DataFrame) -> None:
+def assert_one_copy_per_region(df: pl.DataFrame) -> None:
     """Every region holds exactly one writer's full set of rows."""
     for (region,), rows in df.group_by("region"):
         assert rows.height == ROWS, f"{region}: {rows.height} rows, expected {ROWS}"
@@ -74,12 +74,12 @@ def _assert_one_copy_per_region(df: pl.DataFrame) -> None:
         assert rows["cell_id"].n_unique() == ROWS
 
 
-def _assert_history_sound(uri: str, regions_at_end: set[str]) -> None:
+def assert_history_sound(uri: str, regions_at_end: set[str]) -> None:
     """No version ever held duplicates, and a region once written never vanished in a later version."""
     seen: set[str] = set()
     for version in range(DeltaTable(uri).version() + 1):
         df = warehouse.read_table(uri, version=version)
-        _assert_one_copy_per_region(df)
+        assert_one_copy_per_region(df)
         present = set(df["region"].unique())
         assert seen <= present, f"version {version} lost {seen - present}"
         seen = present
@@ -89,9 +89,9 @@ def _assert_history_sound(uri: str, regions_at_end: set[str]) -> None:
 @pytest.mark.parametrize("writers", [4])
 def test_same_region_written_at_once_on_a_new_table_lands_once(tmp_path, writers):
     uri = warehouse.table_uri(tmp_path, "t")
-    versions = _write_at_once(tmp_path, uri, ["a"] * writers)
+    versions = write_at_once(tmp_path, uri, ["a"] * writers)
     final = warehouse.read_table(uri)
-    _assert_one_copy_per_region(final)
+    assert_one_copy_per_region(final)
     # Each writer committed its own version; the last one's rows are current.
     assert sorted(versions) == sorted(set(versions))
     last = warehouse.read_table(uri, version=max(versions))
@@ -99,16 +99,16 @@ def test_same_region_written_at_once_on_a_new_table_lands_once(tmp_path, writers
     hist = warehouse.history(uri)
     assert set(hist["run_id"].drop_nulls()) == {f"w{i}" for i in range(writers)}
     assert final["writer"][0] == int(hist.filter(pl.col("version") == max(versions))["run_id"][0][1:])
-    _assert_history_sound(uri, {"a"})
+    assert_history_sound(uri, {"a"})
 
 
 def test_two_regions_two_writers_each_on_a_new_table(tmp_path):
     uri = warehouse.table_uri(tmp_path, "t")
-    _write_at_once(tmp_path, uri, ["a", "b", "a", "b"])
+    write_at_once(tmp_path, uri, ["a", "b", "a", "b"])
     final = warehouse.read_table(uri)
     assert set(final["region"]) == {"a", "b"}
-    _assert_one_copy_per_region(final)
-    _assert_history_sound(uri, {"a", "b"})
+    assert_one_copy_per_region(final)
+    assert_history_sound(uri, {"a", "b"})
 
 
 def test_concurrent_writers_keep_an_existing_region(tmp_path):
@@ -122,8 +122,8 @@ def test_concurrent_writers_keep_an_existing_region(tmp_path):
         }
     )
     warehouse.write_partition(kept, uri, {"region": "kept"})
-    _write_at_once(tmp_path, uri, ["a", "a", "a"])
+    write_at_once(tmp_path, uri, ["a", "a", "a"])
     final = warehouse.read_table(uri)
-    _assert_one_copy_per_region(final)
+    assert_one_copy_per_region(final)
     assert final.filter(pl.col("region") == "kept").sort("cell_id").equals(kept)
-    _assert_history_sound(uri, {"a", "kept"})
+    assert_history_sound(uri, {"a", "kept"})
