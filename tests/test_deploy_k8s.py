@@ -294,3 +294,23 @@ def test_kubectl_client_dry_run_of_the_manifests():
             f"kubectl's client dry run still needs an API server, and there is none: {proc.stderr[:200]}"
         )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_deployment_gives_the_model_job_the_gpu_tags(monkeypatch, gpu_tags):
+    from s2vec_assets.defs import jobs
+
+    env = load("manifests/s2vec-env.yaml")["data"]
+    dockerfile = (K8S / "Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.MULTILINE)[1]
+    # The image holds the file where the ConfigMap points.
+    assert "COPY deploy/k8s/gpu_training_tags.yaml deploy/k8s/" in dockerfile
+    assert env["S2VEC_TRAINING_TAGS"] == f"{workdir}/deploy/k8s/gpu_training_tags.yaml"
+    assert jobs.model.tags == {}  # the embedded default trains without them
+    monkeypatch.setenv("S2VEC_TRAINING_TAGS", str(K8S / "gpu_training_tags.yaml"))
+    try:
+        tagged = importlib.reload(jobs).model
+        assert tagged.tags["s2vec/gpu"] == "true"
+        assert json.loads(tagged.tags["dagster-k8s/config"]) == gpu_tags["dagster-k8s/config"]
+    finally:
+        monkeypatch.delenv("S2VEC_TRAINING_TAGS")
+        importlib.reload(jobs)

@@ -5,14 +5,20 @@
 - `model`: every unpartitioned asset (the model trained on all regions, the cross-region evaluation)
   and their checks.
 
+`S2VEC_TRAINING_TAGS` may name a YAML file of run tags for the `model` job: the Kubernetes deployment
+points it at `deploy/k8s/gpu_training_tags.yaml`, so the run pod that trains requests a GPU node.
+
 Both select by partitioning, not by name, so an asset added under `s2vec_assets/defs/` joins the job
 that matches its partitions. A run of either job may select a subset of its assets (`make run` runs it
 stage by stage, the UI's "Materialize" on a few assets does the same).
 """
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import dagster as dg
+import yaml
 from dagster._core.definitions.asset_selection import KeysAssetSelection
 from dagster_shared.record import record
 
@@ -49,9 +55,22 @@ region_pipeline = dg.define_asset_job(
     description="Every region-partitioned asset and its checks, for one region per run.",
 )
 
+
+def training_tags() -> Mapping[str, object]:
+    """The `model` job's run tags from the file `S2VEC_TRAINING_TAGS` names; none when it is unset."""
+    path = os.environ.get("S2VEC_TRAINING_TAGS", "").strip()
+    if not path:
+        return {}
+    tags = yaml.safe_load(Path(path).read_text())
+    if not isinstance(tags, dict):
+        raise TypeError(f"S2VEC_TRAINING_TAGS={path} must hold a mapping of run tags")
+    return tags
+
+
 model = dg.define_asset_job(
     MODEL_JOB,
     selection=PartitionedAssets(partitioned=False),
+    tags=training_tags(),
     description="The assets spanning all regions (the model, the cross-region evaluation) and their checks.",
 )
 
