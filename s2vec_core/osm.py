@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
@@ -599,10 +600,18 @@ _READERS = {"all": _Reader, "points_lines": _PointLineReader, "areas": _AreaRead
 
 
 class _Extractor:
-    """Buffers matched objects and turns full buffers into (cell, channel, value) rows."""
+    """Buffers matched objects and turns full buffers into (cell, channel, value) rows.
 
-    def __init__(self, level: int) -> None:
+    `owns(lat, lon) -> bool array`, if given, keeps only the objects whose first point it accepts (see
+    s2vec_core.shards: a shard reads every object touching it complete, but adds only those it owns, so
+    each object is counted by exactly one shard); `dropped` counts the others, for the stats."""
+
+    def __init__(
+        self, level: int, owns: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    ) -> None:
         self.level = level
+        self.owns = owns
+        self.dropped = {"tagged_nodes": 0, "tagged_ways": 0, "tagged_areas": 0}
         self.step = piece_length_m(level)
         self.agg = _Aggregate(level)
         self.stats = {
@@ -651,10 +660,31 @@ class _Extractor:
         self.a_wkb, self.a_ch = [], []
 
     def _points(self, lons: list[float], lats: list[float], chans: list[int]) -> None:
-        lon, lat = np.array(lons), np.array(lats)
-        self.agg.add(self.cells(lat, lon), np.array(chans), np.ones(lon.size))
+        lon, lat, ch = np.array(lons), np.array(lats), np.array(chans)
+        if self.owns is not None:
+            keep = self.owns(lat, lon)
+            lo, la, c = lon[~keep], lat[~keep], ch[~keep]
+            # A node's rows are adjacent, at one location, with increasing channels: a new node starts
+            # where that breaks (two tagged nodes on one spot in a row count as one: only a stat).
+            starts = (lo[1:] != lo[:-1]) | (la[1:] != la[:-1]) | (c[1:] <= c[:-1])
+            self.dropped["tagged_nodes"] += int(starts.sum()) + (c.size > 0)
+            lon, lat, ch = lon[keep], lat[keep], ch[keep]
+        self.agg.add(self.cells(lat, lon), ch, np.ones(lon.size))
+
+    def _owned(self, hexes: list[str], chans: list[tuple[int, ...]], first: int, stat: str):
+        """The objects whose first point (hex WKB characters first..first+32) `owns` accepts."""
+        xy = np.frombuffer(bytes.fromhex("".join(h[first : first + 32] for h in hexes)), "<f8")
+        keep = self.owns(xy[1::2], xy[0::2])
+        self.dropped[stat] += int(keep.size - keep.sum())
+        idx = np.flatnonzero(keep).tolist()
+        return [hexes[i] for i in idx], [chans[i] for i in idx]
 
     def _lines(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
+        if self.owns is not None:
+            # Linestring WKB: 1 byte order + 4 type + 4 count, then the points.
+            hexes, chans = self._owned(hexes, chans, 18, "tagged_ways")
+            if not hexes:
+                return
         lon, lat, line = _wkb_lines(hexes)
         a = np.flatnonzero(line[1:] == line[:-1])
         b = a + 1
@@ -686,6 +716,12 @@ class _Extractor:
         return seg, self.cells(plat, plon), 1.0 / pieces[seg]
 
     def _areas(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
+        if self.owns is not None:
+            # Multipolygon WKB: 9-byte header, then the first polygon's 9-byte header and its first
+            # ring's 4-byte count: the first point is at byte 22.
+            hexes, chans = self._owned(hexes, chans, 44, "tagged_areas")
+            if not hexes:
+                return
         lon, lat, ring, ring_area, ring_outer = _wkb_polygons(hexes)
         n_areas = len(hexes)
         # Local equirectangular metres around each area's first point: equal-area enough at area scale.
