@@ -14,7 +14,10 @@
   training loss per epoch), `holdout` (per epoch), `baseline_ratio`, `epoch_seconds`, `images_per_s`
   (all processes together), `parameters`, `checkpoint`, `resumed_from_epoch`, `stopped_early`.
 
-Rank 0 prints one line per epoch. Run without torchrun (plain `python -m s2vec_core.ddp ...`) it trains
+Rank 0 prints one line per epoch. A failed run resumes from its last checkpoint when launched again.
+For torchrun's own restarts (`--max-restarts`) set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch
+2.13's shared rendezvous store the restarted gloo workers were seen to read the previous attempt's
+addresses and fail to connect (pytorch/pytorch#135712). Run without torchrun (plain `python -m s2vec_core.ddp ...`) it trains
 in one process with no process group, exactly as `train.train`. The training itself, and why N processes
 train the same model as one, is `s2vec_core.train`'s (its module docstring).
 """
@@ -65,6 +68,13 @@ def result_dict(result: TrainResult) -> dict:
     _, world = process_group()
     out = asdict(result) | {"checkpoint": str(result.checkpoint), "baseline_ratio": result.baseline_ratio}
     return out | {"world_size": world, "backend": dist.get_backend() if world > 1 else None}
+
+
+def read_result(path: str | os.PathLike) -> TrainResult:
+    """The TrainResult rank 0 wrote to `--result` (for a caller that launched torchrun)."""
+    d = json.loads(Path(path).read_text())
+    values = {f.name: d[f.name] for f in fields(TrainResult)}
+    return TrainResult(**values | {"checkpoint": Path(values["checkpoint"])})
 
 
 def _json_config(text: str | None, cls: type, what: str) -> dict | None:
