@@ -17,9 +17,10 @@
 Rank 0 prints one line per epoch. A failed run resumes from its last checkpoint when launched again.
 For torchrun's own restarts (`--max-restarts`) set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch
 2.13's shared rendezvous store the restarted gloo workers were seen to read the previous attempt's
-addresses and fail to connect (pytorch/pytorch#135712). Run without torchrun (plain `python -m s2vec_core.ddp ...`) it trains
-in one process with no process group, exactly as `train.train`. The training itself, and why N processes
-train the same model as one, is `s2vec_core.train`'s (its module docstring).
+addresses and fail to connect (pytorch/pytorch#135712). Run without torchrun (plain
+`python -m s2vec_core.ddp ...`) it trains in one process with no process group, exactly as
+`train.train`. The training itself, and why N processes train the same model as one, is
+`s2vec_core.train`'s (its module docstring); `read_result` reads the JSON back as a `TrainResult`.
 """
 
 from __future__ import annotations
