@@ -93,9 +93,10 @@ def main() -> None:
     print("| processes | backend | threads each | images/s | launch wall s | vs 1 process |")
     print("|---|---|---|---|---|---|")
     for n, out in best.items():
+        speed = out["images_per_s"]
         print(
-            f"| {n} | {out['backend'] or '-'} | {threads_each(n, args.threads)} | "
-            f"{out['images_per_s']:.0f} | {out['wall_s']:.1f} | {out['images_per_s'] / one['images_per_s']:.2f}x |"
+            f"| {n} | {out['backend'] or '-'} | {threads_each(n, args.threads)} | {speed:.0f} | "
+            f"{out['wall_s']:.1f} | {speed / one['images_per_s']:.2f}x |"
         )
     print(
         f"\nfinal training loss: 1 process {one['losses'][-1]:.5f}, {args.processes} {many['losses'][-1]:.5f}"

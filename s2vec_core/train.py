@@ -410,7 +410,8 @@ def _train(
         [h["total"] for h in holdout], train_config.patience, train_config.min_delta
     )
     # Buffers (loss weights, positions) never change while training, so they need no per-step broadcast.
-    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    net = model if world == 1 else ddp(model, forward_sync_buffers=False)
     model.train()
     images = 0
     run_start = time.perf_counter()
