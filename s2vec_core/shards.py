@@ -43,6 +43,9 @@ from s2vec_core.s2 import _rect_bound, cover_bbox, latlng_to_cell_id
 
 # PBF bytes per shard: a shard process then peaks at a few hundred MB (bench/bench_shards.py).
 TARGET_SHARD_BYTES = 48 << 20
+# Cells per shard, about: cells a level finer than one per shard pack into evener shards (a level
+# is 4x the cells) and a shard of several cells costs one process and one osmium-tool output.
+PACK = 4
 # Finest shard level (~2.5 km cells): finer shards would be mostly overlap with their neighbours.
 MAX_SHARD_LEVEL = 12
 # Shard boxes grow by this much (degrees) so points on a cell's edge are surely inside its file.
@@ -87,18 +90,41 @@ class ShardPlan:
     level: int
     cells: np.ndarray
     bbox: tuple[float, float, float, float]  # (lon_min, lat_min, lon_max, lat_max)
+    size_bytes: int
+    target_bytes: int
 
     def shards(self) -> list[Shard]:
-        """One shard per cell, then the rest shard (outside the bbox, usually nearly empty)."""
+        """Runs of consecutive cells (S2 order keeps them near each other) packed up to `target_bytes`
+        of expected PBF each, then the rest shard (outside the bbox, usually nearly empty)."""
         lat_lo, lat_hi, lng_lo, lng_hi = (np.degrees(b) for b in _rect_bound(self.cells, self.level))
+        expected = _shares(self.cells, self.level, self.bbox) * self.size_bytes
+        groups: list[list[int]] = []
+        load = 0.0
+        for i, e in enumerate(expected.tolist()):
+            if not groups or load + e > self.target_bytes:
+                groups.append([])
+                load = 0.0
+            groups[-1].append(i)
+            load += e
+        pad = BBOX_PAD_DEG
+        # A bound over the antimeridian (lng_lo > lng_hi) widens its shard's box to all longitudes.
+        wraps = lng_lo > lng_hi
+        lng_lo, lng_hi = np.where(wraps, -180.0, lng_lo), np.where(wraps, 180.0, lng_hi)
         out = []
-        for i, cell in enumerate(self.cells.tolist()):
-            pad = BBOX_PAD_DEG
-            region = _region(lng_lo[i] - pad, lat_lo[i] - pad, lng_hi[i] + pad, lat_hi[i] + pad)
-            out.append(Shard(f"shard-{cell:016x}", region, Owner(self.level, (cell,))))
+        for g in groups:
+            # One box around the run's bounds: osmium-tool reads overlapping polygons of a
+            # multipolygon as holes in each other, so the bounds cannot go in one by one.
+            box = [
+                max(lng_lo[g].min() - pad, -180.0),
+                max(lat_lo[g].min() - pad, -90.0),
+                min(lng_hi[g].max() + pad, 180.0),
+                min(lat_hi[g].max() + pad, 90.0),
+            ]
+            cells = tuple(self.cells[g].tolist())
+            out.append(Shard(f"shard-{cells[0]:016x}", {"bbox": box}, Owner(self.level, cells)))
         x0, y0, x1, y1 = self.bbox
         # The hole is the bbox shrunk a little: points near its edge fall in both files, harmlessly.
-        hole = _ring(x0 + BBOX_PAD_DEG, y0 + BBOX_PAD_DEG, x1 - BBOX_PAD_DEG, y1 - BBOX_PAD_DEG)
+        hole = _ring(x0 + pad, y0 + pad, x1 - pad, y1 - pad)
         world = _ring(-180.0, -90.0, 180.0, 90.0)
         rest = Shard(
             "rest", {"polygon": [world, hole[::-1]]}, Owner(self.level, tuple(self.cells.tolist()), True)
@@ -108,14 +134,6 @@ class ShardPlan:
 
 def _ring(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-
-
-def _region(x0: float, y0: float, x1: float, y1: float) -> dict:
-    """osmium-tool region for a lat/lng box; a box over the antimeridian (x0 > x1) is two boxes."""
-    y0, y1 = max(y0, -90.0), min(y1, 90.0)
-    if x0 <= x1:
-        return {"bbox": [max(x0, -180.0), y0, min(x1, 180.0), y1]}
-    return {"multipolygon": [[_ring(x0, y0, 180.0, y1)], [_ring(-180.0, y0, x1, y1)]]}
 
 
 def _shares(cells: np.ndarray, level: int, bbox: tuple[float, float, float, float]) -> np.ndarray:
@@ -133,14 +151,14 @@ def _shares(cells: np.ndarray, level: int, bbox: tuple[float, float, float, floa
 
 
 def shard_level(size_bytes: int, bbox: tuple[float, float, float, float], target_bytes: int) -> int | None:
-    """The coarsest level at which no cell holds more than `target_bytes` of the file, taking its
-    density as uniform over the bbox; None when the file fits one shard (then nothing is split)."""
+    """The coarsest level at which no cell holds more than `target_bytes / PACK` of the file, taking
+    its density as uniform over the bbox; None when the file fits one shard (then nothing is split)."""
     if size_bytes <= target_bytes:
         return None
     lon0, lat0, lon1, lat1 = bbox
     for level in range(MAX_SHARD_LEVEL + 1):
         cells = cover_bbox(lat0, lon0, lat1, lon1, level)
-        if cells.size > 1 and _shares(cells, level, bbox).max() * size_bytes <= target_bytes:
+        if cells.size > 1 and _shares(cells, level, bbox).max() * size_bytes * PACK <= target_bytes:
             return level
     return MAX_SHARD_LEVEL
 
@@ -165,11 +183,11 @@ def plan_shards(pbf_path: str | Path, target_bytes: int = TARGET_SHARD_BYTES) ->
     path = osm._check_path(pbf_path)
     size = path.stat().st_size
     if size <= target_bytes:
-        return ShardPlan(0, np.zeros(0, np.uint64), (0.0, 0.0, 0.0, 0.0))
+        return ShardPlan(0, np.zeros(0, np.uint64), (0.0, 0.0, 0.0, 0.0), size, target_bytes)
     bbox = _header_bbox(path)
     level = shard_level(size, bbox, target_bytes)
     cells = cover_bbox(bbox[1], bbox[0], bbox[3], bbox[2], level) if level is not None else []
-    return ShardPlan(level or 0, np.asarray(cells, np.uint64), bbox)
+    return ShardPlan(level or 0, np.asarray(cells, np.uint64), bbox, size, target_bytes)
 
 
 def _osmium(args: list[str], path: Path) -> subprocess.CompletedProcess:

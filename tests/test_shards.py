@@ -12,47 +12,64 @@ from s2vec_core import osm, s2, shards
 
 PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 LEVEL = 17
-# 592 KB at 200 KB per shard at most: level 10 (~8 km cells), 11 shards, plus the rest shard.
-TARGET = 200_000
+# 592 KB at 100 KB per shard: level-12 cells (~2 km) packed into 9 shards, plus the rest shard.
+TARGET = 100_000
 # Float sums folded in another order: the measured largest relative difference is ~3e-16.
 RTOL = 1e-12
 
 
-class Crossings(osmium.SimpleHandler):
-    """Per tagged way and area: the shard cells its nodes lie in, and whether its first point lies
-    outside every shard cell (then only the rest shard adds it)."""
+class Points(osmium.SimpleHandler):
+    """The node locations of every tagged way and area (outer ring), with the object's index."""
 
-    def __init__(self, owner: shards.Owner) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.owner = owner
-        self.crossing = {"ways": 0, "areas": 0}
-        self.outside = 0
+        self.lon: list[float] = []
+        self.lat: list[float] = []
+        self.obj: list[int] = []
+        self.kind: list[str] = []
 
-    def _add(self, kind: str, lons: list[float], lats: list[float]) -> None:
-        cells = s2.latlng_to_cell_id(np.array(lats), np.array(lons), self.owner.level)
-        self.crossing[kind] += np.unique(cells).size > 1
-        self.outside += not self.owner(np.array(lats[:1]), np.array(lons[:1]))[0]
+    def _add(self, kind: str, locs) -> None:
+        n = len(self.kind)
+        self.kind.append(kind)
+        for loc in locs:
+            self.lon.append(loc.lon)
+            self.lat.append(loc.lat)
+            self.obj.append(n)
 
     def way(self, w) -> None:
         if osm._channels(w, osm._WAY_TABLE):
-            locs = [n.location for n in w.nodes if n.location.valid()]
-            self._add("ways", [p.lon for p in locs], [p.lat for p in locs])
+            self._add("ways", [n.location for n in w.nodes if n.location.valid()])
 
     def area(self, a) -> None:
         if osm._channels(a, osm._AREA_TABLE):
-            ring = next(iter(a.outer_rings()))
-            self._add("areas", [n.lon for n in ring], [n.lat for n in ring])
+            self._add("areas", list(next(iter(a.outer_rings()))))
 
 
-@pytest.mark.slow  # ~13 s quiet, 30 s on a loaded machine: 12 shard processes
+def crossings(plan: shards.ShardPlan) -> tuple[dict[str, int], int]:
+    """How many tagged ways and areas have nodes in more than one shard, and how many objects only the
+    rest shard adds (first point outside every shard cell)."""
+    pts = Points()
+    pts.apply_file(str(PBF), locations=True)
+    lat, lon, obj = np.array(pts.lat), np.array(pts.lon), np.array(pts.obj)
+    owners = [s.owner for s in plan.shards()]
+    shard = np.argmax([owner(lat, lon) for owner in owners], axis=0)
+    pairs = np.unique(np.stack([obj, shard]), axis=1)
+    n_shards = np.bincount(pairs[0], minlength=len(pts.kind))
+    kind = np.array(pts.kind)
+    first = np.unique(obj, return_index=True)[1]
+    crossing = {k: int(((n_shards > 1) & (kind == k)).sum()) for k in ("ways", "areas")}
+    return crossing, int((shard[first] == len(owners) - 1).sum())
+
+
+@pytest.mark.slow  # ~10 s quiet, 25 s on a loaded machine: 10 shard processes
 def test_sharded_equals_whole():
     plan = shards.plan_shards(PBF, TARGET)
-    assert plan.cells.size >= 8, plan
-    seen = Crossings(shards.Owner(plan.level, tuple(plan.cells.tolist())))
-    seen.apply_file(str(PBF), locations=True)
-    # Shard edges are crossed by lines and areas, and the extract reaches past its header bbox.
-    assert seen.crossing["ways"] >= 100 and seen.crossing["areas"] >= 10, seen.crossing
-    assert seen.outside > 0
+    assert len(plan.shards()) >= 8, plan
+    crossing, outside = crossings(plan)
+    # Shard edges are crossed by lines and areas (184 and 50), and the extract reaches past its header
+    # bbox (2 objects start outside it).
+    assert crossing["ways"] >= 100 and crossing["areas"] >= 25, crossing
+    assert outside > 0
 
     whole_stats: dict = {}
     sharded_stats: dict = {}
@@ -77,6 +94,7 @@ def test_shard_level_follows_size():
     bbox = (9.0, 47.0, 15.0, 53.0)
     target = 48 << 20
     assert shards.shard_level(10 << 20, bbox, target) is None
+    cap = target / shards.PACK
     sizes = [s << 20 for s in (100, 400, 1600, 6400)]
     levels = [shards.shard_level(size, bbox, target) for size in sizes]
     assert levels == sorted(levels) and levels[0] < levels[-1]
@@ -86,7 +104,7 @@ def test_shard_level_follows_size():
 
     # Each chosen level is the coarsest whose largest expected shard fits the target.
     for size, level in zip(sizes, levels, strict=True):
-        assert largest_share(level) * size <= target < largest_share(level - 1) * size
+        assert largest_share(level) * size <= cap < largest_share(level - 1) * size
 
 
 def test_every_point_has_one_owner():
