@@ -229,3 +229,24 @@ def test_regions_without_shards_are_left_out_of_training_by_name(world, tmp_path
     assert model_assets.trained_regions(context, WarehouseResource(root=str(root))) == [REGION]
     assert model_assets.trained_regions(context, WarehouseResource(root=str(tmp_path / "empty"))) == []
     assert f"not training on ['{REGION}']" in "".join(capfd.readouterr())
+
+
+def test_mae_model_trains_with_ddp_through_pipes(world):
+    """nproc_per_node=2: torchrun starts two gloo processes through dagster-pipes; rank 0's epochs reach
+    the run's event log, and the model registers like a one-process one."""
+    _, _, instance, root = world
+    config = {**TINY, "epochs": 2, "seed": 7, "nproc_per_node": 2}
+    model = _materialize(world, ["mae_model"], run_config={"ops": {"mae_model": {"config": config}}})
+    assert model.success, _failure_text(model)
+    meta = model.asset_materializations_for_node("mae_model")[0].metadata
+    assert meta["epochs"].value == 2 and meta["resumed_from_epoch"].value == 0
+    assert meta["train_config"].value["batch_size"] == TINY["batch_size"]  # the global batch
+    logs = [e.user_message for e in instance.all_logs(model.run_id)]
+    assert any("epoch 2: loss" in m and "(2 processes)" in m for m in logs), logs
+    assert meta["model_version"].value in set(registry.versions(str(root))["model_version"])
+
+    # A global batch that does not split over the processes is refused before anything starts.
+    odd = {"ops": {"mae_model": {"config": {**config, "batch_size": 7}}}}
+    refused = _materialize(world, ["mae_model"], run_config=odd)
+    error = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error
+    assert not refused.success and "multiple of nproc_per_node" in error.to_string()

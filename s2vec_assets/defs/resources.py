@@ -188,5 +188,7 @@ def resources() -> dg.Definitions:
                 catalog_path=str(default_catalog_path()), cache_dir=default_cache_dir()
             ),
             "device": DeviceResource(device=os.environ.get("S2VEC_DEVICE", "auto")),
+            # Launches torchrun for mae_model's distributed training (nproc_per_node > 1).
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
         }
     )

@@ -14,6 +14,7 @@ under it, makes that version `current` (s2vec_core.registry). Readers default to
 
 import hashlib
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import artifacts, embed, raster, registry, train, vectors
+from s2vec_core import artifacts, ddp, embed, leftovers, raster, registry, train, vectors
 from s2vec_core.grid import Grid, check_image_levels
 from s2vec_core.model import MAEConfig, parameter_count
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
@@ -170,6 +171,24 @@ class ModelConfig(dg.Config):
         default=_TRAIN.patience, ge=1, description="Epochs without held-out gain before stopping."
     )
     min_delta: float = _TRAIN.min_delta
+    nproc_per_node: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Training processes (torchrun --nproc_per_node; one per GPU, gloo on CPU). Above 1 the model "
+            "trains with DDP in a subprocess launched through dagster-pipes; batch_size is the global batch "
+            "and must be a multiple of it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "ModelConfig":
+        if self.batch_size % self.nproc_per_node:
+            raise ValueError(
+                f"batch_size {self.batch_size} is the global batch and must be a multiple of nproc_per_node "
+                f"{self.nproc_per_node}, so every process trains on an equal slice"
+            )
+        return self
 
     def configs(self, shards: raster.ShardSet) -> tuple[MAEConfig, train.TrainConfig]:
         base = train.default_model_config(shards)
@@ -237,6 +256,7 @@ def mae_model(
     config: ModelConfig,
     warehouse: WarehouseResource,
     device: DeviceResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     regions = trained_regions(context, warehouse)
     if not regions:
@@ -278,15 +298,25 @@ def mae_model(
         )
 
     started = time.perf_counter()
-    result = train.train(
-        shards,
-        checkpoint,
-        model_config,
-        train_config,
-        taxonomy_version=TAXONOMY_VERSION,
-        device=device.resolve(),
-        on_epoch_end=log_epoch,
-    )
+    if config.nproc_per_node > 1:
+        try:
+            result = train_distributed(
+                context, pipes_subprocess_client, list(directories.values()), checkpoint, model_config,
+                train_config, device.resolve(), config.nproc_per_node,
+            )  # fmt: skip
+        finally:  # what the processes trained so far, for a retry on another machine to resume
+            if checkpoint.exists():
+                store.publish_file(checkpoint_key)
+    else:
+        result = train.train(
+            shards,
+            checkpoint,
+            model_config,
+            train_config,
+            taxonomy_version=TAXONOMY_VERSION,
+            device=device.resolve(),
+            on_epoch_end=log_epoch,
+        )
     wall = time.perf_counter() - started
     store.publish_file(checkpoint_key)  # with the embedding scale added after the last epoch
     trained = embed.load_model(checkpoint, device="cpu")
@@ -353,6 +383,40 @@ def mae_model(
             "pixel_level": trained.pixel_level,
         }
     )
+
+
+def train_distributed(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    directories: list[Path],
+    checkpoint: Path,
+    model_config: MAEConfig,
+    train_config: train.TrainConfig,
+    device: str,
+    processes: int,
+) -> train.TrainResult:
+    """`train.train` under torchrun in `processes` DDP processes (s2vec_assets.ddp_worker), its epochs
+    logged to this run through Pipes; the same checkpoint format, so the rest of the asset is unchanged."""
+    result_file = leftovers.temporary_sibling(checkpoint.with_name("result.json"))
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"),
+        *("-m", "s2vec_assets.ddp_worker", "--shards", *map(str, directories)),
+        *("--checkpoint", str(checkpoint), "--device", device, "--result", str(result_file)),
+        *("--train-config", json.dumps(train_config.to_dict())),
+        *("--model-config", json.dumps(model_config.to_dict())),
+        *("--taxonomy-version", TAXONOMY_VERSION),
+    ]
+    try:
+        pipes.run(command=command, context=context)
+        return ddp.read_result(result_file)
+    except dg.DagsterPipesExecutionError as e:
+        raise dg.Failure(
+            f"distributed training in {processes} processes failed ({e}); the processes' own errors are in "
+            "this run's stderr. With fewer GPUs than processes, lower nproc_per_node; its checkpoint (if "
+            "any epoch finished) resumes on the next run."
+        ) from e
+    finally:
+        result_file.unlink(missing_ok=True)
 
 
 def _loss_curve(result: train.TrainResult):
