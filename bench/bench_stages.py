@@ -1,0 +1,114 @@
+"""Per-core throughput of each pipeline stage on one PBF, and the planet on paper from it.
+
+Each stage runs once in this process on one core (torch and polars limited to one thread, extraction
+with `workers=1`), in the order the asset graph runs them: extract (level 17) -> cell_features (13, 15,
+17) -> rasters (13 / 17, context ring 2) -> one training epoch of the default model -> embeddings.
+Peak RSS is this process's high-water mark after the stage. From the rates per MB of PBF it prints the
+hours a region of a given size takes with N workers (stages that shard: extract, features, rasters,
+embeddings), an epoch of the default model on one CPU core (measured rate), and an epoch of the
+paper-scale model on one or eight H200s (an estimate from FLOPs at an assumed MFU: no GPU was measured).
+
+    python bench/bench_stages.py bench/data/liechtenstein-x320.osm.pbf
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+
+import argparse
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from s2vec_core import embed, features, osm, raster, train
+from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count
+
+LEVELS = (13, 15, 17)
+REGIONS_GB = {"city": 0.1, "Germany": 4.8, "Europe": 35.0, "planet": 86.0}
+H200_BF16_FLOPS = 989e12  # dense bf16 peak, per GPU
+ASSUMED_MFU = 0.3
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(label: str, fn, rows: list[dict], **facts):
+    start = time.perf_counter()
+    out = fn()
+    rows.append({"stage": label, "s": time.perf_counter() - start, "rss_mb": rss_mb(), **facts})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("pbf", type=Path)
+    p.add_argument("--workers", default="16,64", help="worker counts for the paper table")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    mb = args.pbf.stat().st_size / 1e6
+    rows: list[dict] = []
+    stats: dict[str, int] = {}
+    long = timed("extract", lambda: osm.extract_cells_long(args.pbf, LEVELS[-1], stats, workers=1), rows)
+    rows[-1]["items"] = stats["tagged_nodes"] + stats["tagged_ways"] + stats["tagged_areas"]
+    cells = timed("features", lambda: features.cell_features(long, LEVELS, "bench"), rows)
+    rows[-1]["items"] = cells.height
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def make_rasters() -> int:
+            rasters = raster.rasterize(cells, 13, 17, 2)
+            raster.write_shards(rasters, Path(tmp) / "r")
+            return rasters.image_ids.size
+
+        images = timed("rasters", make_rasters, rows)
+        rows[-1]["items"] = images
+        shards = raster.open_shards(Path(tmp) / "r")
+        config = train.TrainConfig(epochs=2, batch_size=64, holdout_fraction=0.0)
+        result = timed("train", lambda: train.train(shards, Path(tmp) / "c.pt", train_config=config), rows)
+        rows[-1]["s"] = result.epoch_seconds[-1]  # the second epoch: the first warms up
+        rows[-1]["items"] = len(shards)
+        model = embed.load_model(Path(tmp) / "c.pt")
+        timed("embed", lambda: embed.embed_shards(model, shards, tokens=True), rows)
+        rows[-1]["items"] = len(shards)
+
+    print(f"input {args.pbf.name}: {mb:.1f} MB; {platform.machine()}, {os.cpu_count()} cores, one thread")
+    print(f"load average before/after: see the caller; torch {torch.__version__}\n")
+    print("| stage | s | items | items/s per core | MB of PBF/s per core | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['stage']} | {r['s']:.1f} | {r['items']:,} | {r['items'] / r['s']:,.0f} | "
+            f"{mb / r['s']:.2f} | {r['rss_mb']:.0f} |"
+        )
+    per_mb = {r["stage"]: r["s"] / mb for r in rows}
+    images_per_mb = rows[2]["items"] / mb
+    # The paper-scale model on the same 16x16 images (pixel patches), as a GPU would train it: ~6 FLOPs
+    # per parameter per token (forward + backward), every token counted (the encoder sees only the
+    # visible quarter, so this overstates the work).
+    paper = MAEConfig.paper(len(shards.channels), int(shards.meta["context_shape"][-1]))
+    tokens = paper.num_patches + paper.context_grid**2
+    gpu_images_s = ASSUMED_MFU * H200_BF16_FLOPS / (6 * parameter_count(MaskedAutoencoder(paper)) * tokens)
+    print(
+        "\n| region | PBF GB | images (13/17) | "
+        + " | ".join(f"CPU stages h, {n} workers" for n in args.workers.split(","))
+        + " | default model h/epoch, 1 core | paper model h/epoch, 1 / 8 H200 (estimate) |"
+    )
+    print("|---" * (4 + len(args.workers.split(",")) + 1) + "|")
+    for name, gb in REGIONS_GB.items():
+        size_mb = gb * 1e3
+        cpu_s = sum(per_mb[s] for s in ("extract", "features", "rasters", "embed")) * size_mb
+        images = images_per_mb * size_mb
+        spread = " | ".join(f"{cpu_s / int(n) / 3600:.2f}" for n in args.workers.split(","))
+        train_cpu = per_mb["train"] * size_mb / 3600
+        gpu = images / gpu_images_s / 3600
+        print(f"| {name} | {gb} | {images:,.0f} | {spread} | {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
