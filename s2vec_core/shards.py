@@ -1,12 +1,13 @@
 """Sharded extraction: a large PBF split into S2 shards, each extracted in its own process.
 
 Extraction memory grows with the file (node location index, area assembly, the running aggregate), so
-a large region is cut into shards: the cells at a coarse `shard level` that its bounding box covers,
-chosen so each shard holds about `TARGET_SHARD_BYTES` of PBF. osmium-tool splits the file once, in one
-run for all shards (`osmium extract --strategy smart`): each shard file holds everything with a node in
-the shard cell's lat/lng bound, ways and multipolygon / boundary relations reference-complete. A last
-`rest` file holds what lies outside the header bbox (real extracts keep ways crossing their border
-complete, past the bbox).
+a large region is cut into shards: S2 cells over its bounding box, each split into its four children
+while it would hold more than `TARGET_SHARD_BYTES` of PBF (the file's density taken as uniform over the
+bbox, measured on a grid of samples), so shards are cells of mixed levels. osmium-tool splits the file
+once, in one run for all shards (`osmium extract --strategy smart`): each shard file holds everything
+with a node in the shard cell (its (u, v) square as a lat/lng polygon, grown a little), ways and
+multipolygon / boundary relations reference-complete. A last `rest` file holds what lies outside the
+header bbox (real extracts keep ways crossing their border complete, past the bbox).
 
 Shard boundaries change nothing: every object is added by exactly one shard, the one whose cell holds
 its first point (a node's location, a line's first point, an area's first outer-ring point), which
@@ -39,17 +40,30 @@ import osmium
 import polars as pl
 
 from s2vec_core import osm
-from s2vec_core.s2 import _rect_bound, cover_bbox, latlng_to_cell_id
+from s2vec_core.s2 import (
+    _cell_uv_bounds,
+    _face_uv_to_xyz,
+    _rect_bound,
+    _xyz_to_latlng_deg,
+    cell_level,
+    children_range,
+    cover_bbox,
+    latlng_to_cell_id,
+)
 
 # PBF bytes per shard: a shard process then peaks at a few hundred MB (bench/bench_shards.py).
 TARGET_SHARD_BYTES = 48 << 20
-# Cells per shard, about: cells a level finer than one per shard pack into evener shards (a level
-# is 4x the cells) and a shard of several cells costs one process and one osmium-tool output.
-PACK = 4
 # Finest shard level (~2.5 km cells): finer shards would be mostly overlap with their neighbours.
 MAX_SHARD_LEVEL = 12
 # Shard boxes grow by this much (degrees) so points on a cell's edge are surely inside its file.
 BBOX_PAD_DEG = 1e-4
+# A shard's polygon: its cell's edges sampled this often (S2 edges are geodesics, straight in the face's
+# (u, v); between samples a lat/lng chord strays < 1 km from it on a whole face, metres at level 4),
+# pushed out by this share of the cell's width in (u, v) to keep the chords outside the cell.
+EDGE_SAMPLES = 64
+EDGE_GROW = 1e-4
+# Grid points per bbox side standing in for the data when sizing shards.
+SAMPLES = 256
 # Relation types osmium-tool makes reference-complete: those libosmium assembles into areas.
 COMPLETE_TYPES = "multipolygon,boundary"
 SHARD_FORMAT = "pbf,pbf_compression=lz4"
@@ -62,16 +76,20 @@ class ShardError(RuntimeError):
 
 @dataclass(frozen=True)
 class Owner:
-    """Which objects a shard adds: those whose first point's cell at `level` is one of `cells`, or, for
-    the rest shard (`rest=True`), none of them."""
+    """Which objects a shard adds: those whose first point lies in one of `cells` (S2 cells of any
+    levels, disjoint), or, for the rest shard (`rest=True`), in none of them."""
 
-    level: int
     cells: tuple[int, ...]
     rest: bool = False
 
     def __call__(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        cell = latlng_to_cell_id(lat, osm._wrap_deg(lon), self.level)
-        return np.isin(cell, np.array(self.cells, np.uint64)) != self.rest
+        leaf = latlng_to_cell_id(lat, osm._wrap_deg(lon))
+        cells = np.sort(np.array(self.cells, np.uint64))
+        lsb = cells & (~cells + np.uint64(1))
+        lo, hi = cells - (lsb - np.uint64(1)), cells + (lsb - np.uint64(1))
+        i = np.maximum(np.searchsorted(lo, leaf, "right") - 1, 0)
+        inside = (leaf >= lo[i]) & (leaf <= hi[i]) if cells.size else np.zeros(leaf.size, bool)
+        return inside != self.rest
 
 
 @dataclass(frozen=True)
@@ -85,50 +103,22 @@ class Shard:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The shard level and cells for one file; `cells` empty means one shard: the whole-file path."""
+    """The shard cells for one file (sorted, of mixed levels); none means one shard: the whole file."""
 
-    level: int
     cells: np.ndarray
     bbox: tuple[float, float, float, float]  # (lon_min, lat_min, lon_max, lat_max)
-    size_bytes: int
-    target_bytes: int
 
     def shards(self) -> list[Shard]:
-        """Runs of consecutive cells (S2 order keeps them near each other) packed up to `target_bytes`
-        of expected PBF each, then the rest shard (outside the bbox, usually nearly empty)."""
-        lat_lo, lat_hi, lng_lo, lng_hi = (np.degrees(b) for b in _rect_bound(self.cells, self.level))
-        expected = _shares(self.cells, self.level, self.bbox) * self.size_bytes
-        groups: list[list[int]] = []
-        load = 0.0
-        for i, e in enumerate(expected.tolist()):
-            if not groups or load + e > self.target_bytes:
-                groups.append([])
-                load = 0.0
-            groups[-1].append(i)
-            load += e
-        pad = BBOX_PAD_DEG
-        # A bound over the antimeridian (lng_lo > lng_hi) widens its shard's box to all longitudes.
-        wraps = lng_lo > lng_hi
-        lng_lo, lng_hi = np.where(wraps, -180.0, lng_lo), np.where(wraps, 180.0, lng_hi)
-        out = []
-        for g in groups:
-            # One box around the run's bounds: osmium-tool reads overlapping polygons of a
-            # multipolygon as holes in each other, so the bounds cannot go in one by one.
-            box = [
-                max(lng_lo[g].min() - pad, -180.0),
-                max(lat_lo[g].min() - pad, -90.0),
-                min(lng_hi[g].max() + pad, 180.0),
-                min(lat_hi[g].max() + pad, 90.0),
-            ]
-            cells = tuple(self.cells[g].tolist())
-            out.append(Shard(f"shard-{cells[0]:016x}", {"bbox": box}, Owner(self.level, cells)))
+        """One shard per cell, then the rest shard (outside the bbox, usually nearly empty)."""
+        out = [Shard(f"shard-{c:016x}", _cell_region(c), Owner((c,))) for c in self.cells.tolist()]
         x0, y0, x1, y1 = self.bbox
-        # The hole is the bbox shrunk a little: points near its edge fall in both files, harmlessly.
-        hole = _ring(x0 + pad, y0 + pad, x1 - pad, y1 - pad)
+        _, (dx, dy) = _samples(self.bbox)
+        # The hole is the bbox shrunk by a sample spacing: cells without a sample have their part of
+        # the bbox in that strip; points there fall in two files, harmlessly (one owner).
+        pad = BBOX_PAD_DEG
+        hole = _ring(x0 + dx + pad, y0 + dy + pad, x1 - dx - pad, y1 - dy - pad)
         world = _ring(-180.0, -90.0, 180.0, 90.0)
-        rest = Shard(
-            "rest", {"polygon": [world, hole[::-1]]}, Owner(self.level, tuple(self.cells.tolist()), True)
-        )
+        rest = Shard("rest", {"polygon": [world, hole[::-1]]}, Owner(tuple(self.cells.tolist()), True))
         return [*out, rest]
 
 
@@ -136,31 +126,66 @@ def _ring(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
 
 
-def _shares(cells: np.ndarray, level: int, bbox: tuple[float, float, float, float]) -> np.ndarray:
-    """Each cell's share of the bbox: the lat/lng overlap of its bound with the bbox over the bbox's
-    area (a bound can overlap its neighbours', so shares may sum past 1)."""
-    lat_lo, lat_hi, lng_lo, lng_hi = (np.degrees(b) for b in _rect_bound(cells, level))
+def _cell_region(cell: int) -> dict:
+    """osmium-tool region holding the cell: its (u, v) square, grown a little, as a lat/lng polygon;
+    a cell over the antimeridian or around a pole gets its lat/lng bound as a box (all longitudes)."""
+    ids = np.array([cell], np.uint64)
+    lat_lo, lat_hi, lng_lo, lng_hi = (
+        float(np.degrees(b[0])) for b in _rect_bound(ids, int(cell_level(ids)[0]))
+    )
+    pad = BBOX_PAD_DEG
+    if lng_lo > lng_hi or lng_hi - lng_lo >= 180.0:
+        return {"bbox": [-180.0, max(lat_lo - pad, -90.0), 180.0, min(lat_hi + pad, 90.0)]}
+    face, u0, u1, v0, v1 = (float(b[0]) for b in _cell_uv_bounds(ids))
+    grow = EDGE_GROW * (u1 - u0)
+    u0, u1, v0, v1 = u0 - grow, u1 + grow, v0 - grow, v1 + grow
+    t = np.linspace(0.0, 1.0, EDGE_SAMPLES, endpoint=False)
+    u = np.concatenate([u0 + (u1 - u0) * t, np.full(t.size, u1), u1 - (u1 - u0) * t, np.full(t.size, u0)])
+    v = np.concatenate([np.full(t.size, v0), v0 + (v1 - v0) * t, np.full(t.size, v1), v1 - (v1 - v0) * t])
+    lat, lng = _xyz_to_latlng_deg(*_face_uv_to_xyz(np.full(u.size, int(face)), u, v))
+    ring = np.stack([lng, lat], axis=1).tolist()
+    return {"polygon": [[*ring, ring[0]]]}
+
+
+def _samples(bbox: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple[float, float]]:
+    """Sorted leaf cell ids of a SAMPLES x SAMPLES grid over the bbox (edges included), and its
+    spacing (lon, lat): stands in for the file's objects, taken as uniform over the bbox."""
     lon0, lat0, lon1, lat1 = bbox
-    # A bound over the antimeridian (lng_lo > lng_hi) is taken as the full circle: an upper bound.
-    wraps = lng_lo > lng_hi
-    lng_lo, lng_hi = np.where(wraps, -180.0, lng_lo), np.where(wraps, 180.0, lng_hi)
-    dx = np.clip(np.minimum(lng_hi, lon1) - np.maximum(lng_lo, lon0), 0, None)
-    dy = np.clip(np.minimum(lat_hi, lat1) - np.maximum(lat_lo, lat0), 0, None)
-    eps = 1e-9  # a bbox of one point or one line still has shares
-    return (dx + eps) * (dy + eps) / ((lon1 - lon0 + eps) * (lat1 - lat0 + eps))
+    lon, lat = np.meshgrid(np.linspace(lon0, lon1, SAMPLES), np.linspace(lat0, lat1, SAMPLES))
+    leaves = np.sort(latlng_to_cell_id(lat.ravel(), lon.ravel()))
+    return leaves, ((lon1 - lon0) / (SAMPLES - 1), (lat1 - lat0) / (SAMPLES - 1))
 
 
-def shard_level(size_bytes: int, bbox: tuple[float, float, float, float], target_bytes: int) -> int | None:
-    """The coarsest level at which no cell holds more than `target_bytes / PACK` of the file, taking
-    its density as uniform over the bbox; None when the file fits one shard (then nothing is split)."""
+def _counts(cells: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """Sorted leaves inside each cell."""
+    lsb = cells & (~cells + np.uint64(1))
+    lo, hi = cells - (lsb - np.uint64(1)), cells + (lsb - np.uint64(1))
+    return np.searchsorted(leaves, hi, "right") - np.searchsorted(leaves, lo, "left")
+
+
+def shard_cells(size_bytes: int, bbox: tuple[float, float, float, float], target_bytes: int) -> np.ndarray:
+    """Cells covering the bbox, each split into its four children while it would hold more than
+    `target_bytes` of the file (its share of a sample grid over the bbox), down to MAX_SHARD_LEVEL;
+    sorted. Cells without a sample only touch the bbox's edge (the rest shard takes that strip).
+    None when the file fits one shard (then nothing is split)."""
     if size_bytes <= target_bytes:
-        return None
+        return np.zeros(0, np.uint64)
     lon0, lat0, lon1, lat1 = bbox
+    leaves, _ = _samples(bbox)
+    cells = cover_bbox(lat0, lon0, lat1, lon1, 0)
+    done = []
     for level in range(MAX_SHARD_LEVEL + 1):
-        cells = cover_bbox(lat0, lon0, lat1, lon1, level)
-        if cells.size > 1 and _shares(cells, level, bbox).max() * size_bytes * PACK <= target_bytes:
-            return level
-    return MAX_SHARD_LEVEL
+        count = _counts(cells, leaves)
+        cells = cells[count > 0]
+        big = count[count > 0] / leaves.size * size_bytes > target_bytes
+        if level == MAX_SHARD_LEVEL or not big.any():
+            done.append(cells)
+            break
+        done.append(cells[~big])
+        lo, _ = children_range(cells[big], level + 1)
+        step = np.uint64(2) * (lo & (~lo + np.uint64(1)))  # children are 2 * their lsb apart
+        cells = (lo[:, None] + step[:, None] * np.arange(4, dtype=np.uint64)).ravel()
+    return np.sort(np.concatenate(done))
 
 
 def _header_bbox(path: Path) -> tuple[float, float, float, float]:
@@ -179,15 +204,13 @@ def _header_bbox(path: Path) -> tuple[float, float, float, float]:
 
 
 def plan_shards(pbf_path: str | Path, target_bytes: int = TARGET_SHARD_BYTES) -> ShardPlan:
-    """Shard level and cells for the file at `pbf_path` (cells empty: one shard)."""
+    """Shard cells for the file at `pbf_path` (none: one shard)."""
     path = osm._check_path(pbf_path)
     size = path.stat().st_size
     if size <= target_bytes:
-        return ShardPlan(0, np.zeros(0, np.uint64), (0.0, 0.0, 0.0, 0.0), size, target_bytes)
+        return ShardPlan(np.zeros(0, np.uint64), (0.0, 0.0, 0.0, 0.0))
     bbox = _header_bbox(path)
-    level = shard_level(size, bbox, target_bytes)
-    cells = cover_bbox(bbox[1], bbox[0], bbox[3], bbox[2], level) if level is not None else []
-    return ShardPlan(level or 0, np.asarray(cells, np.uint64), bbox, size, target_bytes)
+    return ShardPlan(shard_cells(size, bbox, target_bytes), bbox)
 
 
 def _osmium(args: list[str], path: Path) -> subprocess.CompletedProcess:
@@ -234,7 +257,7 @@ def _shard_worker(path: str, level: str, owner: str, out: str, parent: str) -> N
 
     threading.Thread(target=exit_with_parent, daemon=True).start()
     spec = json.loads(owner)
-    ex = osm._Extractor(int(level), Owner(spec["level"], tuple(spec["cells"]), spec["rest"]))
+    ex = osm._Extractor(int(level), Owner(tuple(spec["cells"]), spec["rest"]))
     try:
         ex.run(Path(path), "all")
     except RuntimeError as e:
@@ -261,7 +284,7 @@ class _Runner:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        owner = json.dumps({"level": shard.owner.level, "cells": shard.owner.cells, "rest": shard.owner.rest})
+        owner = json.dumps({"cells": shard.owner.cells, "rest": shard.owner.rest})
         args = [str(path), str(self.level), owner, str(out), str(os.getpid())]
         with self.lock:
             if self.stopped:
