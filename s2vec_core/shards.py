@@ -311,6 +311,25 @@ class _Runner:
                     proc.wait()
 
 
+class _Rows:
+    """One shard's saved (key, value) rows, read range by range from the files: a memory map would
+    keep every page it has read resident, so the merge would hold all rows by the end."""
+
+    def __init__(self, out: Path, edges: np.ndarray) -> None:
+        self.paths = (f"{out}.key.npy", f"{out}.value.npy")
+        keys = np.load(self.paths[0], mmap_mode="r")
+        self.bounds = np.searchsorted(keys, edges)  # touches ~log2(n) pages per edge
+        self.offsets = tuple(np.load(p, mmap_mode="r").offset for p in self.paths)
+        del keys
+
+    def read(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Range r's rows (8-byte keys and values)."""
+        start, count = int(self.bounds[r]), int(self.bounds[r + 1] - self.bounds[r])
+        key = np.fromfile(self.paths[0], np.uint64, count, offset=self.offsets[0] + 8 * start)
+        value = np.fromfile(self.paths[1], np.float64, count, offset=self.offsets[1] + 8 * start)
+        return key, value
+
+
 def _key_ranges(cells: np.ndarray) -> np.ndarray:
     """Sorted boundaries between the key ranges of the shard cells and the gaps around them: every
     key below level 30 of a cell lies in [cell - (lsb - 1), cell + lsb)."""
@@ -330,7 +349,9 @@ def iter_sharded(
     """The long rows of `extract_cells_long(pbf_path, level)`, range of cells by range in cell order,
     from shards extracted by up to `workers` processes at once (default: one per core). Only one
     range's rows are in memory here at a time; a file within `target_bytes` is extracted whole.
-    `tmp_dir` holds the shard files (about the input's size) and the shards' rows."""
+    `tmp_dir` holds the shard files (about the input's size) and the shards' rows. `stats` sums the
+    shards': tagged_* count each object once, the skipped / invalid / missing counts once per shard
+    that reads the object."""
     if not 0 <= level <= osm.MAX_LEVEL:
         raise ValueError(f"extraction level must be within 0..{osm.MAX_LEVEL}, got {level}")
     path = osm._check_path(pbf_path)
@@ -359,17 +380,14 @@ def iter_sharded(
         total = {k: sum(f.result().get(k, 0) for f in futures) for k in futures[0].result()}
         if stats is not None:
             stats.update(total)
-        keys = [np.load(f"{o}.key.npy", mmap_mode="r") for o in outs]
-        values = [np.load(f"{o}.value.npy", mmap_mode="r") for o in outs]
         edges = _key_ranges(plan.cells)
-        bounds = [np.searchsorted(k, edges) for k in keys]
+        rows = [_Rows(o, edges) for o in outs]
         for r in range(edges.size - 1):
             agg = osm._Aggregate(level)
-            for k, v, b in zip(keys, values, bounds, strict=True):
-                agg.add_folded(np.array(k[b[r] : b[r + 1]]), np.array(v[b[r] : b[r + 1]]))
+            for part in rows:
+                agg.add_folded(*part.read(r))
             if agg.rows:
                 yield agg.long()
-        del keys, values
 
 
 def extract_sharded(
