@@ -246,9 +246,11 @@ def split(pbf_path: str | Path, shards: list[Shard], directory: Path) -> list[Pa
     return [directory / f"{s.name}.osm.pbf" for s in shards]
 
 
-def _shard_worker(path: str, level: str, owner: str, out: str, parent: str) -> None:
-    """Entry point of a shard process: the owned objects' summed (key, value) rows and stats to files
-    at `out`; an unreadable file exits with status 3. Exits too once its parent is gone."""
+def _shard_worker(level: str, parent: str) -> None:
+    """Entry point of a shard process. It extracts the shards sent on stdin, one JSON line each (file,
+    owner, out): the owned objects' summed (key, value) rows and stats to files at `out`, then "done" on
+    stdout; one process serves many shards, so the interpreter starts once per worker, not per shard.
+    An unreadable file exits with status 3 and the message on stderr. Exits too once its parent is gone."""
 
     def exit_with_parent() -> None:
         while os.getppid() == int(parent):
@@ -256,51 +258,84 @@ def _shard_worker(path: str, level: str, owner: str, out: str, parent: str) -> N
         os._exit(1)
 
     threading.Thread(target=exit_with_parent, daemon=True).start()
-    spec = json.loads(owner)
-    ex = osm._Extractor(int(level), Owner(tuple(spec["cells"]), spec["rest"]))
-    try:
-        ex.run(Path(path), "all")
-    except RuntimeError as e:
-        sys.stderr.write(f"{path}: unreadable OSM file ({e})")
-        sys.exit(3)
-    key, values = ex.agg.folded()
-    np.save(f"{out}.key.npy", key)
-    np.save(f"{out}.value.npy", values)
-    stats = {k: v - ex.dropped.get(k, 0) for k, v in ex.stats.items()}
-    Path(f"{out}.stats.json").write_text(json.dumps(stats))
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything else printed goes to the error file, not into the replies
+    for line in sys.stdin:
+        job = json.loads(line)
+        ex = osm._Extractor(int(level), Owner(tuple(job["cells"]), job["rest"]))
+        try:
+            ex.run(Path(job["path"]), "all")
+        except RuntimeError as e:
+            sys.stderr.write(f"{job['path']}: unreadable OSM file ({e})")
+            sys.exit(3)
+        key, values = ex.agg.folded()
+        np.save(f"{job['out']}.key.npy", key)
+        np.save(f"{job['out']}.value.npy", values)
+        stats = {k: v - ex.dropped.get(k, 0) for k, v in ex.stats.items()}
+        Path(f"{job['out']}.stats.json").write_text(json.dumps(stats))
+        del ex, key, values  # before the next shard is read: memory stays that of one shard
+        reply.write("done\n")
+        reply.flush()
 
 
 class _Runner:
-    """Runs shard processes (separate interpreters, as osm's area worker) and kills them on failure."""
+    """Shard processes (separate interpreters, as osm's area worker), one per pool thread, each fed
+    shard after shard; killed on failure."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, tmp: Path) -> None:
         self.level = level
+        self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
         self.lock = threading.Lock()
         self.stopped = False
+        self.local = threading.local()
 
-    def run(self, shard: Shard, path: Path, out: Path) -> dict:
+    def _start(self) -> tuple[subprocess.Popen, Path]:
         code = "import sys; from s2vec_core.shards import _shard_worker; _shard_worker(*sys.argv[1:])"
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        owner = json.dumps({"cells": shard.owner.cells, "rest": shard.owner.rest})
-        args = [str(path), str(self.level), owner, str(out), str(os.getpid())]
+        err_path = self.tmp / f"worker-{len(self.procs)}.err"
+        # Errors go to a file, not a pipe: nothing the worker prints can block it.
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(self.level), str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                text=True,
+            )
+        self.procs.append(proc)
+        return proc, err_path
+
+    def run(self, shard: Shard, path: Path, out: Path) -> dict:
         with self.lock:
             if self.stopped:
                 return {}
-            with open(f"{out}.err", "wb") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=err, env=env
-                )
-            self.procs.append(proc)
-        proc.wait()
-        message = Path(f"{out}.err").read_text(errors="replace").strip()
-        if proc.returncode == 3:
-            raise osm.OSMFileError(message.splitlines()[-1])
-        if proc.returncode:
+            if getattr(self.local, "worker", None) is None:
+                self.local.worker = self._start()
+        proc, err_path = self.local.worker
+        job = {"path": str(path), "cells": shard.owner.cells, "rest": shard.owner.rest, "out": str(out)}
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            reply = proc.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        if reply != "done\n":
+            proc.wait()
+            message = err_path.read_text(errors="replace").strip()
+            if proc.returncode == 3:
+                raise osm.OSMFileError(message.splitlines()[-1])
             raise ShardError(f"{path}: shard process failed (exit {proc.returncode}): {message[-2000:]}")
         return json.loads(Path(f"{out}.stats.json").read_text())
+
+    def close(self) -> None:
+        """Let the workers exit (end of their input) and wait for them."""
+        for proc in self.procs:
+            proc.stdin.close()
+            proc.wait()
 
     def stop(self) -> None:
         with self.lock:
@@ -364,7 +399,7 @@ def iter_sharded(
     with tempfile.TemporaryDirectory(prefix="s2vec-shards-", dir=tmp_dir) as tmp:
         files = split(path, shards, Path(tmp))
         outs = [Path(tmp) / f"{s.name}.rows" for s in shards]
-        runner = _Runner(level)
+        runner = _Runner(level, Path(tmp))
         # Largest files first, so the last ones to finish are short.
         order = sorted(range(len(shards)), key=lambda i: -files[i].stat().st_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s2vec-shard") as pool:
@@ -375,6 +410,7 @@ def iter_sharded(
             except BaseException:
                 runner.stop()
                 raise
+        runner.close()
         for f in files:
             f.unlink()  # free the disk before the rows are merged
         total = {k: sum(f.result().get(k, 0) for f in futures) for k in futures[0].result()}

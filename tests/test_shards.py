@@ -166,3 +166,17 @@ def test_split_failure_names_the_file_and_cleans_up(tmp_path):
     with pytest.raises(shards.ShardError, match=r"truncated\.osm\.pbf.*osmium extract"):
         shards.extract_sharded(bad, LEVEL, target_bytes=TARGET, tmp_dir=work)
     assert not list(work.iterdir())
+
+
+def test_a_failing_shard_stops_the_others_and_cleans_up(monkeypatch, tmp_path):
+    real_split = shards.split
+
+    def split_with_a_broken_shard(pbf_path, shard_list, directory):
+        files = real_split(pbf_path, shard_list, directory)
+        files[0].write_bytes(b"not a pbf")
+        return files
+
+    monkeypatch.setattr(shards, "split", split_with_a_broken_shard)
+    with pytest.raises(osm.OSMFileError, match=r"shard-[0-9a-f]{16}\.osm\.pbf: unreadable"):
+        shards.extract_sharded(PBF, LEVEL, workers=2, target_bytes=TARGET, tmp_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
