@@ -81,6 +81,7 @@ def test_cli_materialises_one_region(env):
     assert step_pids == {run_pid} and workers == 0
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_s2vec_executor_multiprocess_runs_each_step_in_a_subprocess(env):

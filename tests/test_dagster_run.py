@@ -185,6 +185,7 @@ def _s2vec(env: dict, *args: str, status: int = 0) -> subprocess.CompletedProces
     return done
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leaves_the_rest(tmp_path):
@@ -270,6 +271,7 @@ def test_adding_a_region_makes_one_complete_current_version_and_removing_it_leav
     assert not (root / "rasters" / "east").exists()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_one_bad_region_fails_alone_and_the_rest_get_model_embeddings_and_evaluation(tmp_path):

@@ -95,6 +95,7 @@ def _torchrun(entry: list[str], shards: Path, checkpoint: Path, result: Path) ->
     )
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_two_processes_train_the_one_process_model_and_resume(shard_dir, tmp_path):  # noqa: F811
     """torchrun, 2 gloo processes: rank 0 is SIGKILLed after the epoch-2 checkpoint, a second torchrun

@@ -231,10 +231,19 @@ def test_regions_without_shards_are_left_out_of_training_by_name(world, tmp_path
     assert f"not training on ['{REGION}']" in "".join(capfd.readouterr())
 
 
+@pytest.mark.system
 def test_mae_model_trains_with_ddp_through_pipes(world):
     """nproc_per_node=2: torchrun starts two gloo processes through dagster-pipes; rank 0's epochs reach
     the run's event log, and the model registers like a one-process one."""
     _, _, instance, root = world
+    levels = {"levels": [LEVELS["image_level"], LEVELS["pixel_level"]]}
+    # Runs apart from this module's other tests (`make test-system`): its own rasters first.
+    assert _materialize(
+        world, ["osm_extract", "cell_features"], REGION, {"ops": {"cell_features": {"config": levels}}}
+    ).success
+    assert _materialize(
+        world, ["raster_tensors"], REGION, {"ops": {"raster_tensors": {"config": LEVELS}}}
+    ).success
     config = {**TINY, "epochs": 2, "seed": 7, "nproc_per_node": 2}
     model = _materialize(world, ["mae_model"], run_config={"ops": {"mae_model": {"config": config}}})
     assert model.success, _failure_text(model)

@@ -185,6 +185,7 @@ def _materialize(defs, resources, instance, selection, partition=None, run_confi
     return result
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_whole_graph_on_s3(s3, dagster_instance, tmp_path):
     root = f"s3://{BUCKET}/wh"
