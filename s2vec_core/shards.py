@@ -49,6 +49,7 @@ from s2vec_core.s2 import (
     children_range,
     cover_bbox,
     latlng_to_cell_id,
+    parent,
 )
 
 # PBF bytes per shard: a shard process then peaks at a few hundred MB (bench/bench_shards.py).
@@ -64,6 +65,8 @@ EDGE_SAMPLES = 64
 EDGE_GROW = 1e-4
 # Grid points per bbox side standing in for the data when sizing shards.
 SAMPLES = 256
+# Extracts per osmium-tool run: its memory grows with them (~50 MB each over a 600 MB file's ids).
+MAX_EXTRACTS = 8
 # Relation types osmium-tool makes reference-complete: those libosmium assembles into areas.
 COMPLETE_TYPES = "multipolygon,boundary"
 SHARD_FORMAT = "pbf,pbf_compression=lz4"
@@ -230,19 +233,63 @@ def _osmium(args: list[str], path: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def split(pbf_path: str | Path, shards: list[Shard], directory: Path) -> list[Path]:
-    """Write one PBF per shard into `directory` in one osmium-tool run; returns their paths."""
-    path = Path(pbf_path)
-    config = directory / "shards.json"
+def _extract(path: Path, regions: list[tuple[str, dict]], directory: Path, source: Path) -> None:
+    """One osmium-tool run writing `name.osm.pbf` per (name, region) into `directory`."""
+    config = directory / f"{path.name}.json"
     # LZ4 blocks: a quarter less CPU than zlib to write and read for ~15% more bytes; the files are
     # temporary and read once.
-    extracts = [{"output": f"{s.name}.osm.pbf", "output_format": SHARD_FORMAT, **s.region} for s in shards]
+    extracts = [{"output": f"{n}.osm.pbf", "output_format": SHARD_FORMAT, **r} for n, r in regions]
     config.write_text(json.dumps({"directory": str(directory), "extracts": extracts}))
     _osmium(
         ["extract", "--config", str(config), "--strategy", "smart", "-S", f"types={COMPLETE_TYPES}"]
         + ["--overwrite", "--no-progress", str(path)],
-        path,
+        source,
     )
+    config.unlink()
+
+
+def split(
+    pbf_path: str | Path, shards: list[Shard], directory: Path, max_extracts: int = MAX_EXTRACTS
+) -> list[Path]:
+    """Write one PBF per shard into `directory`; returns their paths, in `shards` order.
+
+    osmium-tool's memory grows with the extracts of one run (id sets over the whole file's id range
+    each), so a run writes at most `max_extracts`: more shards are first grouped under ancestor cells,
+    split into one file per group, then each group file into its shards (one more pass per level)."""
+    source = Path(pbf_path)
+
+    def run(path: Path, group: list[Shard], top: int) -> None:
+        """Split `path` into the shards of `group`, all under cells of level `top` - 1 or coarser."""
+        cells = np.array([s.owner.cells[0] for s in group if not s.owner.rest], np.uint64)
+        n_rest = len(group) - cells.size
+        if len(group) <= max_extracts:
+            _extract(path, [(s.name, s.region) for s in group], directory, source)
+            return
+        # The finest ancestor level, below `path`'s own cell, with few enough groups.
+        fits = [
+            lv
+            for lv in range(top, int(cell_level(cells).min()) + 1)
+            if np.unique(parent(cells, lv)).size + n_rest <= max_extracts
+        ]
+        if not fits:
+            raise ShardError(f"{source}: cannot group {cells.size} shards into {max_extracts} extracts")
+        anc = parent(cells, fits[-1])
+        by_anc: dict[int, list[Shard]] = {}
+        for s, a in zip([s for s in group if not s.owner.rest], anc.tolist(), strict=True):
+            by_anc.setdefault(a, []).append(s)
+        singles = [g[0] for g in by_anc.values() if len(g) == 1]
+        multi = {a: g for a, g in by_anc.items() if len(g) > 1}
+        regions = [(s.name, s.region) for s in [*singles, *(s for s in group if s.owner.rest)]]
+        regions += [(f"group-{a:016x}", _cell_region(a)) for a in multi]
+        _extract(path, regions, directory, source)
+        for a, g in multi.items():
+            group_file = directory / f"group-{a:016x}.osm.pbf"
+            run(group_file, g, fits[-1] + 1)
+            group_file.unlink()  # free the disk as soon as its shards are out
+
+    if max_extracts < 5:
+        raise ValueError("max_extracts must be >= 5: a cell's four children and the rest shard")
+    run(source, shards, 0)
     return [directory / f"{s.name}.osm.pbf" for s in shards]
 
 

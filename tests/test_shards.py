@@ -2,6 +2,7 @@
 forced into shards whose edges lines and areas cross. Needs osmium-tool (`osmium` on PATH)."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,16 @@ def test_a_failing_shard_stops_the_others_and_cleans_up(monkeypatch, tmp_path):
     with pytest.raises(osm.OSMFileError, match=r"shard-[0-9a-f]{16}\.osm\.pbf: unreadable"):
         shards.extract_sharded(PBF, LEVEL, workers=2, target_bytes=TARGET, tmp_dir=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_split_in_levels_writes_the_same_files(tmp_path):
+    """More shards than one osmium-tool run may write are split under ancestor cells first."""
+    plan = shards.plan_shards(PBF, 60_000)
+    assert len(plan.shards()) > 25
+    one, levels = tmp_path / "one", tmp_path / "levels"
+    one.mkdir(), levels.mkdir()
+    a = shards.split(PBF, plan.shards(), one, max_extracts=64)
+    b = shards.split(PBF, plan.shards(), levels, max_extracts=5)
+    for x, y in zip(a, b, strict=True):
+        assert subprocess.run(["osmium", "diff", "-q", str(x), str(y)], check=False).returncode == 0, x.name
+    assert sorted(p.name for p in levels.iterdir()) == sorted(p.name for p in b)  # group files removed
