@@ -17,7 +17,7 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import bbox, features, osm, s2
+from s2vec_core import bbox, features, s2, shards
 from s2vec_core.grid import MAX_LEVEL, Grid
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS, TAXONOMY_VERSION
@@ -35,6 +35,17 @@ class CellFeaturesConfig(dg.Config):
             "parent cells. Model assets need the image and pixel levels among them."
         ),
     )
+
+    shard_mb: float = Field(
+        default=shards.TARGET_SHARD_BYTES / 2**20,
+        gt=0,
+        description=(
+            "Extracts larger than this (MiB of PBF) are split into S2 shards of about this size, each "
+            "extracted in its own process, so memory is bounded by a shard, not the region (needs "
+            "osmium-tool). Shard edges change no cell's features."
+        ),
+    )
+    shard_workers: int = Field(default=2, ge=1, description="Shard processes at once.")
 
     @field_validator("levels")
     @classmethod
@@ -71,7 +82,12 @@ def cell_features(
     region = context.partition_key
     path = osm_source.resolve(region)
     stats: dict[str, int] = {}
-    pixel_cells = osm.extract_cells_long(path, config.levels[-1], stats=stats)
+    try:
+        pixel_cells = shards.extract_sharded(
+            path, config.levels[-1], config.shard_workers, stats, target_bytes=int(config.shard_mb * 2**20)
+        )
+    except shards.ShardError as e:
+        raise dg.Failure(f"{region}: {e}") from e
     box = osm_source.region(region).bbox
     clipped = bbox.clip(pixel_cells, box)
     stats["cells_outside_bbox"] = int(pixel_cells["cell_id"].n_unique() - clipped["cell_id"].n_unique())
