@@ -122,7 +122,9 @@ def main() -> None:
         spread = " | ".join(f"{cpu_s / int(n) / 3600:.2f}" for n in args.workers.split(","))
         train_cpu = per_mb["train"] * size_mb / 3600
         gpu = region_images / gpu_images_s / 3600
-        print(f"| {name} | {gb} | {region_images:,.0f} | {spread} | {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |")
+        print(
+            f"| {name} | {gb} | {region_images:,.0f} | {spread} | {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |"
+        )
 
 
 if __name__ == "__main__":
