@@ -20,22 +20,13 @@ from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_core import registry, warehouse
 from s2vec_core.artifacts import ArtifactError, ArtifactStore, obstore_options
 from tests.test_concurrent_writes import assert_history_sound, assert_one_copy_per_region, write_at_once
+from tests.test_model_assets import TINY as MODEL_ASSETS_TINY
 
 BUCKET = "s2vec-warehouse"
 SECRET = "s3cr3t-never-logged-8f2c"
 REGION = "monaco"
 LEVELS = {"image_level": 14, "pixel_level": 18}
-TINY = {
-    "patch_size": 4,
-    "width": 16,
-    "depth": 1,
-    "heads": 2,
-    "decoder_width": 8,
-    "decoder_depth": 1,
-    "decoder_heads": 2,
-    "epochs": 2,
-    "batch_size": 8,
-}
+TINY = {**MODEL_ASSETS_TINY, "epochs": 2}
 
 
 @pytest.fixture(scope="module")
