@@ -86,7 +86,7 @@ class Owner:
     rest: bool = False
 
     def __call__(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        leaf = latlng_to_cell_id(lat, osm._wrap_deg(lon))
+        leaf = latlng_to_cell_id(lat, osm.wrap_deg(lon))
         cells = np.sort(np.array(self.cells, np.uint64))
         lsb = cells & (~cells + np.uint64(1))
         lo, hi = cells - (lsb - np.uint64(1)), cells + (lsb - np.uint64(1))
@@ -208,7 +208,7 @@ def _header_bbox(path: Path) -> tuple[float, float, float, float]:
 
 def plan_shards(pbf_path: str | Path, target_bytes: int = TARGET_SHARD_BYTES) -> ShardPlan:
     """Shard cells for the file at `pbf_path` (none: one shard)."""
-    path = osm._check_path(pbf_path)
+    path = osm.check_path(pbf_path)
     size = path.stat().st_size
     if size <= target_bytes:
         return ShardPlan(np.zeros(0, np.uint64), (0.0, 0.0, 0.0, 0.0))
@@ -309,7 +309,7 @@ def _shard_worker(level: str, parent: str) -> None:
     os.dup2(2, 1)  # anything else printed goes to the error file, not into the replies
     for line in sys.stdin:
         job = json.loads(line)
-        ex = osm._Extractor(int(level), Owner(tuple(job["cells"]), job["rest"]))
+        ex = osm.Extractor(int(level), Owner(tuple(job["cells"]), job["rest"]))
         try:
             ex.run(Path(job["path"]), "all")
         except RuntimeError as e:
@@ -436,7 +436,7 @@ def iter_sharded(
     that reads the object."""
     if not 0 <= level <= osm.MAX_LEVEL:
         raise ValueError(f"extraction level must be within 0..{osm.MAX_LEVEL}, got {level}")
-    path = osm._check_path(pbf_path)
+    path = osm.check_path(pbf_path)
     plan = plan_shards(path, target_bytes)
     if plan.cells.size == 0:
         yield osm.extract_cells_long(path, level, stats)
@@ -466,7 +466,7 @@ def iter_sharded(
         edges = _key_ranges(plan.cells)
         rows = [_Rows(o, edges) for o in outs]
         for r in range(edges.size - 1):
-            agg = osm._Aggregate(level)
+            agg = osm.Aggregate(level)
             for part in rows:
                 agg.add_folded(*part.read(r))
             if agg.rows:

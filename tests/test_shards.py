@@ -10,6 +10,7 @@ import osmium
 import pytest
 
 from s2vec_core import osm, s2, shards
+from s2vec_core.osm.reader import AREA_TABLE, WAY_TABLE, channels
 
 PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 LEVEL = 17
@@ -38,11 +39,11 @@ class Points(osmium.SimpleHandler):
             self.obj.append(n)
 
     def way(self, w) -> None:
-        if osm._channels(w, osm._WAY_TABLE):
+        if channels(w, WAY_TABLE):
             self._add("ways", [n.location for n in w.nodes if n.location.valid()])
 
     def area(self, a) -> None:
-        if osm._channels(a, osm._AREA_TABLE):
+        if channels(a, AREA_TABLE):
             self._add("areas", list(next(iter(a.outer_rings()))))
 
 
