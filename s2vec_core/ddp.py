@@ -8,7 +8,7 @@
 - `--checkpoint`: the `train` checkpoint, resumed if it exists (under any number of processes);
 - `--train-config`: a JSON object of `TrainConfig` fields (default: all defaults); `batch_size` is the
   global batch and must be a multiple of N;
-- `--model-config`: a JSON object of `MAEConfig` fields (default: `train.default_model_config`);
+- `--model-config`: a JSON object of `MAEConfig` fields (default: `model_config.default_model_config`);
 - `--device`: "auto" takes CUDA when there is one; CUDA means cuda:LOCAL_RANK with NCCL, CPU gloo;
 - `--result`: where rank 0 writes the JSON result: `world_size`, `backend`, `device`, `losses` (mean
   training loss per epoch), `holdout` (per epoch), `baseline_ratio`, `epoch_seconds`, `images_per_s`

@@ -1,28 +1,43 @@
-"""Evaluation plots as PNG bytes (matplotlib Agg): predicted vs actual, maps, R2 bars."""
+"""Evaluation plots as PNG bytes: predicted vs actual, maps, R2 bars, learning curves.
+
+Figures are `matplotlib.figure.Figure` objects, not pyplot's: no GUI backend to choose, no global
+figure registry to close, so workers and CI without a display draw them as they are. matplotlib loads on
+the first plot (~2.5 s): every Dagster run worker imports this module, most never draw."""
 
 from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: runs in Dagster workers and CI without a display
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-from matplotlib.collections import PolyCollection
-from sklearn.decomposition import PCA
 
 from s2vec_core import s2
+from s2vec_core.evaluate import is_learned
+
+if TYPE_CHECKING:
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
 
 _DPI = 110
 
 
-def _png(fig) -> bytes:
+def _figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _polygons(polys: np.ndarray, **kwargs) -> PolyCollection:
+    from matplotlib.collections import PolyCollection
+
+    return PolyCollection(polys, **kwargs)
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -49,9 +64,8 @@ def predicted_vs_actual(predictions: pl.DataFrame, split: str, model: str, title
         raise ValueError(f"no predictions for split {split!r} and model {model!r}")
     cols = min(len(names), 3)
     nrows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(
-        nrows, cols, figsize=(4.2 * cols, 3.9 * nrows), squeeze=False, layout="constrained"
-    )
+    fig = _figure(figsize=(4.2 * cols, 3.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False)
     lo, hi = float(rows["y"].min()), float(rows["y"].max())
     for ax, name in zip(axes.flat, names):
         r = rows.filter(pl.col("feature_set") == name)
@@ -70,6 +84,8 @@ def predicted_vs_actual(predictions: pl.DataFrame, split: str, model: str, title
 
 def embedding_rgb(matrix: np.ndarray, seed: int = 0) -> np.ndarray:
     """First three principal components scaled to [0, 1] (2nd-98th percentile) as RGB rows."""
+    from sklearn.decomposition import PCA  # sklearn takes ~5 s to import: only where a map is drawn
+
     n = min(3, matrix.shape[1], matrix.shape[0])
     z = PCA(n_components=n, random_state=seed).fit_transform(matrix)
     if n < 3:
@@ -81,8 +97,9 @@ def embedding_rgb(matrix: np.ndarray, seed: int = 0) -> np.ndarray:
 def embedding_map(cells: np.ndarray, matrix: np.ndarray, title: str = "embedding (PCA to RGB)") -> bytes:
     """Each image cell's polygon coloured by its embedding's first three principal components."""
     polys, aspect = _cell_polygons(cells)
-    fig, ax = plt.subplots(figsize=(7, 7))
-    ax.add_collection(PolyCollection(polys, facecolors=embedding_rgb(matrix), edgecolors="none"))
+    fig = _figure(figsize=(7, 7))
+    ax = fig.subplots()
+    ax.add_collection(_polygons(polys, facecolors=embedding_rgb(matrix), edgecolors="none"))
     _map_axes(ax, polys, aspect, title)
     return _png(fig)
 
@@ -96,8 +113,9 @@ def residual_map(predictions: pl.DataFrame, title: str = "residuals (predicted -
     polys, aspect = _cell_polygons(predictions["cell_id"].to_numpy())
     resid = (predictions["y_pred"] - predictions["y"]).to_numpy()
     lim = float(np.percentile(np.abs(resid), 98)) or 1.0
-    fig, ax = plt.subplots(figsize=(7.5, 7))
-    coll = PolyCollection(polys, array=resid, cmap="RdBu_r", edgecolors="none")
+    fig = _figure(figsize=(7.5, 7))
+    ax = fig.subplots()
+    coll = _polygons(polys, array=resid, cmap="RdBu_r", edgecolors="none")
     coll.set_clim(-lim, lim)
     ax.add_collection(coll)
     fig.colorbar(coll, ax=ax, shrink=0.8, label="predicted - actual")
@@ -113,7 +131,8 @@ def r2_bars(metrics: pl.DataFrame, model: str, title: str = "") -> bytes:
     sets = m["feature_set"].unique(maintain_order=True).to_list()
     splits = m["split"].unique(maintain_order=True).to_list()
     width = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(sets) * max(1, len(splits) / 2), 4))
+    fig = _figure(figsize=(1.6 + 1.2 * len(sets) * max(1, len(splits) / 2), 4))
+    ax = fig.subplots()
     for i, split in enumerate(splits):
         rows = m.filter(pl.col("split") == split)
         lookup = {r["feature_set"]: r for r in rows.iter_rows(named=True)}
@@ -133,4 +152,33 @@ def r2_bars(metrics: pl.DataFrame, model: str, title: str = "") -> bytes:
     ax.set_ylim(bottom=max(-1.0, min(0.0, float(m["value"].min()) - 0.1)), top=1.0)
     ax.legend()
     ax.set_title(title or f"R2 by feature set and split ({model})")
+    return _png(fig)
+
+
+def learning_curve_png(curves: pl.DataFrame) -> bytes:
+    """R2 against labelled training cells (log x), one line per feature set with a ±std band; one
+    panel per (region/task, split, model)."""
+    panels = curves.select("region", "task", "split", "model").unique(maintain_order=True).rows()
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig = _figure(figsize=(5.5 * cols, 4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (region, task, split, model) in zip(axes.flat, panels):
+        one = curves.filter(
+            (pl.col("region") == region)
+            & (pl.col("task") == task)
+            & (pl.col("split") == split)
+            & (pl.col("model") == model)
+        )
+        for (name,), line in one.sort("n_train").group_by("feature_set", maintain_order=True):
+            n, r2, std = (line[c].to_numpy().astype(float) for c in ("n_train", "r2", "std"))
+            ax.plot(n, r2, marker="o", ms=3, lw=1.8 if is_learned(name) else 1.0, label=name)
+            ax.fill_between(n, r2 - np.nan_to_num(std), r2 + np.nan_to_num(std), alpha=0.12)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training cells")
+        ax.set_ylabel("R2 on the test folds")
+        ax.set_title(f"{region}/{task}: {split} split, {model}")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
     return _png(fig)

@@ -7,11 +7,9 @@ synthetic world are made the same way.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
@@ -265,7 +263,7 @@ def report_plots(
         return out
     out[f"R2 by feature set and split ({model})"] = plots.r2_bars(result.metrics, model)
     if curves is not None and curves.height:
-        out["Learning curves: R2 vs labelled cells"] = learning_curve_png(curves)
+        out["Learning curves: R2 vs labelled cells"] = plots.learning_curve_png(curves)
     task = result.predictions["task"][0]
     preds = result.predictions.filter(pl.col("task") == task)
     if regions is not None:
@@ -292,34 +290,3 @@ def report_plots(
             one, title=f"{task}: residuals of {best} ({split} split, {model})"
         )
     return out
-
-
-def learning_curve_png(curves: pl.DataFrame) -> bytes:
-    """R2 against labelled training cells (log x), one line per feature set with a ±std band; one
-    panel per (region/task, split, model)."""
-    panels = curves.select("region", "task", "split", "model").unique(maintain_order=True).rows()
-    cols = min(len(panels), 2)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False, layout="constrained")
-    for ax, (region, task, split, model) in zip(axes.flat, panels):
-        one = curves.filter(
-            (pl.col("region") == region)
-            & (pl.col("task") == task)
-            & (pl.col("split") == split)
-            & (pl.col("model") == model)
-        )
-        for (name,), line in one.sort("n_train").group_by("feature_set", maintain_order=True):
-            n, r2, std = (line[c].to_numpy().astype(float) for c in ("n_train", "r2", "std"))
-            ax.plot(n, r2, marker="o", ms=3, lw=1.8 if ev.is_learned(name) else 1.0, label=name)
-            ax.fill_between(n, r2 - np.nan_to_num(std), r2 + np.nan_to_num(std), alpha=0.12)
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled training cells")
-        ax.set_ylabel("R2 on the test folds")
-        ax.set_title(f"{region}/{task}: {split} split, {model}")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()

@@ -19,15 +19,18 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import torch
 
 from s2vec_core import leftovers, s2
 from s2vec_core.features import KEY_COLUMNS
 from s2vec_core.grid import check_image_levels
 from s2vec_core.neighbours import gather
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
@@ -177,9 +180,9 @@ class NormStats:
         return np.minimum(np.log1p(tensors, dtype=np.float32) / scale, self.clip)
 
     def apply_torch(self, raw: torch.Tensor) -> torch.Tensor:
-        """`apply` for a raw tensor batch, computed on the batch's device."""
-        scale = torch.from_numpy(self.arrays()[0]).to(raw.device)
-        return (torch.log1p(raw) / scale).clamp_(max=self.clip)
+        """`apply` for a raw tensor batch, computed on the batch's device (through the tensor's own
+        methods, so rasterising never imports torch)."""
+        return (raw.log1p() / raw.new_tensor(self.arrays()[0])).clamp_(max=self.clip)
 
     def to_dict(self) -> dict:
         return {

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,49 +34,9 @@ import torch
 import torch.distributed as dist
 
 from s2vec_core import leftovers
-from s2vec_core.baselines import arrangement_groups
-from s2vec_core.model import MAEConfig, MaskedAutoencoder
+from s2vec_core.model import MaskedAutoencoder
+from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config
 from s2vec_core.raster import NormStats, ShardSet
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation knobs. `warmup_fraction` of all steps ramp the learning rate up linearly, the rest
-    follow a cosine to zero over `epochs` (the most that run); `patience` epochs without a `min_delta`
-    relative gain on the held-out loss stop early. `num_workers` applies on CUDA only (CPU reads
-    batches in-process). Training sets up to `cache_mb` are normalised once and held in memory; larger
-    ones stream from the memory-mapped shards and are normalised per batch on the device."""
-
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    num_workers: int = 4
-    cache_mb: int = 2048
-    holdout_fraction: float = 0.1
-    patience: int = 4
-    min_delta: float = 0.005
-
-    def __post_init__(self) -> None:
-        if (
-            self.epochs < 1
-            or self.batch_size < 1
-            or self.lr <= 0
-            or not 0 <= self.warmup_fraction < 1
-            or not 0 <= self.holdout_fraction < 0.5
-            or self.patience < 1
-        ):
-            raise ValueError(f"invalid TrainConfig {self}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)
@@ -203,20 +163,6 @@ def _save_atomic(state: dict, path: Path) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict (tensors and plain containers only)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def default_model_config(shards: ShardSet) -> MAEConfig:
-    """The small CPU config for the shards' channels, image size and context window, with the
-    taxonomy's arrangement groups (POIs, buildings, roads, land use, ...) as layout targets."""
-    context = shards.meta.get("context_shape")
-    index = {name: i for i, name in enumerate(shards.channels)}
-    groups = tuple(tuple(index[c] for c in cols) for cols in arrangement_groups(shards.channels).values())
-    return MAEConfig(
-        in_channels=len(shards.channels),
-        image_size=int(shards.meta["shape"][-1]),
-        context_size=int(context[-1]) if context else 0,
-        layout_groups=groups,
-    )
 
 
 def _check_shapes(shards: ShardSet, config: MAEConfig) -> None:

@@ -220,7 +220,7 @@ def test_plots_and_report(tmp_path, world, population):
     assert "| syn | population | embedding |" in text and "spatial blocks are S2 cells at level" in text
     assert pl.read_csv(report.parent / "metrics.csv").height == population.metrics.height
     # With block counts and learning curves: verdicts first, then the curves as a table, a CSV and a plot.
-    from s2vec_core.evaluation_run import learning_curve_png
+    from s2vec_core.evaluation_plots import learning_curve_png
 
     curves = pl.DataFrame(
         {

@@ -7,21 +7,27 @@ config starts a fresh one, and an unchanged re-run finds the finished checkpoint
 On an object-store warehouse both are built in a local cache and published next to the tables
 (s2vec_core.artifacts); the checkpoint after every epoch, so a run retried on another machine resumes.
 
+torch loads inside the steps that train or embed (local imports of s2vec_core.train / embed / ddp): every
+run worker imports this whole code location, and a features-only run should not pay ~6 s for torch.
+
 Versions: mae_model registers its model in `model_versions` (status `trained`); cell_embeddings writes
 unit-length vectors (raw length in `norm`) and, once every region the model was trained on is embedded
 under it, makes that version `current` (s2vec_core.registry). Readers default to the current version.
 """
 
+import dataclasses
 import hashlib
 import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
 import polars as pl
+import pydantic
 from pydantic import Field, model_validator
 
 from s2vec_assets.defs.features import assets as feature_assets
@@ -29,11 +35,14 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import artifacts, ddp, embed, leftovers, raster, registry, train, vectors
+from s2vec_core import artifacts, leftovers, raster, registry, vectors
 from s2vec_core.grid import Grid, check_image_levels
-from s2vec_core.model import MAEConfig, parameter_count
+from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config, knobs
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.taxonomy import TAXONOMY_VERSION
+
+if TYPE_CHECKING:
+    from s2vec_core import embed, train
 
 EMBEDDINGS_TABLE = CELL_EMBEDDINGS.name
 
@@ -134,43 +143,18 @@ def _sample_images(rasters: raster.Rasters, count: int = 4):
     return fig
 
 
-_MODEL = MAEConfig(in_channels=1)  # only for its defaults
-_TRAIN = train.TrainConfig()
+_Knobs = pydantic.create_model(
+    "_Knobs",
+    __base__=dg.Config,
+    **{k.name: (k.type, Field(default=k.default, description=k.doc or None)) for k in knobs()},
+)
 
 
-class ModelConfig(dg.Config):
-    """MAE shape and training knobs; the defaults are s2vec_core's (the small CPU config, see
-    s2vec_core.model.MAEConfig; `MAEConfig.paper` lists the paper-scale values for a GPU)."""
+class ModelConfig(_Knobs):
+    """MAE shape and training knobs: every user-settable field of s2vec_core's MAEConfig and TrainConfig
+    (generated from `s2vec_core.model_config.knobs`, defaults the small CPU config; `MAEConfig.paper`
+    lists the paper-scale values for a GPU), plus how many processes train."""
 
-    patch_size: int = _MODEL.patch_size
-    width: int = _MODEL.width
-    depth: int = _MODEL.depth
-    heads: int = _MODEL.heads
-    decoder_width: int = _MODEL.decoder_width
-    decoder_depth: int = _MODEL.decoder_depth
-    decoder_heads: int = _MODEL.decoder_heads
-    mask_ratio: float = _MODEL.mask_ratio
-    summary_weight: float = Field(
-        default=_MODEL.summary_weight, ge=0, description="Weight of the cell/ring channel-summary loss."
-    )
-    epochs: int = Field(default=_TRAIN.epochs, ge=1)
-    batch_size: int = _TRAIN.batch_size
-    lr: float = _TRAIN.lr
-    weight_decay: float = _TRAIN.weight_decay
-    warmup_fraction: float = _TRAIN.warmup_fraction
-    grad_clip: float = _TRAIN.grad_clip
-    seed: int = _TRAIN.seed
-    num_workers: int = Field(default=_TRAIN.num_workers, description="DataLoader workers (CUDA only).")
-    holdout_fraction: float = Field(
-        default=_TRAIN.holdout_fraction,
-        ge=0,
-        lt=0.5,
-        description="Images held out for the early-stopping curve.",
-    )
-    patience: int = Field(
-        default=_TRAIN.patience, ge=1, description="Epochs without held-out gain before stopping."
-    )
-    min_delta: float = _TRAIN.min_delta
     nproc_per_node: int = Field(
         default=1,
         ge=1,
@@ -182,7 +166,9 @@ class ModelConfig(dg.Config):
     )
 
     @model_validator(mode="after")
-    def _batch_splits(self) -> "ModelConfig":
+    def _valid(self) -> "ModelConfig":
+        # TrainConfig checks itself; MAEConfig's checks need the rasters' shape and run in `configs`.
+        TrainConfig(**self._values(TrainConfig))
         if self.batch_size % self.nproc_per_node:
             raise ValueError(
                 f"batch_size {self.batch_size} is the global batch and must be a multiple of nproc_per_node "
@@ -190,37 +176,16 @@ class ModelConfig(dg.Config):
             )
         return self
 
-    def configs(self, shards: raster.ShardSet) -> tuple[MAEConfig, train.TrainConfig]:
-        base = train.default_model_config(shards)
-        return (
-            MAEConfig(
-                in_channels=base.in_channels,
-                image_size=base.image_size,
-                context_size=base.context_size,
-                patch_size=self.patch_size,
-                width=self.width,
-                depth=self.depth,
-                heads=self.heads,
-                decoder_width=self.decoder_width,
-                decoder_depth=self.decoder_depth,
-                decoder_heads=self.decoder_heads,
-                mask_ratio=self.mask_ratio,
-                summary_weight=self.summary_weight,
-            ),
-            train.TrainConfig(
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                warmup_fraction=self.warmup_fraction,
-                grad_clip=self.grad_clip,
-                seed=self.seed,
-                num_workers=self.num_workers,
-                holdout_fraction=self.holdout_fraction,
-                patience=self.patience,
-                min_delta=self.min_delta,
-            ),
-        )
+    def _values(self, owner: type) -> dict[str, object]:
+        return {k.name: getattr(self, k.name) for k in knobs() if k.owner is owner}
+
+    def configs(self, shards: raster.ShardSet) -> tuple[MAEConfig, TrainConfig]:
+        """The run's configs: the shards' shape and the taxonomy's layout groups, then these knobs."""
+        try:
+            model = dataclasses.replace(default_model_config(shards), **self._values(MAEConfig))
+        except ValueError as e:
+            raise dg.Failure(f"mae_model config does not fit the rasters: {e}") from e
+        return model, TrainConfig(**self._values(TrainConfig))
 
 
 def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> list[str]:
@@ -258,6 +223,9 @@ def mae_model(
     device: DeviceResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
+    from s2vec_core import embed, train
+    from s2vec_core.model import parameter_count
+
     regions = trained_regions(context, warehouse)
     if not regions:
         raise dg.Failure("no raster_tensors partition is materialised; materialise some regions first")
@@ -391,12 +359,14 @@ def train_distributed(
     directories: list[Path],
     checkpoint: Path,
     model_config: MAEConfig,
-    train_config: train.TrainConfig,
+    train_config: TrainConfig,
     device: str,
     processes: int,
-) -> train.TrainResult:
+) -> "train.TrainResult":
     """`train.train` under torchrun in `processes` DDP processes (s2vec_assets.ddp_worker), its epochs
     logged to this run through Pipes; the same checkpoint format, so the rest of the asset is unchanged."""
+    from s2vec_core import ddp
+
     result_file = leftovers.temporary_sibling(checkpoint.with_name("result.json"))
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"),
@@ -419,7 +389,7 @@ def train_distributed(
         result_file.unlink(missing_ok=True)
 
 
-def _loss_curve(result: train.TrainResult):
+def _loss_curve(result: "train.TrainResult"):
     """Training loss, and the held-out reconstruction loss against the mean-of-visible predictor's."""
     from matplotlib.figure import Figure
 
@@ -473,8 +443,10 @@ def latest_checkpoint(context: dg.OpExecutionContext, warehouse: WarehouseResour
 
 def trained_model(
     context: dg.OpExecutionContext, warehouse: WarehouseResource, device: str = "cpu"
-) -> embed.TrainedModel:
+) -> "embed.TrainedModel":
     """The model of `latest_checkpoint`, its file verified to be that model version."""
+    from s2vec_core import embed
+
     path, version = latest_checkpoint(context, warehouse)
     try:
         return embed.load_model(path, device=device, model_version=version)
@@ -501,6 +473,8 @@ def trained_model(
 def cell_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, device: DeviceResource
 ) -> dg.MaterializeResult:
+    from s2vec_core import embed
+
     region = context.partition_key
     trained = trained_model(context, warehouse, device.resolve())
     shards = raster.open_shards(raster_dir(warehouse, region))
@@ -564,7 +538,7 @@ def cell_embeddings(
 
 def embeddings_rows(
     region: str,
-    trained: embed.TrainedModel,
+    trained: "embed.TrainedModel",
     image_ids: np.ndarray,
     image_vectors: np.ndarray,
     token_ids: np.ndarray,
@@ -572,6 +546,8 @@ def embeddings_rows(
 ) -> pl.DataFrame:
     """Both granularities as cell_embeddings rows: unit vectors plus `norm`, sorted by (level, cell_id) so
     a lookup's cell_id filter skips most row groups."""
+    from s2vec_core import embed
+
     # The two granularities differ in length; Delta stores a list either way.
     df = pl.concat(
         [
@@ -589,7 +565,7 @@ def embeddings_rows(
     return vectors.normalise(df).sort("level", "cell_id")
 
 
-def embeddings_facts(trained: embed.TrainedModel) -> dict[str, object]:
+def embeddings_facts(trained: "embed.TrainedModel") -> dict[str, object]:
     """What cell_embeddings states about the version last written (every version's are in model_versions)."""
     return CELL_EMBEDDINGS.facts(
         dtype="float32",

@@ -20,7 +20,6 @@ from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.gx_checks import Expect, gx_check_result
 from s2vec_core import raster
-from s2vec_core.train import baseline_ratio, load_checkpoint
 
 VARIANCE_FLOOR = 1e-6
 """Mean per-dimension variance of a region's embeddings below this means they collapsed to one point."""
@@ -131,6 +130,8 @@ def raster_tensors_finite_and_shaped(
     name="mae_model_checks",
 )
 def mae_model_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    from s2vec_core.train import baseline_ratio, load_checkpoint  # torch, only where a check runs
+
     state = load_checkpoint(model_assets.latest_checkpoint(context, warehouse)[0])
     selected = {key.name for key in context.selected_asset_check_keys}
     if "mae_model_weights_finite" in selected:
