@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export S2VEC_WAREHOUSE ?= $(CURDIR)/warehouse
 
-.PHONY: venv run test test-system test-fast bench dev taxonomy-doc clean
+.PHONY: venv run test test-system test-fast bench dev taxonomy-doc tables-doc clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,9 @@ dev: venv
 
 taxonomy-doc: venv
 	$(BIN)/python -m s2vec_core.taxonomy > TAXONOMY.md
+
+tables-doc: venv
+	$(BIN)/python -m s2vec_core.tables --write README.md
 
 clean:
 	rm -rf warehouse dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -15,22 +15,20 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import polars as pl
 
-from s2vec_core import warehouse
-from s2vec_core.taxonomy import CHANNELS
+from s2vec_core import tables, warehouse
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-CHANNEL_DESCRIPTIONS = {c.name: f"{c.kind}: {c.description}" for c in CHANNELS}
-"""What the UI shows beside each feature column: the taxonomy's own words (TAXONOMY.md is made from them)."""
-
-
-def column_schema(schema: pl.Schema | dict[str, pl.DataType]) -> dg.TableSchema:
+def column_schema(schema: pl.Schema | dict[str, pl.DataType], table_name: str) -> dg.TableSchema:
+    """Dagster's column schema of a frame, each column described as the table's spec documents it (a
+    feature channel in the taxonomy's words, which TAXONOMY.md is made from too)."""
+    spec = tables.BY_NAME.get(table_name)
+    docs = spec.docs if spec else {}
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name, str(dtype), description=CHANNEL_DESCRIPTIONS.get(name))
-            for name, dtype in schema.items()
+            dg.TableColumn(name, str(dtype), description=docs.get(name)) for name, dtype in schema.items()
         ]
     )
 
@@ -71,7 +69,7 @@ def table_metadata(
     preview = df.select(preview_columns) if preview_columns is not None else df
     return {
         "dagster/row_count": dg.MetadataValue.int(df.height),
-        "dagster/column_schema": column_schema(df.schema),
+        "dagster/column_schema": column_schema(df.schema, table_name),
         "dagster/uri": dg.MetadataValue.path(uri),
         "dagster/table_name": table_name,
         "delta_version": dg.MetadataValue.int(version),

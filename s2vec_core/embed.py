@@ -167,8 +167,8 @@ def token_cells(image_ids: np.ndarray, image_level: int, token_level: int) -> np
 def embeddings_frame(
     region: str, image_ids: np.ndarray, level: int, embeddings: np.ndarray, model_version: str
 ) -> pl.DataFrame:
-    """Rows of the `cell_embeddings` table: region, level Int8, cell_id Int64, token, model_version,
-    embedding Array(Float32, d)."""
+    """`cell_embeddings` rows before normalisation: the spec's columns (`tables.CELL_EMBEDDINGS`) up to
+    `embedding`, here Array(Float32, d); `vectors.normalise` makes it the stored unit list and adds `norm`."""
     ids = s2.as_uint64(image_ids)
     if embeddings.ndim != 2 or embeddings.shape[0] != ids.size:
         raise ValueError(f"need one embedding row per cell: {ids.size} cells, embeddings {embeddings.shape}")

@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from s2vec_core import s2
 from s2vec_core.catalog import CROSS_REGION_SCOPE
+from s2vec_core.tables import EVALUATION_METRICS
 
 SPLITS = ("random", "spatial")
 MODELS = ("lightgbm", "linear")
@@ -51,28 +52,9 @@ class InsufficientDataError(ValueError):
 
 
 def metrics_schema() -> pl.Schema:
-    """The `evaluation_metrics` table: one row per (scope, region, task, split, feature set, model, metric).
-
-    `value` is the mean over folds, `std` the sample standard deviation over folds (null with one fold).
-    `scope` is the Delta partition: the region for per-region runs, `cross_region` for transfer runs.
-    """
-    return pl.Schema(
-        {
-            "scope": pl.String,
-            "region": pl.String,
-            "task": pl.String,
-            "split": pl.String,
-            "feature_set": pl.String,
-            "model": pl.String,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "std": pl.Float64,
-            "n_folds": pl.Int32,
-            "n_cells": pl.Int64,
-            "model_version": pl.String,
-            "run_id": pl.String,
-        }
-    )
+    """The `evaluation_metrics` table (`tables.EVALUATION_METRICS`): one row per (scope, region, task,
+    split, feature set, model, metric), `value` the mean and `std` the sample std over folds."""
+    return EVALUATION_METRICS.schema
 
 
 def predictions_schema() -> pl.Schema:

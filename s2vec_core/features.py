@@ -8,21 +8,15 @@ import numpy as np
 import polars as pl
 
 from s2vec_core import s2
+from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
 
 KEY_COLUMNS = ("region", "level", "cell_id", "token", "taxonomy_version")
 
 
 def schema() -> pl.Schema:
-    """The `cell_features` table schema: keys, then one Float64 column per taxonomy channel."""
-    keys = {
-        "region": pl.String,
-        "level": pl.Int8,
-        "cell_id": pl.Int64,
-        "token": pl.String,
-        "taxonomy_version": pl.String,
-    }
-    return pl.Schema({**keys, **{name: pl.Float64 for name in CHANNEL_NAMES}})
+    """The `cell_features` table schema (`tables.CELL_FEATURES`): keys, then one Float64 per channel."""
+    return CELL_FEATURES.schema
 
 
 def cell_features(pixel_cells: pl.DataFrame, levels: Iterable[int], region: str) -> pl.DataFrame:

@@ -20,25 +20,7 @@ from s2vec_core import warehouse
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 
 TRAINED, CURRENT, RETIRED = "trained", "current", "retired"
-SCHEMA = {
-    "model_version": pl.String,
-    "status": pl.String,
-    "trained_at": pl.Datetime("us", "UTC"),
-    "became_current_at": pl.Datetime("us", "UTC"),
-    "regions": pl.List(pl.String),
-    "image_level": pl.Int8,
-    "pixel_level": pl.Int8,
-    "token_level": pl.Int8,
-    "dim": pl.Int32,
-    "token_dim": pl.Int32,
-    "taxonomy_version": pl.String,
-    "model_config": pl.String,
-    "train_config": pl.String,
-    "training_loss": pl.Float64,
-    "holdout_loss": pl.Float64,
-    "checkpoint": pl.String,
-    "run_id": pl.String,
-}
+SCHEMA = MODEL_VERSIONS.schema
 
 
 class VersionError(ValueError):

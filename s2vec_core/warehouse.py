@@ -30,6 +30,8 @@ from deltalake import CommitProperties, DeltaTable, Field, WriterProperties, wri
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from s2vec_core import tables
+
 COMMIT_PREFIX = "s2vec."
 """Commit-info keys the product writes: s2vec.run_id, s2vec.asset, s2vec.region, s2vec.model_version."""
 COMMIT_KEYS = ("run_id", "asset", "region", "model_version")
@@ -104,6 +106,11 @@ def write_partition(
     `add_columns` is a deliberate, additive migration: columns of `df` that the table lacks are added
     first (one commit; older rows read null), then the rows are written.
 
+    A write whose `facts` name a warehouse table (`TableSpec.facts` puts `table` in them, and every
+    product write states its facts) must match that table's spec in `s2vec_core.tables`: the columns in
+    order, their dtypes and the partition keys; otherwise `WarehouseError` says which column differs and
+    how, before anything is written.
+
     Concurrent writers are safe: a missing table is created by a commit that fails rather than lands
     if another writer created the table first (that writer then retries as below), and every other
     write replaces the partition's rows by predicate, so two writers of the same region leave exactly
@@ -119,7 +126,11 @@ def write_partition(
     """
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
-    data = _delta_compatible(df).to_arrow(compat_level=pl.CompatLevel.oldest())
+    stored = _delta_compatible(df)
+    spec = tables.BY_NAME.get(str(facts.get("table"))) if facts else None
+    if spec is not None:
+        check_spec(spec, stored.schema, tuple(partition))
+    data = stored.to_arrow(compat_level=pl.CompatLevel.oldest())
     properties = commit_properties(commit)
     writer = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
     text = describe(description, facts) if description is not None or facts else None
@@ -372,6 +383,30 @@ def _add_missing_columns(table: DeltaTable, schema, properties: CommitProperties
         table.alter.add_columns(
             [Field(f.name, f.type, nullable=True) for f in new], commit_properties=properties
         )
+
+
+def check_spec(spec: tables.TableSpec, schema: pl.Schema, partition_by: tuple[str, ...]) -> None:
+    """Refuse a frame `schema` (as stored: fixed-size arrays as lists) or partition keys that differ
+    from `spec`'s; the schema alone is compared, no row is read."""
+    if partition_by != spec.partition_by:
+        raise WarehouseError(
+            f"{spec.name} is partitioned by {list(spec.partition_by)}, not {list(partition_by)}"
+        )
+    expected = spec.schema
+    if list(schema) != list(expected):
+        missing = [c for c in expected if c not in schema]
+        extra = [c for c in schema if c not in expected]
+        raise WarehouseError(
+            f"{spec.name}: the frame's columns differ from the table's spec in s2vec_core.tables "
+            f"(missing {missing}, not in the spec {extra}"
+            + ("" if missing or extra else f", order {list(schema)} instead of {list(expected)}")
+            + ")"
+        )
+    for name, dtype in expected.items():
+        if schema[name] != dtype:
+            raise WarehouseError(
+                f"{spec.name}: column {name!r} is {schema[name]}, the spec in s2vec_core.tables says {dtype}"
+            )
 
 
 def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:
