@@ -326,14 +326,15 @@ def test_roads_and_areas_split_on_the_cell_grid_match_the_cells_they_cross(tmp_p
 
 def test_segments_ending_on_cell_edges_keep_their_length():
     # Grid coordinates chosen to land exactly on cell edges, increasing and decreasing.
-    from s2vec_core.osm.geometry import split_on_grid
+    from s2vec_core.osm.geometry import GridPoints, split_on_grid
 
     x0 = np.array([0.5, 3.0, 2.0, 7.25])
     y0 = np.array([0.5, 1.0, 2.0, 5.5])
     x1 = np.array([2.0, 1.0, 2.0, 4.0])
     y1 = np.array([3.0, 1.0, 5.0, 2.0])
     face = np.full(4, 2, np.int8)
-    seg, cells, frac = split_on_grid(face, x0, y0, x1, y1, np.ones(4, bool), 10)
+    pieces = split_on_grid(GridPoints(face, x0, y0, 10), GridPoints(face, x1, y1, 10))
+    seg, cells, frac = pieces.owner, pieces.cell, pieces.value
     np.testing.assert_allclose(np.bincount(seg, frac, 4), 1.0)
     assert np.all(frac >= 0) and np.all(np.diff(seg) >= 0)
     # Every piece's cell is a cell the segment passes through: its (i, j) within the segment's box.

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -41,20 +42,20 @@ from s2vec_core.grid import MAX_LEVEL
 from s2vec_core.osm import wkb
 from s2vec_core.osm.aggregate import Aggregate, wide
 from s2vec_core.osm.geometry import (
-    M_PER_DEG,
-    MAX_PIECES_PER_AREA,
-    area_box,
+    Box,
+    GridPoints,
+    Pieces,
+    cells_at,
+    footprints,
     grid_spacing,
     haversine_m,
-    piece_length_m,
-    scanline_spans,
+    split_in_pieces,
     split_on_grid,
     spread_on_grid,
-    wrap_deg,
+    spread_sampled,
 )
 from s2vec_core.osm.ragged import ranges
 from s2vec_core.osm.reader import Chunks, OSMFileError, check_path, read
-from s2vec_core.s2 import latlng_to_cell_id, latlng_to_face_xy
 from s2vec_core.taxonomy import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,24 @@ _CENTROID_AREA = np.array([c.kind == "area_m2" and not c.spread for c in CHANNEL
 _COUNT = np.array([c.kind == "count" for c in CHANNELS])
 
 
-def _expand_channels(owner: np.ndarray, ch_start: np.ndarray, ch_count: np.ndarray, ch_flat: np.ndarray):
-    """Rows owned by objects -> one row per (row, channel of its object): (row index, channel)."""
-    rep, pos = ranges(ch_count[owner])
-    return rep, ch_flat[ch_start[owner[rep]] + pos]
+@dataclass(frozen=True)
+class Channels:
+    """The channels of each object of a chunk, flattened: object k's are flat[start[k] : start[k] + count[k]]."""
 
+    start: np.ndarray
+    count: np.ndarray
+    flat: np.ndarray
 
-def _flat_channels(chans: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    count = np.fromiter(map(len, chans), np.int64, len(chans))
-    flat = np.fromiter(chain.from_iterable(chans), np.int64, int(count.sum()))
-    return np.cumsum(count) - count, count, flat
+    @classmethod
+    def of(cls, chans: list[tuple[int, ...]]) -> Channels:
+        count = np.fromiter(map(len, chans), np.int64, len(chans))
+        flat = np.fromiter(chain.from_iterable(chans), np.int64, int(count.sum()))
+        return cls(np.cumsum(count) - count, count, flat)
+
+    def expand(self, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows owned by objects -> one row per (row, channel of its object): (row index, channel)."""
+        rep, pos = ranges(self.count[owner])
+        return rep, self.flat[self.start[owner[rep]] + pos]
 
 
 class Extractor:
@@ -96,16 +105,11 @@ class Extractor:
         self.level = level
         self.owns = owns
         self.dropped = {"tagged_nodes": 0, "tagged_ways": 0, "tagged_areas": 0}
-        self.step = piece_length_m(level)
         self.agg = Aggregate(level)
         self.chunks = Chunks(self)
         self.stats = self.chunks.stats
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2vec-osm-chunks")
         self.pending: deque[Future] = deque()
-
-    def cells(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        # Interpolated points and samples near the antimeridian may step past +-180.
-        return latlng_to_cell_id(lat, wrap_deg(lon), self.level)
 
     def _submit(self, fn, *args) -> None:
         """Run a chunk's numpy work on the worker thread (numpy releases the GIL, so it overlaps with
@@ -133,7 +137,7 @@ class Extractor:
             starts = (lo[1:] != lo[:-1]) | (la[1:] != la[:-1]) | (c[1:] <= c[:-1])
             self.dropped["tagged_nodes"] += int(starts.sum()) + (c.size > 0)
             lon, lat, ch = lon[keep], lat[keep], ch[keep]
-        self.agg.add(self.cells(lat, lon), ch, np.ones(lon.size))
+        self.agg.add(cells_at(lat, lon, self.level), ch, np.ones(lon.size))
 
     def _owned(self, hexes: list[str], chans: list[tuple[int, ...]], first: int, stat: str):
         """The objects whose first point (at hex WKB offset `first`) `owns` accepts."""
@@ -148,119 +152,75 @@ class Extractor:
             hexes, chans = self._owned(hexes, chans, wkb.LINE_FIRST_POINT, "tagged_ways")
             if not hexes:
                 return
-        lon, lat, line = wkb.decode_lines(hexes)
-        a = np.flatnonzero(line[1:] == line[:-1])
+        lines = wkb.decode_lines(hexes)
+        lat, lon = lines.lat, lines.lon
+        a = np.flatnonzero(lines.line[1:] == lines.line[:-1])
         b = a + 1
         length = haversine_m(lat[a], lon[a], lat[b], lon[b])
-        face, gx, gy = latlng_to_face_xy(lat, lon, self.level)
-        on_face = face[a] == face[b]
-        seg, cells, frac = split_on_grid(face[a], gx[a], gy[a], gx[b], gy[b], on_face, self.level)
-        across = np.flatnonzero(~on_face)
+        grid = GridPoints.at(lat, lon, self.level)
+        start, end = grid.take(a), grid.take(b)
+        on_face = np.flatnonzero(start.face == end.face)
+        pieces = split_on_grid(start.take(on_face), end.take(on_face))
+        seg, cells, frac = on_face[pieces.owner], pieces.cell, pieces.value
+        across = np.flatnonzero(start.face != end.face)
         if across.size:  # segments over a cube-face edge (rare): short pieces, each at its midpoint
-            x_seg, x_cells, x_frac = self._split_in_pieces(
-                lat[a[across]], lon[a[across]], lat[b[across]], lon[b[across]], length[across]
-            )
-            seg = np.concatenate([seg, across[x_seg]])
-            cells = np.concatenate([cells, x_cells])
-            frac = np.concatenate([frac, x_frac])
-        ch_start, ch_count, ch_flat = _flat_channels(chans)
-        rep, ch = _expand_channels(line[a][seg], ch_start, ch_count, ch_flat)
+            x = split_in_pieces(lines, a[across], b[across], length[across], self.level)
+            seg = np.concatenate([seg, across[x.owner]])
+            cells = np.concatenate([cells, x.cell])
+            frac = np.concatenate([frac, x.value])
+        rep, ch = Channels.of(chans).expand(lines.line[a][seg])
         self.agg.add(cells[rep], ch, (length[seg] * frac)[rep])
-
-    def _split_in_pieces(self, lat0, lon0, lat1, lon1, length):
-        """Segments -> pieces shorter than half the smallest cell edge: (segment, cell of the piece's
-        midpoint, fraction of the segment)."""
-        pieces = np.maximum(1, np.ceil(length / self.step)).astype(np.int64)
-        seg, pos = ranges(pieces)
-        t = (pos + 0.5) / pieces[seg]
-        plat = lat0[seg] + t * (lat1 - lat0)[seg]
-        # Longitude differences wrap so segments across the antimeridian take the short way round.
-        plon = lon0[seg] + t * wrap_deg(lon1 - lon0)[seg]
-        return seg, self.cells(plat, plon), 1.0 / pieces[seg]
 
     def _areas(self, hexes: list[str], chans: list[tuple[int, ...]]) -> None:
         if self.owns is not None:
             hexes, chans = self._owned(hexes, chans, wkb.POLYGON_FIRST_POINT, "tagged_areas")
             if not hexes:
                 return
-        lon, lat, ring, ring_area, ring_outer = wkb.decode_polygons(hexes)
-        n_areas = len(hexes)
-        # Local equirectangular metres around each area's first point: equal-area enough at area scale.
-        first = np.searchsorted(ring_area[ring], np.arange(n_areas))
-        lon_ref, lat_ref = lon[first], lat[first]
-        kx = np.cos(np.radians(lat_ref)) * M_PER_DEG
-        pa = ring_area[ring]
-        x = wrap_deg(lon - lon_ref[pa]) * kx[pa]
-        y = (lat - lat_ref[pa]) * M_PER_DEG
-        same = ring[1:] == ring[:-1]
-        x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
-        e_ring = ring[:-1][same]
-        cross = x0 * y1 - x1 * y0
-        n_rings = ring_area.size
-        ring_a2 = np.bincount(e_ring, cross, n_rings)  # twice the signed ring area
-        ring_cx6 = np.bincount(e_ring, (x0 + x1) * cross, n_rings)
-        ring_cy6 = np.bincount(e_ring, (y0 + y1) * cross, n_rings)
-        # Outer rings add, holes subtract, whatever their orientation.
-        sign = np.where(ring_outer, 1.0, -1.0) * np.sign(ring_a2)
-        area2 = np.bincount(ring_area, sign * ring_a2, n_areas)
-        cx = np.bincount(ring_area, sign * ring_cx6, n_areas)
-        cy = np.bincount(ring_area, sign * ring_cy6, n_areas)
-        area_m2 = np.abs(area2) / 2
-        ok = area2 > 0
-        cx = np.where(ok, cx / np.where(ok, 3 * area2, 1), x[first])
-        cy = np.where(ok, cy / np.where(ok, 3 * area2, 1), y[first])
-        c_lon = lon_ref + cx / kx
-        c_lat = lat_ref + cy / M_PER_DEG
-        c_cell = self.cells(c_lat, c_lon)
+        polys = wkb.decode_polygons(hexes)
+        n_areas = polys.n
+        shape = footprints(polys)
+        area_m2 = shape.area_m2
+        c_cell = cells_at(shape.lat, shape.lon, self.level)
 
-        ch_start, ch_count, ch_flat = _flat_channels(chans)
-        owner, ch = _expand_channels(np.arange(n_areas), ch_start, ch_count, ch_flat)
+        owner, ch = Channels.of(chans).expand(np.arange(n_areas))
         spread = _SPREAD[ch]
         n_samples = np.zeros(n_areas, np.int64)
         wanted = np.zeros(n_areas, bool)
         wanted[owner[spread]] = True
         if wanted.any():
-            face, gx, gy = latlng_to_face_xy(lat, lon, self.level)
+            grid = GridPoints.at(polys.lat, polys.lon, self.level)
             # An area lies on one cube face unless a face edge runs through it (rare).
             face_lo = np.full(n_areas, 6, np.int8)
             face_hi = np.full(n_areas, -1, np.int8)
-            np.minimum.at(face_lo, pa, face)
-            np.maximum.at(face_hi, pa, face)
+            np.minimum.at(face_lo, polys.point_area, grid.face)
+            np.maximum.at(face_hi, polys.point_area, grid.face)
             on_face = wanted & (face_lo == face_hi)
             across = wanted & ~on_face
-            box = area_box(gx, gy, pa, n_areas)
+            box = Box.of(grid.x, grid.y, polys)
             spacing = grid_spacing(box)
             # Areas in batches of about SPREAD_BATCH_PIECES (row, cell) pieces: fine levels and big
             # polygons would otherwise hold tens of millions of pieces of one chunk at once.
-            pieces = np.where(on_face, ((box[3] - box[2]) / spacing + 1) * (box[1] - box[0] + 2), 0.0)
+            rows = (box.y_hi - box.y_lo) / spacing + 1
+            pieces = np.where(on_face, rows * (box.x_hi - box.x_lo + 2), 0.0)
             batch = (np.cumsum(pieces) // SPREAD_BATCH_PIECES).astype(np.int64)
             for b in np.unique(batch[on_face]):
-                self._add_spread(
-                    spread_on_grid(
-                        face, gx, gy, ring, pa, on_face & (batch == b), area_m2, self.level, spacing
-                    ),
-                    owner,
-                    ch,
-                    spread,
-                    n_samples,
-                )
+                batch_pieces = spread_on_grid(polys, grid, on_face & (batch == b), area_m2, spacing)
+                self._add_spread(batch_pieces, owner, ch, spread, n_samples)
             if across.any():
-                self._add_spread(
-                    self._spread_sampled(x, y, ring, pa, across, area_m2, lon_ref, lat_ref, kx),
-                    owner,
-                    ch,
-                    spread,
-                    n_samples,
-                )
+                sampled = spread_sampled(polys, shape.local, across, area_m2, self.level)
+                self._add_spread(sampled, owner, ch, spread, n_samples)
         at_centroid = _CENTROID_AREA[ch] | (spread & (n_samples[owner] == 0))
         value = np.where(_COUNT[ch], 1.0, area_m2[owner])
         keep = _COUNT[ch] | at_centroid
         self.agg.add(c_cell[owner[keep]], ch[keep], value[keep])
 
-    def _add_spread(self, pieces, owner, ch, spread, n_samples) -> None:
-        """Fold spread pieces (cells, area, value) into the aggregate under each spread channel of their
-        area, and count them per area in `n_samples` (areas left at 0 stay at their centroid)."""
-        s_cells, s_area, s_value = pieces
+    def _add_spread(
+        self, pieces: Pieces, owner: np.ndarray, ch: np.ndarray, spread: np.ndarray, n_samples: np.ndarray
+    ) -> None:
+        """Fold an area chunk's spread pieces into the aggregate under each spread channel of their area
+        (`owner`, `ch`: the chunk's (area, channel) rows, `spread` those of spread channels), and count
+        them per area in `n_samples` (areas left at 0 stay at their centroid)."""
+        s_area = pieces.owner
         n_samples += np.bincount(s_area, minlength=n_samples.size)
         sel = np.flatnonzero(spread)
         rows = sel[np.isin(owner[sel], s_area)]
@@ -272,29 +232,7 @@ class Extractor:
             hi = np.searchsorted(s_area_sorted, owner[rows], "right")
             rep, pos = ranges(hi - lo)
             k = s_order[lo[rep] + pos]
-            self.agg.add(s_cells[k], ch[rows][rep], s_value[k])
-
-    def _spread_sampled(self, x, y, ring, pa, wanted, area_m2, lon_ref, lat_ref, kx):
-        """Areas over a cube-face edge: scanline-fill a sample grid in local metres, finer than the
-        cell, and give each sample's cell an equal share -> (cells, area, value) per sample."""
-        n_areas = area_m2.size
-        same = (ring[1:] == ring[:-1]) & wanted[pa[:-1]]
-        x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
-        e_area = pa[:-1][same]
-        box = area_box(x, y, pa, n_areas)
-        xmin, ymin = box[0], box[2]
-        spacing = np.maximum(self.step, np.sqrt(area_m2 / MAX_PIECES_PER_AREA))
-        span_area, span_row, xs, xe = scanline_spans(x0, y0, x1, y1, e_area, ymin, spacing)
-        sp = spacing[span_area]
-        c_lo = np.ceil((xs - xmin[span_area]) / sp - 0.5).astype(np.int64)
-        c_hi = np.ceil((xe - xmin[span_area]) / sp - 0.5).astype(np.int64)
-        span, cpos = ranges(np.maximum(c_hi - c_lo, 0))
-        s_area = span_area[span]
-        sx = xmin[s_area] + (c_lo[span] + cpos + 0.5) * spacing[s_area]
-        sy = ymin[s_area] + (span_row[span] + 0.5) * spacing[s_area]
-        cells = self.cells(lat_ref[s_area] + sy / M_PER_DEG, lon_ref[s_area] + sx / kx[s_area])
-        n_samples = np.bincount(s_area, minlength=n_areas)
-        return cells, s_area, area_m2[s_area] / n_samples[s_area]
+            self.agg.add(pieces.cell[k], ch[rows][rep], pieces.value[k])
 
     def run(self, path: Path, part: str = "all") -> None:
         """Read the file's `part` (one of reader.PARTS) and fold everything into self.agg."""

@@ -6,6 +6,8 @@ of a struct call per point."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -29,8 +31,37 @@ def linestring(points: list[tuple[float, float]]) -> str:
     return (struct.pack("<BII", 1, 2, len(points)) + np.array(points, "<f8").tobytes()).hex()
 
 
-def decode_lines(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hex WKB linestrings -> (lon, lat, line index) of all points, in order."""
+@dataclass(frozen=True)
+class Lines:
+    """Linestrings as flat arrays: every point's lon, lat and line (index into the input), in order."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    line: np.ndarray
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """`n` multipolygons as flat arrays. Per point: lon, lat, ring, and the multipolygon it belongs to
+    (`point_area`, index into the input); points are grouped by ring and rings by multipolygon, in
+    input order. Per ring: its multipolygon (`ring_area`) and whether it is an outer ring."""
+
+    n: int
+    lon: np.ndarray
+    lat: np.ndarray
+    ring: np.ndarray
+    point_area: np.ndarray
+    ring_area: np.ndarray
+    ring_outer: np.ndarray
+
+    @cached_property
+    def first(self) -> np.ndarray:
+        """Index of each multipolygon's first point (of its first outer ring)."""
+        return np.searchsorted(self.point_area, np.arange(self.n))
+
+
+def decode_lines(hexes: list[str]) -> Lines:
+    """Hex WKB linestrings -> their points."""
     buf = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8)
     nbytes = np.fromiter(map(len, hexes), np.int64, len(hexes)) // 2
     start = np.cumsum(nbytes) - nbytes
@@ -38,11 +69,12 @@ def decode_lines(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     keep[(start[:, None] + np.arange(9)).ravel()] = False
     xy = buf[keep].view("<f8").reshape(-1, 2)
     line = np.repeat(np.arange(len(hexes)), (nbytes - 9) // 16)
-    return xy[:, 0], xy[:, 1], line
+    return Lines(xy[:, 0], xy[:, 1], line)
 
 
-def decode_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hex WKB multipolygons -> (lon, lat, ring index) of all points, plus per ring (area index, is_outer)."""
+def decode_polygons(hexes: list[str]) -> Polygons:
+    """Hex WKB multipolygons -> their rings' points (rings in WKB order: each polygon's outer ring,
+    then its holes)."""
     raw = bytes.fromhex("".join(hexes))
     nbytes = np.fromiter(map(len, hexes), np.int64, len(hexes)) // 2
     start = np.cumsum(nbytes) - nbytes
@@ -85,4 +117,4 @@ def decode_polygons(hexes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     ring, pos = ranges(ring_npts)
     byte_idx = (ring_pt_start[ring] + 16 * pos)[:, None] + np.arange(16)
     xy = buf[byte_idx.ravel()].view("<f8").reshape(-1, 2)
-    return xy[:, 0], xy[:, 1], ring, ring_area, ring_outer
+    return Polygons(len(hexes), xy[:, 0], xy[:, 1], ring, ring_area[ring], ring_area, ring_outer)
