@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import osmium
 import polars as pl
 
 from s2vec_core import osm
@@ -193,14 +192,9 @@ def shard_cells(size_bytes: int, bbox: tuple[float, float, float, float], target
 
 def _header_bbox(path: Path) -> tuple[float, float, float, float]:
     """The header's bbox, else the data's (osmium-tool reads the whole file for it)."""
-    try:
-        reader = osmium.io.Reader(str(path), osmium.osm.NOTHING)
-        box = reader.header().box()
-        reader.close()
-    except RuntimeError as e:
-        raise osm.OSMFileError(f"{path}: unreadable OSM file ({e})") from e
-    if box.valid():
-        return (box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
+    box = osm.header_bbox(path)
+    if box is not None:
+        return box
     proc = _osmium(["fileinfo", "-e", "-g", "data.bbox", str(path)], path)
     x0, y0, x1, y1 = (float(v) for v in proc.stdout.strip("() \n").split(","))
     return (x0, y0, x1, y1)

@@ -11,7 +11,7 @@ from s2vec_core.grid import MAX_LEVEL
 from s2vec_core.osm.aggregate import Aggregate, wide
 from s2vec_core.osm.extract import Extractor, extract_cells, extract_cells_long
 from s2vec_core.osm.geometry import EARTH_RADIUS_M, piece_length_m, wrap_deg
-from s2vec_core.osm.reader import OSMFileError, check_path, pbf_info
+from s2vec_core.osm.reader import OSMFileError, check_path, header_bbox, pbf_info
 
 __all__ = [
     "EARTH_RADIUS_M",
@@ -22,6 +22,7 @@ __all__ = [
     "check_path",
     "extract_cells",
     "extract_cells_long",
+    "header_bbox",
     "pbf_info",
     "piece_length_m",
     "wide",

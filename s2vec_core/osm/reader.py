@@ -37,6 +37,28 @@ def check_path(pbf_path: str | Path) -> Path:
     return path
 
 
+def _header(path: Path) -> osmium.io.Header:
+    try:
+        reader = osmium.io.Reader(str(path), osmium.osm.NOTHING)
+        header = reader.header()
+        reader.close()
+    except RuntimeError as e:
+        raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
+    return header
+
+
+def _bbox(box: osmium.osm.Box) -> tuple[float, float, float, float] | None:
+    if not box.valid():
+        return None
+    return (box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
+
+
+def header_bbox(pbf_path: str | Path) -> tuple[float, float, float, float] | None:
+    """The bbox (lon_min, lat_min, lon_max, lat_max) the file's header declares; None if it has none.
+    Only the header is read, so it is free on any size of file."""
+    return _bbox(_header(check_path(pbf_path)).box())
+
+
 def pbf_info(pbf_path: str | Path) -> dict:
     """sha256, size, bbox (header, else computed from nodes), object counts and replication timestamp."""
     path = check_path(pbf_path)
@@ -63,20 +85,16 @@ def pbf_info(pbf_path: str | Path) -> dict:
         def relation(self, r) -> None:
             self.r += 1
 
+    header = _header(path)
+    bbox = _bbox(header.box())
+    need_box = bbox is None
+    counter = _Count()
     try:
-        reader = osmium.io.Reader(str(path), osmium.osm.NOTHING)
-        header = reader.header()
-        reader.close()
-        box = header.box()
-        need_box = not box.valid()
-        counter = _Count()
         counter.apply_file(str(path))
     except RuntimeError as e:
         raise OSMFileError(f"{path}: unreadable OSM file ({e})") from e
     if need_box:
         bbox = tuple(counter.box) if counter.n else None
-    else:
-        bbox = (box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
     return {
         "path": str(path),
         "sha256": sha.hexdigest(),
