@@ -13,7 +13,6 @@ extraction).
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,42 +20,14 @@ import osmium
 import polars as pl
 
 from s2vec_core import s2
+from s2vec_core.osm import wkb
+from s2vec_core.osm.geometry import footprints
 from s2vec_core.targets import cell_area_km2
 
 PROXY_TARGETS = ("address_density", "floor_area_density")
 PROXY_TARGET_KEYS = ("addr:housenumber", "building:levels")
-_M_PER_DEG = 6_371_008.8 * math.pi / 180.0
-
-
-def _ring_area_centroid(wkb_hex: str) -> tuple[float, float, float]:
-    """(area m2, lat, lng) of a WKB multipolygon: outer rings minus holes, centroid of the outer rings.
-
-    Areas use a local equirectangular projection, accurate for building-sized polygons.
-    """
-    buf = bytes.fromhex(wkb_hex)
-    (n_polys,) = struct.unpack_from("<I", buf, 5)
-    off, area, cx, cy, w = 9, 0.0, 0.0, 0.0, 0.0
-    for _ in range(n_polys):
-        (n_rings,) = struct.unpack_from("<I", buf, off + 5)
-        off += 9
-        for r in range(n_rings):
-            (n,) = struct.unpack_from("<I", buf, off)
-            xy = np.frombuffer(buf, "<f8", 2 * n, off + 4).reshape(n, 2)
-            off += 4 + 16 * n
-            lon, lat = xy[:, 0], xy[:, 1]
-            kx = _M_PER_DEG * math.cos(math.radians(float(lat.mean())))
-            x, y = (lon - lon[0]) * kx, (lat - lat[0]) * _M_PER_DEG
-            a = 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
-            if r == 0:
-                area += a
-                cx += float(lon.mean()) * a
-                cy += float(lat.mean()) * a
-                w += a
-            else:
-                area -= a
-    if w == 0:
-        return 0.0, float("nan"), float("nan")
-    return max(area, 0.0), cy / w, cx / w
+# Areas are measured in batches of this many: vectorised, without holding a whole region's WKB.
+AREA_BATCH = 10_000
 
 
 def _levels(value: str | None) -> float:
@@ -69,9 +40,25 @@ def _levels(value: str | None) -> float:
 
 def osm_proxy_points(pbf_path: str | Path) -> pl.DataFrame:
     """One row per object with an address or a levelled building: `lat`, `lng`, `address` (0/1),
-    `floor_area_m2` (levels x footprint, 0 when not a building with levels)."""
-    wkb = osmium.geom.WKBFactory()
+    `floor_area_m2` (levels x footprint, 0 when not a building with levels).
+
+    Areas are placed at their centroid and measured as the extraction measures them
+    (`s2vec_core.osm.geometry.footprints`); areas without a positive footprint are left out."""
+    fab = osmium.geom.WKBFactory()
     lat, lng, addr, floor = [], [], [], []
+    # Areas wait here as (row, WKB, levels) until a batch is measured; their rows hold NaN till then.
+    pending: list[tuple[int, str, float]] = []
+
+    def measure() -> None:
+        shape = footprints(wkb.decode_polygons([h for _, h, _ in pending]))
+        for (row, _, levels), area, clat, clng in zip(
+            pending, shape.area_m2.tolist(), shape.lat.tolist(), shape.lon.tolist(), strict=True
+        ):
+            if area > 0:
+                lat[row], lng[row] = clat, clng
+                floor[row] = 0.0 if math.isnan(levels) else levels * area
+        pending.clear()
+
     processor = (
         osmium.FileProcessor(str(pbf_path))
         .with_areas(osmium.filter.KeyFilter("building", "addr:housenumber"))
@@ -94,17 +81,18 @@ def osm_proxy_points(pbf_path: str | Path) -> pl.DataFrame:
         if not has_addr and math.isnan(levels):
             continue
         try:
-            area, clat, clng = _ring_area_centroid(wkb.create_multipolygon(obj))
+            pending.append((len(lat), fab.create_multipolygon(obj), levels))
         except RuntimeError:
             continue  # invalid ring geometry: libosmium cannot build it
-        if math.isnan(clat):
-            continue
-        lat.append(clat), lng.append(clng), addr.append(1.0 if has_addr else 0.0)
-        floor.append(0.0 if math.isnan(levels) else levels * area)
+        lat.append(math.nan), lng.append(math.nan), addr.append(1.0 if has_addr else 0.0), floor.append(0.0)
+        if len(pending) >= AREA_BATCH:
+            measure()
+    if pending:
+        measure()
     return pl.DataFrame(
         {"lat": lat, "lng": lng, "address": addr, "floor_area_m2": floor},
         schema={"lat": pl.Float64, "lng": pl.Float64, "address": pl.Float64, "floor_area_m2": pl.Float64},
-    )
+    ).filter(pl.col("lat").is_not_nan())
 
 
 def osm_proxy_targets(
