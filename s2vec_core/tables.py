@@ -10,7 +10,6 @@ licence always, plus dtype, dimensions and levels where they apply.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,7 @@ def dtype_text(dtype: pl.DataType) -> str:
         return f"Datetime({dtype.time_unit}, {dtype.time_zone})" if dtype.time_zone else "Datetime"
     if isinstance(dtype, pl.List):
         return f"List({dtype_text(dtype.inner)})"
-    return re.sub(r"\(.*\)$", "", str(dtype))
+    return str(dtype)
 
 
 _CELL_ID = Column(
