@@ -18,6 +18,7 @@ and input give the same embeddings.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +118,16 @@ def load_model(
 
 @torch.inference_mode()
 def embed_shards(
-    trained: TrainedModel, shards: ShardSet, batch_size: int = 256, tokens: bool = False
+    trained: TrainedModel,
+    shards: ShardSet,
+    batch_size: int = 256,
+    tokens: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """float32 [len(shards), dim] image-cell embeddings in the shards' row order: each cell's pooled
     encoder output, then the mean of that over its neighbours among the shards' cells (and, with
-    `tokens`, float32 [len(shards), N, token_dim] per image token in row-major patch-grid order)."""
+    `tokens`, float32 [len(shards), N, token_dim] per image token in row-major patch-grid order).
+    `on_progress` is called with the images embedded so far after every batch."""
     if shards.channels != trained.norm.channels:
         raise ValueError("the shards' channels differ from the ones the model was trained on")
     if shards.has_context != (trained.context_norm is not None):
@@ -146,6 +152,8 @@ def embed_shards(
         pooled[rows] = _standardise(trained, "pooled", p.float().cpu().numpy())
         if per_token is not None:
             per_token[rows] = _standardise(trained, "token", t.float().cpu().numpy())
+        if on_progress is not None:
+            on_progress(int(rows[-1]) + 1)
     around = neighbours.ring_mean(shards.image_ids, pooled, trained.image_level, NEIGHBOUR_RING)
     cells = np.concatenate([pooled, around], axis=1)
     return (cells, per_token) if tokens else cells

@@ -21,13 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
-from sklearn.decomposition import PCA
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from s2vec_core import s2
 from s2vec_core.catalog import CROSS_REGION_SCOPE
@@ -120,6 +115,9 @@ def pca_features(raw: pl.DataFrame, dim: int, seed: int = 0) -> pl.DataFrame:
 
     Fitted on all cells without targets (unsupervised, like the MAE), so it never sees a test label.
     """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
     x = StandardScaler().fit_transform(_matrix(raw))
     n = min(dim, x.shape[1], x.shape[0])
     z = PCA(n_components=n, random_state=seed).fit_transform(x)
@@ -234,7 +232,11 @@ def choose_block_level(cells: np.ndarray, k: int, image_level: int, levels_up: i
 
 
 def _model(name: str, n_train: int, seed: int):
+    # lightgbm and sklearn take ~8 s to import: only where a probe is fitted, not in every process that
+    # imports this module (each Dagster run worker does).
     if name == "lightgbm":
+        import lightgbm as lgb
+
         return lgb.LGBMRegressor(
             n_estimators=300,
             learning_rate=0.05,
@@ -253,6 +255,10 @@ def _model(name: str, n_train: int, seed: int):
             verbose=-1,
         )
     if name == "linear":
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 

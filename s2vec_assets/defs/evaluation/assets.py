@@ -20,6 +20,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from s2vec_assets import inline_charts
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.model import assets as model_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
@@ -72,6 +73,25 @@ class EvaluationConfig(dg.Config):
         default=None,
         description="Where report.md and the PNGs go; default S2VEC_REPORTS or beside the warehouse.",
     )
+
+
+def r2_bars(metrics: pl.DataFrame) -> dict[str, dg.MetadataValue]:
+    """Per task, R2 by feature set as bars the asset page shows in place: the spatial split (else
+    transfer, else random) under LightGBM (else the linear probe), averaged over regions."""
+    r2 = metrics.filter(pl.col("metric") == "r2")
+    if r2.is_empty():
+        return {}
+    split = next(s for s in ("spatial", "transfer", *r2["split"].unique().sort()) if s in set(r2["split"]))
+    model = next(m for m in ("lightgbm", *r2["model"].unique().sort()) if m in set(r2["model"]))
+    out = {}
+    for (task,), rows in r2.filter((pl.col("split") == split) & (pl.col("model") == model)).group_by(
+        "task", maintain_order=True
+    ):
+        means = rows.group_by("feature_set", maintain_order=True).agg(pl.col("value").mean())
+        out[f"r2_bars_{task}"] = inline_charts.bar_chart(
+            dict(means.iter_rows()), f"{task}: R2 by feature set ({split} split, {model})"
+        )
+    return out
 
 
 def _reports_dir(
@@ -256,6 +276,7 @@ def _publish(
         context.log.warning(f"{scope}: target {task} not scored: {why}")
     for model in metrics["model"].unique(maintain_order=True).to_list():
         meta[f"r2_{model}"] = dg.MetadataValue.md(markdown_table(r2_table(metrics, model), max_rows=50))
+    meta.update(r2_bars(metrics))
     for caption, png in plots.items():
         key = "plot_" + "".join(c if c.isalnum() else "_" for c in caption.lower()).strip("_")[:60]
         meta[key] = dg.MetadataValue.md(f"![{caption}]({data_uri(png)})")

@@ -30,10 +30,12 @@ import polars as pl
 import pydantic
 from pydantic import Field, model_validator
 
+from s2vec_assets import inline_charts
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
+from s2vec_assets.progress import ProgressLog
 from s2vec_assets.provenance import commit_info
 from s2vec_core import artifacts, leftovers, raster, registry, vectors
 from s2vec_core.grid import Grid, check_image_levels
@@ -327,6 +329,7 @@ def mae_model(
             "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
             "first_loss": float(result.losses[0]),
             "final_loss": float(result.losses[-1]),
+            "loss_chart": loss_chart(result),
             "loss_curve": png_markdown(_loss_curve(result), alt="training loss"),
             "stopped_early": result.stopped_early,
             "holdout_images": dg.MetadataValue.int(
@@ -389,6 +392,26 @@ def train_distributed(
         result_file.unlink(missing_ok=True)
 
 
+def _holdout_series(result: "train.TrainResult") -> dict[str, list[float]]:
+    """Held-out reconstruction loss and the mean-of-visible predictor's, per epoch (image + context)."""
+    if not result.holdout:
+        return {}
+    parts = [k for k in ("image", "context") if k in result.holdout[0]]
+    return {
+        "held-out reconstruction": [sum(h[k] for k in parts) for h in result.holdout],
+        "mean-of-visible predictor": [sum(h[f"{k}_baseline"] for k in parts) for h in result.holdout],
+    }
+
+
+def loss_chart(result: "train.TrainResult") -> dg.MetadataValue:
+    """The loss curves as a chart the asset page draws in place (the PNG `loss_curve` needs a click)."""
+    return inline_charts.line_chart(
+        {"training (total)": result.losses, **_holdout_series(result)},
+        "MAE loss",
+        dashed=frozenset({"mean-of-visible predictor"}),
+    )
+
+
 def _loss_curve(result: "train.TrainResult"):
     """Training loss, and the held-out reconstruction loss against the mean-of-visible predictor's."""
     from matplotlib.figure import Figure
@@ -397,20 +420,8 @@ def _loss_curve(result: "train.TrainResult"):
     ax = fig.add_subplot()
     epochs = range(1, len(result.losses) + 1)
     ax.plot(epochs, result.losses, marker="o", label="training (total)")
-    if result.holdout:
-        parts = [k for k in ("image", "context") if k in result.holdout[0]]
-        ax.plot(
-            epochs,
-            [sum(h[k] for k in parts) for h in result.holdout],
-            marker="s",
-            label="held-out reconstruction",
-        )
-        ax.plot(
-            epochs,
-            [sum(h[f"{k}_baseline"] for k in parts) for h in result.holdout],
-            ls="--",
-            label="mean-of-visible predictor",
-        )
+    for name, values in _holdout_series(result).items():
+        ax.plot(epochs, values, **({"ls": "--"} if "mean" in name else {"marker": "s"}), label=name)
     ax.set(xlabel="epoch", ylabel="channel-weighted MSE", title="MAE training")
     ax.legend(fontsize=8)
     return fig
@@ -484,7 +495,8 @@ def cell_embeddings(
             f"model trained at {trained.image_level}/{trained.pixel_level}"
         )
     started = time.perf_counter()
-    image_vectors, tokens = embed.embed_shards(trained, shards, tokens=True)
+    progress = ProgressLog(context.log, f"{region}: embedding", len(shards), "images")
+    image_vectors, tokens = embed.embed_shards(trained, shards, tokens=True, on_progress=progress)
     seconds = time.perf_counter() - started
     cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
     df = embeddings_rows(
