@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from s2vec_core import s2
+from s2vec_core.osm.aggregate import pivot
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
 
@@ -85,10 +86,8 @@ def _at_level(long: pl.DataFrame, level: int, finest: int, region: str) -> pl.Da
     new[1:] = (cells[1:] != cells[:-1]) | (channel[1:] != channel[:-1])
     starts = np.flatnonzero(new)
     sums = np.add.reduceat(value, starts) if starts.size else value
-    unique, row = np.unique(cells[starts], return_inverse=True)
-    wide = np.zeros((len(CHANNEL_NAMES), unique.size))
-    wide[channel[starts], row] = sums
-    return pl.DataFrame({name: wide[i] for i, name in enumerate(CHANNEL_NAMES)}).with_columns(
+    unique, columns = pivot(cells[starts], channel[starts], sums)
+    return pl.DataFrame(dict(zip(CHANNEL_NAMES, columns, strict=True))).with_columns(
         region=pl.lit(region, pl.String),
         level=pl.lit(level, pl.Int8),
         cell_id=pl.Series(s2.as_int64(unique), dtype=pl.Int64),

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from s2vec_core import s2
-from s2vec_core.osm import Aggregate, wide, wkb
+from s2vec_core.osm import Aggregate, pivot, wide, wkb
 from s2vec_core.osm.geometry import M_PER_DEG, GridPoints, footprints, spread_on_grid
 from s2vec_core.taxonomy import CHANNEL_NAMES
 
@@ -155,3 +155,17 @@ def test_a_square_of_four_cells_spreads_a_quarter_on_each():
     expected = s2.face_ij_to_cell_id(np.full(4, 1), np.array([2, 3, 2, 3]), np.array([3, 3, 4, 4]), level)
     assert sorted(per_cell) == sorted(int(c) for c in expected)
     assert all(v == pytest.approx(25.0) for v in per_cell.values())
+
+
+def test_pivot_gives_every_channel_a_column_zero_where_a_cell_has_no_row():
+    cells = np.array([30, 10, 30, 20], np.uint64)
+    channel = np.array([len(CHANNEL_NAMES) - 1, 0, 0, 2], np.uint16)
+    unique, columns = pivot(cells, channel, np.array([1.5, 2.5, 3.5, 4.5]))
+    cols = list(columns)
+    assert unique.tolist() == [10, 20, 30] and len(cols) == len(CHANNEL_NAMES)
+    table = np.stack(cols, 1)
+    expected = np.zeros((3, len(CHANNEL_NAMES)))
+    expected[2, -1], expected[0, 0], expected[2, 0], expected[1, 2] = 1.5, 2.5, 3.5, 4.5
+    np.testing.assert_array_equal(table, expected)
+    empty, none = pivot(np.zeros(0, np.uint64), np.zeros(0, np.uint16), np.zeros(0))
+    assert empty.size == 0 and all(c.size == 0 for c in none)

@@ -8,7 +8,7 @@
 """
 
 from s2vec_core.grid import MAX_LEVEL
-from s2vec_core.osm.aggregate import Aggregate, wide
+from s2vec_core.osm.aggregate import Aggregate, pivot, wide
 from s2vec_core.osm.extract import Extractor, extract_cells, extract_cells_long
 from s2vec_core.osm.geometry import EARTH_RADIUS_M, piece_length_m, wrap_deg
 from s2vec_core.osm.reader import OSMFileError, check_path, header_bbox, pbf_info
@@ -25,6 +25,7 @@ __all__ = [
     "header_bbox",
     "pbf_info",
     "piece_length_m",
+    "pivot",
     "wide",
     "wrap_deg",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 
@@ -102,18 +104,33 @@ class Aggregate:
         )
 
 
-def wide(long: pl.DataFrame) -> pl.DataFrame:
-    """Long (cell_id, channel, value) -> cell_id then one Float64 column per channel, built column by
-    column so peak memory is the output plus the long frame, not twice the output."""
-    cells, inv = np.unique(long["cell_id"].to_numpy(), return_inverse=True)
-    channel = long["channel"].to_numpy()
-    value = long["value"].to_numpy()
+def pivot(
+    cells: np.ndarray, channel: np.ndarray, value: np.ndarray
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """Long rows (each (cell, channel) pair once) -> sorted unique cells and one column per channel in
+    CHANNEL_NAMES order (zero where a cell has no row). The columns are made one at a time as they are
+    taken, so the caller can turn each into its frame column before the next exists: peak memory is
+    then the output plus the rows, not twice the output."""
+    unique, inv = np.unique(cells, return_inverse=True)
     order = np.argsort(channel, kind="stable")
     bounds = np.searchsorted(channel[order], np.arange(len(CHANNEL_NAMES) + 1))
-    cols = [pl.Series("cell_id", cells, pl.UInt64)]
-    for i, name in enumerate(CHANNEL_NAMES):
-        rows = order[bounds[i] : bounds[i + 1]]
-        col = np.zeros(cells.size)
-        col[inv[rows]] = value[rows]
-        cols.append(pl.Series(name, col, pl.Float64))
-    return pl.DataFrame(cols)
+
+    def columns() -> Iterator[np.ndarray]:
+        for i in range(len(CHANNEL_NAMES)):
+            rows = order[bounds[i] : bounds[i + 1]]
+            col = np.zeros(unique.size)
+            col[inv[rows]] = value[rows]
+            yield col
+
+    return unique, columns()
+
+
+def wide(long: pl.DataFrame) -> pl.DataFrame:
+    """Long (cell_id, channel, value) -> cell_id then one Float64 column per channel."""
+    cells, columns = pivot(long["cell_id"].to_numpy(), long["channel"].to_numpy(), long["value"].to_numpy())
+    return pl.DataFrame(
+        [
+            pl.Series("cell_id", cells, pl.UInt64),
+            *(pl.Series(name, col, pl.Float64) for name, col in zip(CHANNEL_NAMES, columns, strict=True)),
+        ]
+    )
