@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export S2VEC_WAREHOUSE ?= $(CURDIR)/warehouse
 
-.PHONY: venv run test test-system test-fast bench dev taxonomy-doc tables-doc clean
+.PHONY: venv run lint test test-system test-fast bench dev taxonomy-doc tables-doc clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,13 @@ PORT ?= 3000
 run: venv
 	$(BIN)/s2vec run $(if $(strip $(REGIONS)),--regions $(strip $(REGIONS))) $(if $(strip $(CONFIG)),--config $(strip $(CONFIG)))
 
+# The formatter and the linter (rules in pyproject.toml) gate the tests: `ruff format .` fixes the first.
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
 # `make test` leaves out the whole-system runs (marker `system`, ~9 min more); CI runs both.
-test: venv
+test: lint
 	$(BIN)/python -m pytest -q -m "not system"
 
 test-system: venv

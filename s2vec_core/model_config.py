@@ -137,11 +137,7 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown MAEConfig keys {sorted(unknown)}")
-        return cls(**d)
+        return cls(**_known(cls, d))
 
 
 @dataclass(frozen=True)
@@ -181,7 +177,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        return cls(**_known(cls, d))
+
+
+def _known(cls: type, d: dict) -> dict:
+    """`d` when every key is a field of `cls`: a misspelt knob fails loudly instead of training with
+    the default."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+    return d
 
 
 def default_model_config(shards: ShardSet) -> MAEConfig:

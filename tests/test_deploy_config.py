@@ -8,6 +8,7 @@ import yaml
 
 from s2vec_assets.definitions import defs
 from s2vec_core.grid import Grid
+from s2vec_core.model_config import MAEConfig, knobs
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy/paper_scale.yaml"
 
@@ -26,7 +27,11 @@ def test_paper_scale_config_validates_and_is_paper_sized(job):
     )
     assert (grid.image_level, grid.pixel_level, grid.image_size) == (8, 12, 16)
     model = processed["mae_model"]["config"]
-    assert (model["width"], model["depth"], model["heads"], model["decoder_width"]) == (256, 6, 8, 128)
+    # The yaml is the paper preset in run-config form: every model knob equals MAEConfig.paper()'s.
+    paper = MAEConfig.paper(in_channels=1)
+    shape = [k.name for k in knobs() if k.owner is MAEConfig]
+    assert {k: model[k] for k in shape} == {k: getattr(paper, k) for k in shape}
+    assert (paper.width, paper.depth, paper.heads, paper.decoder_width) == (256, 6, 8, 128)
 
 
 def test_a_misspelt_knob_is_refused(job):

@@ -83,3 +83,11 @@ def test_the_code_location_loads_without_torch_lightgbm_or_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("owner", [MAEConfig, TrainConfig])
+def test_a_misspelt_key_in_a_stored_config_is_refused(owner):
+    good = (owner(in_channels=3) if owner is MAEConfig else owner()).to_dict()
+    assert owner.from_dict(good).to_dict() == good
+    with pytest.raises(ValueError, match=f"unknown {owner.__name__} keys \\['epohcs'\\]"):
+        owner.from_dict({**good, "epohcs": 3})

@@ -7,15 +7,14 @@ each id) and GX checks that column.
 """
 
 import sys
-import warnings
 from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from s2vec_assets.check_specs import check_specs
 from s2vec_assets.defs.features import assets as feature_assets
-from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.gx_checks import Expect, gx_check_result
 from s2vec_core import s2
@@ -138,19 +137,7 @@ def failures_before_write(df: pl.DataFrame) -> dict[str, str]:
     return failed
 
 
-with warnings.catch_warnings():
-    # Partitioned check specs are a Dagster preview feature; we use it knowingly (one result per region).
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    SPECS = [
-        dg.AssetCheckSpec(
-            name,
-            asset=feature_assets.cell_features,
-            description=desc,
-            blocking=True,
-            partitions_def=region_partitions,
-        )
-        for name, (_, desc) in SUITES.items()
-    ]
+SPECS = check_specs(feature_assets.cell_features, {name: desc for name, (_, desc) in SUITES.items()})
 
 
 @dg.multi_asset_check(specs=SPECS, can_subset=True, name="cell_features_checks")

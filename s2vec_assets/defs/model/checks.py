@@ -9,14 +9,12 @@
 Per-row facts that are not plain GX expectations are computed as helper columns, which GX then checks.
 """
 
-import warnings
-
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from s2vec_assets.check_specs import check_specs
 from s2vec_assets.defs.model import assets as model_assets
-from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_assets.gx_checks import Expect, gx_check_result
 from s2vec_core import raster
@@ -26,29 +24,18 @@ VARIANCE_FLOOR = 1e-6
 UNIT_TOLERANCE = 1e-4
 """Stored vectors are unit length to float32 rounding."""
 
-with warnings.catch_warnings():
-    # Partitioned check specs are a Dagster preview feature; used knowingly (one result per region).
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    EMBEDDING_SPECS = [
-        dg.AssetCheckSpec(
-            name,
-            asset=model_assets.cell_embeddings,
-            blocking=True,
-            partitions_def=region_partitions,
-            description=desc,
-        )
-        for name, desc in (
-            (
-                "cell_embeddings_finite_and_sized",
-                "Every embedding is finite, unit length (cosine = dot product) and has the model's dimension.",
-            ),
-            (
-                "cell_embeddings_one_row_per_image_cell",
-                "Exactly the region's image cells (from raster_tensors), each once, and every image token once.",
-            ),
-            ("cell_embeddings_not_collapsed", f"Mean per-dimension variance above {VARIANCE_FLOOR}."),
-        )
-    ]
+EMBEDDING_SPECS = check_specs(
+    model_assets.cell_embeddings,
+    {
+        "cell_embeddings_finite_and_sized": (
+            "Every embedding is finite, unit length (cosine = dot product) and has the model's dimension."
+        ),
+        "cell_embeddings_one_row_per_image_cell": (
+            "Exactly the region's image cells (from raster_tensors), each once, and every image token once."
+        ),
+        "cell_embeddings_not_collapsed": f"Mean per-dimension variance above {VARIANCE_FLOOR}.",
+    },
+)
 
 
 def raster_frame(shards: raster.ShardSet) -> pl.DataFrame:
@@ -70,20 +57,18 @@ def raster_frame(shards: raster.ShardSet) -> pl.DataFrame:
     )
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    _raster_check = dg.asset_check(
-        asset=model_assets.raster_tensors,
-        blocking=True,
-        partitions_def=region_partitions,
-        description="Every image tensor is finite, non-negative and [C, 2^k, 2^k]; index and shards agree.",
-    )
-
-
-@_raster_check
-def raster_tensors_finite_and_shaped(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+@dg.multi_asset_check(
+    specs=check_specs(
+        model_assets.raster_tensors,
+        {
+            "raster_tensors_finite_and_shaped": (
+                "Every image tensor is finite, non-negative and [C, 2^k, 2^k]; index and shards agree."
+            )
+        },
+    ),
+    name="raster_tensors_checks",
+)
+def raster_tensors_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     shards = raster.open_shards(model_assets.raster_dir(warehouse, context.partition_key))
     c, h, w = shards.meta["shape"]
     rows_in_shards = sum(s.shape[0] for s in shards.shards)
@@ -96,7 +81,7 @@ def raster_tensors_finite_and_shaped(
         Expect("expect_column_values_to_be_in_set", column="width", value_set=[w]),
         Expect("expect_column_values_to_be_unique", column="cell_id"),
     ]
-    return gx_check_result(
+    yield gx_check_result(
         raster_frame(shards),
         expectations,
         asset_key=model_assets.raster_tensors.key,
@@ -106,26 +91,18 @@ def raster_tensors_finite_and_shaped(
 
 
 @dg.multi_asset_check(
-    specs=[
-        dg.AssetCheckSpec(
-            "mae_model_weights_finite",
-            asset=model_assets.mae_model,
-            blocking=True,
-            description="Every parameter tensor of the checkpoint is finite.",
-        ),
-        dg.AssetCheckSpec(
-            "mae_model_loss_decreased",
-            asset=model_assets.mae_model,
-            blocking=True,
-            description="The final epoch's loss is below the first epoch's.",
-        ),
-        dg.AssetCheckSpec(
-            "mae_model_beats_mean_of_visible",
-            asset=model_assets.mae_model,
-            blocking=False,
-            description="Held-out masked loss below the mean-of-visible predictor's on the same masks.",
-        ),
-    ],
+    specs=check_specs(
+        model_assets.mae_model,
+        {
+            "mae_model_weights_finite": "Every parameter tensor of the checkpoint is finite.",
+            "mae_model_loss_decreased": "The final epoch's loss is below the first epoch's.",
+            "mae_model_beats_mean_of_visible": (
+                "Held-out masked loss below the mean-of-visible predictor's on the same masks."
+            ),
+        },
+        partitioned=False,
+        non_blocking=frozenset({"mae_model_beats_mean_of_visible"}),
+    ),
     can_subset=True,
     name="mae_model_checks",
 )
