@@ -1,8 +1,8 @@
 """Reading PBFs with pyosmium: file checks, header and counts, and the per-object callbacks of extraction.
 
-The only module that touches pyosmium objects. Callbacks are the one per-object Python of extraction,
-so they read tags through pyosmium's private C++ accessors (`_pyosmium_data`), fenced here: a pyosmium
-upgrade that moves them breaks this module only."""
+The osm package's only module that touches pyosmium objects. The callbacks are extraction's one
+per-object Python, so they read tags through pyosmium's private C++ accessors (`_pyosmium_data`),
+fenced here: a pyosmium upgrade that moves them breaks this module only."""
 
 from __future__ import annotations
 
