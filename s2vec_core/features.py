@@ -12,7 +12,8 @@ from s2vec_core.osm.aggregate import pivot
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
 
-KEY_COLUMNS = ("region", "level", "cell_id", "token", "taxonomy_version")
+KEY_COLUMNS = tuple(c.name for c in CELL_FEATURES.columns if c.group is None)
+"""The columns that say which cell a row is: every column of the spec outside the channel family."""
 
 
 def schema() -> pl.Schema:

@@ -95,6 +95,7 @@ def write_partition(
     facts: Mapping[str, object] | None = None,
     row_group_rows: int | None = None,
     add_columns: bool = False,
+    spec: tables.TableSpec | None = None,
 ) -> int:
     """Replace the rows of `partition` in the Delta table at `uri` with `df`; return the new version.
 
@@ -106,10 +107,11 @@ def write_partition(
     `add_columns` is a deliberate, additive migration: columns of `df` that the table lacks are added
     first (one commit; older rows read null), then the rows are written.
 
-    A write whose `facts` name a warehouse table (`TableSpec.facts` puts `table` in them, and every
-    product write states its facts) must match that table's spec in `s2vec_core.tables`: the columns in
-    order, their dtypes and the partition keys; otherwise `WarehouseError` says which column differs and
-    how, before anything is written.
+    With `spec` (every product write passes its table's from `s2vec_core.tables`), `df` must match it:
+    the columns in order, their dtypes and the partition keys; otherwise `WarehouseError` says which
+    column differs and how, before anything is written. Without it, the spec of the table `facts` names
+    (`TableSpec.facts` puts `table` in them) is checked; a write with neither is not checked, so cut-down
+    frames (tests, scratch tables) can be written under any name.
 
     Concurrent writers are safe: a missing table is created by a commit that fails rather than lands
     if another writer created the table first (that writer then retries as below), and every other
@@ -127,7 +129,8 @@ def write_partition(
     predicate = partition_predicate(partition)
     _check_rows_in_partition(df, partition)
     stored = _delta_compatible(df)
-    spec = tables.BY_NAME.get(str(facts.get("table"))) if facts else None
+    if spec is None and facts:
+        spec = tables.BY_NAME.get(str(facts.get("table")))
     if spec is not None:
         check_spec(spec, stored.schema, tuple(partition))
     data = stored.to_arrow(compat_level=pl.CompatLevel.oldest())

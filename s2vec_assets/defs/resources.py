@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from s2vec_core import registry, warehouse
 from s2vec_core.artifacts import ArtifactStore
 from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
+from s2vec_core.tables import TableSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,9 +90,11 @@ class WarehouseResource(dg.ConfigurableResource):
         facts: dict[str, object] | None = None,
         row_group_rows: int | None = None,
         add_columns: bool = False,
+        spec: TableSpec | None = None,
     ) -> int:
         """Replace `partition`'s rows of table `name` with `df`; returns the new Delta version. `commit`
-        (run id, asset, region, model version) goes into the Delta commit info."""
+        (run id, asset, region, model version) goes into the Delta commit info; `spec` (the table's, from
+        s2vec_core.tables) refuses a frame whose columns, dtypes or partition keys differ from it."""
         return warehouse.write_partition(
             df,
             self.table_uri(name),
@@ -102,6 +105,7 @@ class WarehouseResource(dg.ConfigurableResource):
             facts=facts,
             row_group_rows=row_group_rows,
             add_columns=add_columns,
+            spec=spec,
         )
 
     def model_version(self, pin: str | None = None) -> str | None:

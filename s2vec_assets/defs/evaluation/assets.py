@@ -239,6 +239,7 @@ def _publish(
         description=EVALUATION_METRICS.description,
         commit=commit_info(context, model_version),
         facts=EVALUATION_METRICS.facts(),
+        spec=EVALUATION_METRICS,
     )
     meta = table_metadata(
         metrics,

@@ -17,7 +17,7 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import bbox, features, s2, shards
+from s2vec_core import features, pipeline, s2, shards
 from s2vec_core.grid import MAX_LEVEL, Grid
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS, TAXONOMY_VERSION
@@ -81,17 +81,14 @@ def cell_features(
 ) -> dg.MaterializeResult:
     region = context.partition_key
     path = osm_source.resolve(region)
+    box = osm_source.region(region).bbox
     stats: dict[str, int] = {}
     try:
-        pixel_cells = shards.extract_sharded(
-            path, config.levels[-1], config.shard_workers, stats, target_bytes=int(config.shard_mb * 2**20)
+        df = pipeline.features(
+            path, region, config.levels, box, config.shard_workers, int(config.shard_mb * 2**20), stats
         )
     except shards.ShardError as e:
         raise dg.Failure(f"{region}: {e}") from e
-    box = osm_source.region(region).bbox
-    clipped = bbox.clip(pixel_cells, box)
-    stats["cells_outside_bbox"] = int(pixel_cells["cell_id"].n_unique() - clipped["cell_id"].n_unique())
-    df = features.cell_features(clipped, config.levels, region)
     _refuse_before_write(df, region, path, box, config.levels, stats, warehouse)
     version = warehouse.write_partition(
         df,
@@ -100,6 +97,7 @@ def cell_features(
         description=CELL_FEATURES.description,
         commit=commit_info(context),
         facts=CELL_FEATURES.facts(dtype="float64", channels=len(CHANNEL_NAMES), taxonomy_doc="TAXONOMY.md"),
+        spec=CELL_FEATURES,
     )
     context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
 

@@ -37,9 +37,12 @@ from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.progress import ProgressLog
 from s2vec_assets.provenance import commit_info
-from s2vec_core import artifacts, leftovers, raster, registry, vectors
+from s2vec_core import artifacts, leftovers, pipeline, raster, registry, vectors
 from s2vec_core.grid import Grid, check_image_levels
 from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config, knobs
+
+# Re-exported: tests/test_table_specs.py builds cell_embeddings rows through this module.
+from s2vec_core.pipeline import embeddings_rows  # noqa: F401
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.taxonomy import TAXONOMY_VERSION
 
@@ -97,17 +100,12 @@ def raster_tensors(
     )
     pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
     try:
-        rasters = raster.rasterize(pixels, grid.image_level, grid.pixel_level, grid.context_ring)
+        rasters = pipeline.rasters(pixels, grid)
     except raster.RasterError as e:
         raise dg.Failure(f"{region}: {e}") from e
     key = artifacts.raster_key(region)
     directory = warehouse.artifacts.local(key)
-    index = raster.write_shards(
-        rasters,
-        directory,
-        config.shard_size,
-        extra_meta={"region": region, "taxonomy_version": TAXONOMY_VERSION},
-    )
+    index = pipeline.write_rasters(rasters, directory, region, config.shard_size)
     warehouse.artifacts.publish_dir(key)
     occupied = (rasters.tensors.sum(axis=1) > 0).mean()
     return dg.MaterializeResult(
@@ -278,14 +276,8 @@ def mae_model(
             if checkpoint.exists():
                 store.publish_file(checkpoint_key)
     else:
-        result = train.train(
-            shards,
-            checkpoint,
-            model_config,
-            train_config,
-            taxonomy_version=TAXONOMY_VERSION,
-            device=device.resolve(),
-            on_epoch_end=log_epoch,
+        result = pipeline.fit(
+            shards, checkpoint, model_config, train_config, device=device.resolve(), on_epoch_end=log_epoch
         )
     wall = time.perf_counter() - started
     store.publish_file(checkpoint_key)  # with the embedding scale added after the last epoch
@@ -484,8 +476,6 @@ def trained_model(
 def cell_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, device: DeviceResource
 ) -> dg.MaterializeResult:
-    from s2vec_core import embed
-
     region = context.partition_key
     trained = trained_model(context, warehouse, device.resolve())
     shards = raster.open_shards(raster_dir(warehouse, region))
@@ -496,17 +486,9 @@ def cell_embeddings(
         )
     started = time.perf_counter()
     progress = ProgressLog(context.log, f"{region}: embedding", len(shards), "images")
-    image_vectors, tokens = embed.embed_shards(trained, shards, tokens=True, on_progress=progress)
+    embedded = pipeline.embed(trained, shards, region, on_progress=progress)
     seconds = time.perf_counter() - started
-    cells = embed.token_cells(shards.image_ids, trained.image_level, trained.token_level)
-    df = embeddings_rows(
-        region,
-        trained,
-        shards.image_ids,
-        image_vectors,
-        cells.reshape(-1),
-        tokens.reshape(-1, trained.token_dim),
-    )
+    df = embedded.rows
     commit = commit_info(context, trained.model_version)
     version = warehouse.write_partition(
         df,
@@ -518,6 +500,7 @@ def cell_embeddings(
         row_group_rows=CELL_EMBEDDINGS.row_group_rows,
         # Tables from before unit vectors lack `norm`: add it (their rows read null, which readers handle).
         add_columns=True,
+        spec=CELL_EMBEDDINGS,
     )
     current = registry.promote_if_complete(
         warehouse.root,
@@ -541,40 +524,11 @@ def cell_embeddings(
         image_level=trained.image_level,
         token_level=trained.token_level,
         image_cells=dg.MetadataValue.int(len(shards)),
-        token_cells=dg.MetadataValue.int(cells.size),
+        token_cells=dg.MetadataValue.int(df.height - len(shards)),
         cells_per_s=float(len(shards) / seconds) if seconds > 0 else 0.0,
-        mean_dimension_variance=float(image_vectors.var(axis=0).mean()),
+        mean_dimension_variance=float(embedded.image_vectors.var(axis=0).mean()),
     )
     return dg.MaterializeResult(metadata=metadata)
-
-
-def embeddings_rows(
-    region: str,
-    trained: "embed.TrainedModel",
-    image_ids: np.ndarray,
-    image_vectors: np.ndarray,
-    token_ids: np.ndarray,
-    token_vectors: np.ndarray,
-) -> pl.DataFrame:
-    """Both granularities as cell_embeddings rows: unit vectors plus `norm`, sorted by (level, cell_id) so
-    a lookup's cell_id filter skips most row groups."""
-    from s2vec_core import embed
-
-    # The two granularities differ in length; Delta stores a list either way.
-    df = pl.concat(
-        [
-            frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float32)))
-            for frame in (
-                embed.embeddings_frame(
-                    region, image_ids, trained.image_level, image_vectors, trained.model_version
-                ),
-                embed.embeddings_frame(
-                    region, token_ids, trained.token_level, token_vectors, trained.model_version
-                ),
-            )
-        ]
-    )
-    return vectors.normalise(df).sort("level", "cell_id")
 
 
 def embeddings_facts(trained: "embed.TrainedModel") -> dict[str, object]:
