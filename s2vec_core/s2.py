@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 MAX_LEVEL = 30
+EARTH_RADIUS_M = 6_371_008.8
+"""Mean Earth radius (IUGG): the sphere every distance and area in s2vec is measured on."""
 MAX_SIZE = 1 << MAX_LEVEL
 _POS_BITS = 2 * MAX_LEVEL + 1
 _LOOKUP_BITS = 4

@@ -36,7 +36,7 @@ import polars as pl
 
 from s2vec_core import s2
 
-_KM_PER_DEG = 6371.0088 * math.pi / 180.0
+_KM_PER_DEG = s2.EARTH_RADIUS_M / 1000 * math.pi / 180.0
 _CHUNK = 512  # image cells generated at once: bounds memory at any world size
 _HOT_SCALE_KM = 0.2  # length scale of the hot-spot field: a few compact hot spots per image cell
 _HOT_SHARPNESS = 2.0  # hot-spot shape exp(2 z), z standardised per cell: top 10% of pixels hold ~2/3
@@ -158,7 +158,7 @@ class LatentFields:
 
 
 def _edge_km(level: int) -> float:
-    return math.sqrt(4 * math.pi * 6371.0088**2 / (6 * 4**level))
+    return math.sqrt(4 * math.pi * (s2.EARTH_RADIUS_M / 1000) ** 2 / (6 * 4**level))
 
 
 def _cover(spec: WorldSpec, half_km: float) -> np.ndarray:

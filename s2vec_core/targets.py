@@ -22,7 +22,6 @@ from s2vec_core import s2
 from s2vec_core.catalog import redact_url
 
 AGGREGATIONS = ("mean", "sum", "density")
-EARTH_RADIUS_KM = 6371.0088
 _SHOW = 5  # how many offending rows an error message quotes
 
 
@@ -183,7 +182,7 @@ def cell_area_km2(ids: np.ndarray) -> np.ndarray:
         return 2 * np.arctan2(num, den)
 
     v0, v1, v2, v3 = (xyz[:, i] for i in range(4))
-    return (tri(v0, v1, v2) + tri(v0, v2, v3)) * EARTH_RADIUS_KM**2
+    return (tri(v0, v1, v2) + tri(v0, v2, v3)) * (s2.EARTH_RADIUS_M / 1000) ** 2
 
 
 def to_image_cells(targets: pl.DataFrame, image_level: int, agg: str = "mean") -> pl.DataFrame:

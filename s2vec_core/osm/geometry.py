@@ -13,9 +13,8 @@ import numpy as np
 
 from s2vec_core.osm.ragged import ranges
 from s2vec_core.osm.wkb import Lines, Polygons
-from s2vec_core.s2 import face_ij_to_cell_id, latlng_to_cell_id, latlng_to_face_xy
+from s2vec_core.s2 import EARTH_RADIUS_M, face_ij_to_cell_id, latlng_to_cell_id, latlng_to_face_xy
 
-EARTH_RADIUS_M = 6_371_008.8
 M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 # Smallest S2 cell edge at level L is S2_MIN_EDGE / 2**L radians (quadratic projection).
 S2_MIN_EDGE = 2.0 * math.sqrt(2.0) / 3.0

@@ -6,7 +6,6 @@ fenced here: a pyosmium upgrade that moves them breaks this module only."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Protocol
 
 import osmium
 
+from s2vec_core.catalog import sha256_file
 from s2vec_core.osm import wkb
 from s2vec_core.taxonomy import AREA_KEYS, AREA_LOOKUP, NEGATIVE_VALUES, NODE_LOOKUP, WAY_LOOKUP, WILDCARD
 
@@ -62,10 +62,7 @@ def header_bbox(pbf_path: str | Path) -> tuple[float, float, float, float] | Non
 def pbf_info(pbf_path: str | Path) -> dict:
     """sha256, size, bbox (header, else computed from nodes), object counts and replication timestamp."""
     path = check_path(pbf_path)
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
+    sha = sha256_file(path)
 
     class _Count(osmium.SimpleHandler):
         def __init__(self) -> None:
@@ -97,7 +94,7 @@ def pbf_info(pbf_path: str | Path) -> dict:
         bbox = tuple(counter.box) if counter.n else None
     return {
         "path": str(path),
-        "sha256": sha.hexdigest(),
+        "sha256": sha,
         "size_bytes": path.stat().st_size,
         "bbox": bbox,  # (lon_min, lat_min, lon_max, lat_max)
         "nodes": counter.n,
