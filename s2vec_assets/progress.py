@@ -14,8 +14,9 @@ _BAR = 28
 
 
 class ProgressLog:
-    """Call with the amount done so far. A log line goes out at most every `every_s` seconds and once
-    at the end: '<what>: 1,200/4,000 images (30%), 850 images/s, ~3 s left'."""
+    """Call with the amount done so far (and the total, where only the work itself learns it, as the
+    shard count of an extraction). A log line goes out at most every `every_s` seconds and once at the
+    end: '<what>: 1,200/4,000 images (30%), 850 images/s, ~3 s left'."""
 
     def __init__(
         self,
@@ -39,7 +40,9 @@ class ProgressLog:
         left = f", ~{(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
         return f"{self.what}: {done:,}/{self.total:,} {self.unit}{share}, {rate:,.0f} {self.unit}/s{left}"
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
         now = time.perf_counter()
         finished = done >= self.total
         if self.tty:

@@ -30,8 +30,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,19 +421,25 @@ def iter_sharded(
     stats: dict | None = None,
     target_bytes: int = TARGET_SHARD_BYTES,
     tmp_dir: str | Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """The long rows of `extract_cells_long(pbf_path, level)`, range of cells by range in cell order,
     from shards extracted by up to `workers` processes at once (default: one per core). Only one
     range's rows are in memory here at a time; a file within `target_bytes` is extracted whole.
     `tmp_dir` holds the shard files (about the input's size) and the shards' rows. `stats` sums the
     shards': tagged_* count each object once, the skipped / invalid / missing counts once per shard
-    that reads the object."""
+    that reads the object. `on_progress(done, total)` is called as each shard's extraction ends (a
+    file extracted whole is one shard)."""
+    report = on_progress or (lambda done, total: None)
     if not 0 <= level <= osm.MAX_LEVEL:
         raise ValueError(f"extraction level must be within 0..{osm.MAX_LEVEL}, got {level}")
     path = osm.check_path(pbf_path)
     plan = plan_shards(path, target_bytes)
     if plan.cells.size == 0:
-        yield osm.extract_cells_long(path, level, stats)
+        report(0, 1)
+        rows = osm.extract_cells_long(path, level, stats)
+        report(1, 1)
+        yield rows
         return
     workers = workers or os.cpu_count() or 1
     shards = plan.shards()
@@ -445,9 +451,12 @@ def iter_sharded(
         order = sorted(range(len(shards)), key=lambda i: -files[i].stat().st_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s2vec-shard") as pool:
             futures = [pool.submit(runner.run, shards[i], files[i], outs[i]) for i in order]
+            report(0, len(shards))
             try:
-                for f in wait(futures, return_when=FIRST_EXCEPTION).done:
+                # The first failure raises here, as the shards finish (a failed shard stops the rest).
+                for done, f in enumerate(as_completed(futures), 1):
                     f.result()
+                    report(done, len(shards))
             except BaseException:
                 runner.stop()
                 raise
@@ -474,8 +483,9 @@ def extract_sharded(
     stats: dict | None = None,
     target_bytes: int = TARGET_SHARD_BYTES,
     tmp_dir: str | Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """`extract_cells_long(pbf_path, level)` by shards (see `iter_sharded`): the same frame, sorted by
     cell then channel. It holds all rows at the end; stream `iter_sharded` to stay within a shard."""
-    frames = list(iter_sharded(pbf_path, level, workers, stats, target_bytes, tmp_dir))
+    frames = list(iter_sharded(pbf_path, level, workers, stats, target_bytes, tmp_dir, on_progress))
     return pl.concat(frames) if len(frames) > 1 else frames[0]

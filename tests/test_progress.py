@@ -40,3 +40,13 @@ def test_a_bar_goes_to_a_terminal_and_nothing_to_a_file():
         progress(4)
     assert "\r[##############..............] x: 2/4 shards (50%)" in terminal.getvalue()
     assert terminal.getvalue().endswith("\n") and file.getvalue() == ""
+
+
+def test_the_total_can_arrive_with_the_work(caplog):
+    caplog.set_level(logging.INFO)
+    progress = ProgressLog(
+        logging.getLogger("t"), "monaco: extraction", 0, "shards", every_s=0, stream=io.StringIO()
+    )
+    progress(0, 8)
+    progress(8, 8)
+    assert caplog.records[-1].getMessage().startswith("monaco: extraction: 8/8 shards (100%)")

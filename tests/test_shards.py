@@ -75,7 +75,17 @@ def test_sharded_equals_whole():
     whole_stats: dict = {}
     sharded_stats: dict = {}
     whole = osm.extract_cells_long(PBF, LEVEL, stats=whole_stats, workers=1)
-    sharded = shards.extract_sharded(PBF, LEVEL, workers=2, stats=sharded_stats, target_bytes=TARGET)
+    progress: list[tuple[int, int]] = []
+    sharded = shards.extract_sharded(
+        PBF,
+        LEVEL,
+        workers=2,
+        stats=sharded_stats,
+        target_bytes=TARGET,
+        on_progress=lambda *p: progress.append(p),
+    )
+    n = len(plan.shards())
+    assert progress == [(done, n) for done in range(n + 1)]
 
     assert sharded["cell_id"].is_sorted()
     assert sharded.select("cell_id", "channel").equals(whole.select("cell_id", "channel"))
@@ -86,8 +96,9 @@ def test_sharded_equals_whole():
 
 def test_small_file_is_one_shard():
     assert shards.plan_shards(PBF).cells.size == 0
-    frames = list(shards.iter_sharded(PBF, 12))
-    assert len(frames) == 1
+    progress: list[tuple[int, int]] = []
+    frames = list(shards.iter_sharded(PBF, 12, on_progress=lambda *p: progress.append(p)))
+    assert len(frames) == 1 and progress == [(0, 1), (1, 1)]
     assert frames[0].equals(osm.extract_cells_long(PBF, 12))
 
 
