@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from s2vec_assets.defs.resources import DeviceResource
 from s2vec_core.features import cell_features
 from s2vec_core.model import MAEConfig
 from s2vec_core.osm import extract_cells, extract_cells_long
@@ -67,6 +68,9 @@ def test_device_selection_and_autocast():
     assert loader_options(torch.device("cpu"), 4) == {"num_workers": 0, "pin_memory": False}
     assert loader_options(torch.device("cuda"), 4)["num_workers"] == 4
     assert loader_options(torch.device("cuda"), 4)["pin_memory"] is True
+    # The Dagster device resource resolves by the same rule, on this machine's hardware.
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert DeviceResource().resolve() == expected and DeviceResource(device="cuda:1").resolve() == "cuda:1"
 
 
 def test_warmup_then_cosine():

@@ -175,12 +175,10 @@ class DeviceResource(dg.ConfigurableResource):
         return value
 
     def resolve(self) -> str:
-        """The concrete torch device string (imports torch only when called)."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        """The concrete torch device string, by the trainer's own rule (imports torch only when called)."""
+        from s2vec_core.train import select_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(select_device(self.device))
 
 
 @dg.definitions
