@@ -2,7 +2,8 @@
 with N processes, images/s from each run's JSON result (training, held-out scoring and checkpoints, not
 process start-up), and the wall time of the whole launch.
 
-Data: the real Liechtenstein rasters at levels 13/17, tiled to `--images` (as bench_train.py does for
+Data: the real Liechtenstein rasters at the default grid (13/17, context ring 2) made by
+`s2vec_core.pipeline` as the assets make them, tiled to `--images` (as bench_train.py does for
 inference), default CPU model config. Each process gets `--threads` intra-op threads (default cores /
 processes, so that both runs use the whole machine; 1 compares processes at equal threads). Runs
 alternate (1, N, 1, N, ...) so that load from other processes hits both alike; the best of `--repeats`
@@ -25,12 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_train import PBF, tiled_shards
+from bench_train import region_shards, tiled_shards
 
-from s2vec_core.features import cell_features
-from s2vec_core.osm import extract_cells
-from s2vec_core.raster import open_shards, rasterize, write_shards
-from s2vec_core.train import TrainConfig
+from s2vec_core.model_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +70,7 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        features = cell_features(extract_cells(PBF, 17), (13, 17), "liechtenstein")
-        write_shards(rasterize(features, 13, 17), workdir / "region")
-        tiled_shards(open_shards(workdir / "region"), args.images, workdir / "rasters")
+        tiled_shards(region_shards(workdir / "region"), args.images, workdir / "rasters")
         runs: dict[int, list[dict]] = {1: [], args.processes: []}
         for _ in range(args.repeats):
             for n, done in runs.items():

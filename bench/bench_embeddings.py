@@ -27,17 +27,15 @@ import polars as pl
 
 from s2vec_core import evaluate as ev
 from s2vec_core import evaluation_run as er
-from s2vec_core.embed import NEIGHBOUR_RING, embed_shards, embeddings_frame, load_model
+from s2vec_core import pipeline
+from s2vec_core.embed import NEIGHBOUR_RING, load_model
 from s2vec_core.evaluation_report import table_markdown
-from s2vec_core.features import cell_features
 from s2vec_core.grid import Grid
-from s2vec_core.model import MAEConfig
+from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config
 from s2vec_core.neighbours import ring_mean
-from s2vec_core.osm import extract_cells_long
-from s2vec_core.raster import open_shards, rasterize, write_shards
+from s2vec_core.raster import open_shards
 from s2vec_core.synthetic import WorldSpec, neighbourhood_column, write_world
 from s2vec_core.taxonomy import CHANNEL_NAMES
-from s2vec_core.train import TrainConfig, default_model_config, train
 
 BASELINES = ("raw", "contextual", "spatial_stats")
 SCEPTIC = "spatial_stats+ring"
@@ -59,7 +57,7 @@ def world(seed: int, cells: int, grid: Grid, work: Path) -> tuple[pl.DataFrame, 
     )
     pbf = work / f"world-{seed}.osm.pbf"
     truth = write_world(pbf, spec)
-    features = cell_features(extract_cells_long(pbf, grid.pixel_level), grid.feature_levels, f"world-{seed}")
+    features = pipeline.features(pbf, f"world-{seed}", grid.feature_levels)
     tasks = {
         "log_population": truth.select("cell_id", target=pl.col("population").log()),
         "log_income": truth.select("cell_id", target=pl.col("income").log()),
@@ -81,18 +79,19 @@ def embed_all(
     device: str,
     paper: bool = False,
 ) -> tuple[dict[str, pl.DataFrame], dict]:
-    """Train one MAE on every world's rasters; per-world image-cell embeddings and training facts."""
+    """Train one MAE on every world's rasters; per-world image-cell embeddings (the `cell_embeddings`
+    rows the evaluation asset scores: unit length) and training facts."""
     dirs = {}
     for name, df in features.items():
         dirs[name] = work / "rasters" / name
-        write_shards(rasterize(df, grid.image_level, grid.pixel_level, grid.context_ring), dirs[name])
+        pipeline.write_rasters(pipeline.rasters(df, grid), dirs[name], name)
     shards = open_shards(list(dirs.values()))
     started = time.perf_counter()
     config = default_model_config(shards)
     if paper:
         paper_config = MAEConfig.paper(config.in_channels, context_size=config.context_size)
         config = dataclasses.replace(paper_config, layout_groups=config.layout_groups)
-    result = train(shards, work / "mae.pt", config, train_config, device=device)
+    result = pipeline.fit(shards, work / "mae.pt", config, train_config, device=device)
     info = {
         "train_s": round(time.perf_counter() - started, 1),
         "epochs": len(result.losses),
@@ -116,10 +115,8 @@ def embed_all(
     model = load_model(work / "mae.pt", device=device)
     out = {}
     for name, d in dirs.items():
-        s = open_shards(d)
-        out[name] = embeddings_frame(
-            name, s.image_ids, grid.image_level, embed_shards(model, s), model.model_version
-        )
+        rows = pipeline.embed(model, open_shards(d), name).rows
+        out[name] = rows.filter(pl.col("level") == grid.image_level)
     return out, info
 
 

@@ -3,8 +3,9 @@
     python bench/bench_evaluation.py [--epochs 30] [--image-level 13 --pixel-level 17] [--out DIR]
 
 The catalog regions, targets = OSM proxies (address density, floor area density; log1p). Features at
-the given levels, rasters with the default context ring, one small MAE on all regions
-(`bench_embeddings.embed_all`, the same recipe as the synthetic-world benchmark), scored with
+the given levels clipped to the catalog bbox, rasters with the default context ring, one small MAE on
+all regions and its unit-length embeddings (`bench_embeddings.embed_all`: `s2vec_core.pipeline`, the
+stages the assets run, as in the synthetic-world benchmark), scored with
 s2vec_core.evaluation_run, the same code as the `evaluation_report` asset. Prints the R2 tables
 (markdown) and writes the full report to --out. Known truth on synthetic worlds: bench_embeddings.py.
 """
@@ -21,13 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from s2vec_core import evaluation_run as er
+from s2vec_core import pipeline
 from s2vec_core.catalog import load_catalog, resolve_source
 from s2vec_core.evaluate import r2_table
 from s2vec_core.evaluation_report import table_markdown, write_report
-from s2vec_core.features import cell_features
 from s2vec_core.grid import Grid
-from s2vec_core.osm import extract_cells_long
-from s2vec_core.train import TrainConfig
+from s2vec_core.model_config import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embeddings import embed_all
@@ -49,10 +49,11 @@ def main() -> None:
     t0 = time.perf_counter()
 
     features, tasks, notes, pbfs = {}, {}, [], {}
-    for name, region in load_catalog().items():
+    catalog = load_catalog()
+    for name, region in catalog.items():
         pbfs[name] = resolve_source(region, work / "cache")
     for name, pbf in pbfs.items():
-        features[name] = cell_features(extract_cells_long(pbf, grid.pixel_level), grid.feature_levels, name)
+        features[name] = pipeline.features(pbf, name, grid.feature_levels, catalog[name].bbox)
     timings["extract_s"] = time.perf_counter() - t0
 
     embeddings, train_info = (

@@ -1,9 +1,11 @@
 """Per-core throughput of each pipeline stage on one PBF, and the planet on paper from it.
 
-Each stage runs once in this process on one core (torch and polars limited to one thread, extraction
-with `workers=1`), in the order the asset graph runs them: extract (level 17) -> cell_features (13, 15,
-17) -> rasters (13 / 17, context ring 2) -> one training epoch of the default model -> embeddings.
-Peak RSS is this process's high-water mark after the stage. From the rates per MB of PBF it prints the
+Each stage runs once on one core (torch and polars limited to one thread, extraction with `workers=1`:
+one shard process at a time), in the order the asset graph runs them and through the same functions
+(`s2vec_core.pipeline`, default `Grid`): extract (sharded as `cell_features` runs it, level 17) ->
+cell_features (13, 15, 17) -> rasters (13 / 17, context ring 2) -> one training epoch of the default
+model -> embeddings (image and token rows, as `cell_embeddings` stores them). Peak RSS is the
+high-water mark after the stage of this process or of its largest finished child (a shard process). From the rates per MB of PBF it prints the
 hours a region of a given size takes with N workers (stages that shard: extract, features, rasters,
 embeddings), an epoch of the default model on one CPU core (measured rate), and an epoch of the
 paper-scale model on one or eight H200s (an estimate from FLOPs at an assumed MFU: no GPU was measured).
@@ -27,17 +29,19 @@ from pathlib import Path
 
 import torch
 
-from s2vec_core import embed, features, osm, raster, train
+from s2vec_core import embed, features, pipeline, raster
 from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count
+from s2vec_core.model_config import TrainConfig
 
-LEVELS = (13, 15, 17)
+GRID = pipeline.DEFAULT_GRID
 REGIONS_GB = {"city": 0.1, "Germany": 4.8, "Europe": 35.0, "planet": 86.0}
 H200_BF16_FLOPS = 989e12  # dense bf16 peak, per GPU
 ASSUMED_MFU = 0.3
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def timed(label: str, fn, rows: list[dict], **facts):
@@ -59,15 +63,17 @@ def main() -> None:
     mb = args.pbf.stat().st_size / 1e6
     rows: list[dict] = []
     stats: dict[str, int] = {}
-    long = timed("extract", lambda: osm.extract_cells_long(args.pbf, LEVELS[-1], stats, workers=1), rows)
+    long = timed(
+        "extract", lambda: pipeline.extract(args.pbf, GRID.pixel_level, workers=1, stats=stats), rows
+    )
     rows[-1]["items"] = stats["tagged_nodes"] + stats["tagged_ways"] + stats["tagged_areas"]
-    cells = timed("features", lambda: features.cell_features(long, LEVELS, "bench"), rows)
+    cells = timed("features", lambda: features.cell_features(long, GRID.feature_levels, "bench"), rows)
     rows[-1]["items"] = cells.height
     with tempfile.TemporaryDirectory() as tmp:
 
         def make_rasters() -> raster.Rasters:
-            rasters = raster.rasterize(cells, 13, 17, 2)
-            raster.write_shards(rasters, Path(tmp) / "r")
+            rasters = pipeline.rasters(cells, GRID)
+            pipeline.write_rasters(rasters, Path(tmp) / "r", "bench")
             return rasters
 
         rasters = timed("rasters", make_rasters, rows)
@@ -77,14 +83,14 @@ def main() -> None:
         sample = dataclasses.replace(
             rasters, image_ids=rasters.image_ids[:n], tensors=rasters.tensors[:n], context=rasters.context[:n]
         )
-        raster.write_shards(sample, Path(tmp) / "s")
+        pipeline.write_rasters(sample, Path(tmp) / "s", "bench")
         shards = raster.open_shards(Path(tmp) / "s")
-        config = train.TrainConfig(epochs=2, batch_size=64, holdout_fraction=0.0)
-        result = timed("train", lambda: train.train(shards, Path(tmp) / "c.pt", train_config=config), rows)
+        config = TrainConfig(epochs=2, batch_size=64, holdout_fraction=0.0)
+        result = timed("train", lambda: pipeline.fit(shards, Path(tmp) / "c.pt", train_config=config), rows)
         rows[-1]["s"] = result.epoch_seconds[-1]  # the second epoch: the first warms up
         rows[-1]["items"] = len(shards)
         model = embed.load_model(Path(tmp) / "c.pt")
-        timed("embed", lambda: embed.embed_shards(model, shards, tokens=True), rows)
+        timed("embed", lambda: pipeline.embed(model, shards, "bench"), rows)
         rows[-1]["items"] = len(shards)
 
     images = rows[2]["items"]

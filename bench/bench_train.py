@@ -1,13 +1,17 @@
 """Training and inference throughput of the S2Vec MAE, against a bare torch loop on the same model and data.
 
-Data: the real Liechtenstein extract rasterised at image level 13 / pixel level 17 (16x16 images, all
-taxonomy channels). For each model config (the small CPU default and the paper scale) it measures
+Data: the real Liechtenstein extract through `s2vec_core.pipeline` as the assets run it (sharded
+extraction, features, rasters at image level 13 / pixel level 17 with the default context ring: 16x16
+images, all taxonomy channels). For each model config (the product default, `default_model_config`, and
+the paper scale with the same context stream and layout groups) it measures
 
-- s2vec: `s2vec_core.train.train` end to end per epoch (memory-mapped shards, on-the-fly normalisation,
+- s2vec: `pipeline.fit` end to end per epoch (memory-mapped shards, on-the-fly normalisation,
   AdamW + warmup/cosine, gradient clipping, atomic checkpoint after every epoch), images/s;
-- bare: the same model and optimiser in a minimal loop over a pre-normalised in-memory tensor
-  (forward, backward, step; no clipping, scheduler, checkpoint or data pipeline), images/s;
-- inference: `s2vec_core.embed.embed_shards` cells/s, and the Delta write of those embeddings.
+- bare: the same model and optimiser in a minimal loop over pre-normalised in-memory tensors (images
+  and context windows; forward, backward, step; no clipping, scheduler, checkpoint or data pipeline),
+  images/s;
+- inference: `pipeline.embed` cells/s (image and token embeddings, normalised into `cell_embeddings`
+  rows, as the asset makes them), and the Delta write of those rows checked against their spec.
 
 Runs alternate (bare, s2vec, bare, s2vec, ...) so that load from other processes hits both alike; the
 best epoch of each is reported. Usage:
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -33,22 +38,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2vec_core.embed import embed_shards, embeddings_frame, load_model
-from s2vec_core.features import cell_features
+from s2vec_core import pipeline
+from s2vec_core.embed import load_model
 from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count
-from s2vec_core.osm import extract_cells
-from s2vec_core.raster import NormStats, Rasters, open_shards, rasterize, write_shards
-from s2vec_core.train import TrainConfig, autocast_dtype, select_device, train
+from s2vec_core.model_config import default_model_config
+from s2vec_core.raster import Rasters, ShardSet, open_shards
+from s2vec_core.tables import CELL_EMBEDDINGS
+from s2vec_core.train import TrainConfig, autocast_dtype, fit_norms, select_device
 from s2vec_core.warehouse import write_partition
 
 REPO = Path(__file__).resolve().parents[1]
 PBF = REPO / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
+REGION = "liechtenstein"
 SECTION = "## Training and inference"
+
+
+def region_shards(directory: Path) -> ShardSet:
+    """Liechtenstein's shards at the default grid, made by the stages the assets run."""
+    features = pipeline.features(PBF, REGION)
+    pipeline.write_rasters(pipeline.rasters(features), directory, REGION)
+    return open_shards(directory)
+
+
+def configs(shards: ShardSet) -> dict[str, MAEConfig]:
+    """The product's default config for these shards and the paper scale with its context and layout."""
+    default = default_model_config(shards)
+    paper = MAEConfig.paper(default.in_channels, context_size=default.context_size)
+    return {"default": default, "paper": dataclasses.replace(paper, layout_groups=default.layout_groups)}
 
 
 def bare_epoch(
     model: MaskedAutoencoder,
     data: torch.Tensor,
+    context: torch.Tensor | None,
     batch_size: int,
     device: torch.device,
     generator: torch.Generator,
@@ -62,9 +84,11 @@ def bare_epoch(
     start = time.perf_counter()
     order = torch.randperm(data.shape[0], generator=generator)
     for s in range(0, data.shape[0], batch_size):
-        x = data[order[s : s + batch_size]].to(device, non_blocking=True)
+        rows = order[s : s + batch_size]
+        x = data[rows].to(device, non_blocking=True)
+        ctx = context[rows].to(device, non_blocking=True) if context is not None else None
         with torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-            loss = model(x, generator=generator)
+            loss = model(x, ctx, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,6 +109,7 @@ def measure(
     config: MAEConfig,
     shards,
     data: torch.Tensor,
+    context: torch.Tensor | None,
     epochs: int,
     batch_size: int,
     device: torch.device,
@@ -96,11 +121,11 @@ def measure(
     generator = torch.Generator().manual_seed(0)
     bare, ours = [], []
     for rep in range(2):
-        bare += [bare_epoch(bare_model, data, batch_size, device, generator) for _ in range(epochs)]
+        bare += [bare_epoch(bare_model, data, context, batch_size, device, generator) for _ in range(epochs)]
         # Wall time between the ends of consecutive epochs: the whole loop including the checkpoint write.
         ends: list[float] = []
         checkpoint = workdir / f"{name}-{rep}.pt"
-        train(
+        pipeline.fit(
             shards,
             checkpoint,
             config,
@@ -114,7 +139,7 @@ def measure(
         )
 
     trained = load_model(checkpoint, device=str(device))
-    embed_shards(trained, shards)  # warm-up
+    pipeline.embed(trained, shards, REGION)  # warm-up
     row = {
         "config": name,
         "parameters": parameter_count(bare_model),
@@ -129,16 +154,17 @@ def measure(
         sizes.append(("big", tiled_shards(shards, big_images, workdir / f"big-{name}")))
     for label, ss in sizes:
         t0 = time.perf_counter()
-        vectors = embed_shards(trained, ss)
+        frame = pipeline.embed(trained, ss, REGION).rows
         sync(device)
         infer_s = time.perf_counter() - t0
-        frame = embeddings_frame("liechtenstein", ss.image_ids, 13, vectors, trained.model_version)
         uri = str(workdir / f"emb-{name}-{label}")
-        partition = {"region": "liechtenstein", "model_version": trained.model_version}
+        partition = {"region": REGION, "model_version": trained.model_version}
         writes = []
         for _ in range(2):  # the first creates the table, the second replaces the partition (a re-run)
             t0 = time.perf_counter()
-            write_partition(frame, uri, partition)
+            write_partition(
+                frame, uri, partition, row_group_rows=CELL_EMBEDDINGS.row_group_rows, spec=CELL_EMBEDDINGS
+            )
             writes.append(time.perf_counter() - t0)
         row[label] = {
             "cells": len(ss),
@@ -151,19 +177,23 @@ def measure(
 
 
 def tiled_shards(shards, n: int, directory: Path):
-    """`n` images made of the region's images repeated, under distinct level-13 ids: a bigger region of
-    the same kind for the inference and write timings."""
+    """`n` images made of the region's images (and context windows) repeated, under distinct image-cell
+    ids: a bigger region of the same kind for the inference, write and data-parallel timings."""
     reps = -(-n // len(shards))
-    tensors = np.concatenate([shards.take(np.arange(len(shards)))] * reps)[:n]
-    # Consecutive level-13 cells along the curve from the region's first one: distinct, valid ids.
-    step = np.uint64(1) << np.uint64(2 * (30 - 13) + 1)
+    rows = np.tile(np.arange(len(shards)), reps)[:n]
+    level, ring = shards.meta["image_level"], shards.meta["context_ring"]
+    # Consecutive image cells along the curve from the region's first one: distinct, valid ids.
+    step = np.uint64(1) << np.uint64(2 * (30 - level) + 1)
     ids = shards.image_ids[0] + step * np.arange(n, dtype=np.uint64)
-    write_shards(Rasters(ids, tensors, shards.channels, 13, 17), directory)
+    context = shards.take_context(rows) if shards.has_context else None
+    tiled = Rasters(ids, shards.take(rows), shards.channels, level, shards.meta["pixel_level"], context, ring)
+    pipeline.write_rasters(tiled, directory, REGION)
     return open_shards(directory)
 
 
 def markdown(rows: list[dict], device: torch.device, command: str) -> str:
     cpu = platform.processor() or platform.machine()
+    grid = pipeline.DEFAULT_GRID
     lines = [
         SECTION,
         "",
@@ -171,13 +201,15 @@ def markdown(rows: list[dict], device: torch.device, command: str) -> str:
         (
             f"Machine: {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else cpu}), "
             f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"data: Liechtenstein 2013 rasters at levels 13/17 ({rows[0]['images']} images of 16x16).  "
+            f"data: Liechtenstein 2013 through `s2vec_core.pipeline` at levels {grid.image_level}/"
+            f"{grid.pixel_level}, context ring {grid.context_ring} ({rows[0]['images']} images of "
+            f"{grid.image_size}x{grid.image_size}).  "
         ),
         (
-            "s2vec = an epoch of `s2vec_core.train.train` (memory-mapped shards, normalisation, AdamW + schedule, "
+            "s2vec = an epoch of `pipeline.fit` (memory-mapped shards, normalisation, AdamW + schedule, "
             "clipping, checkpoint write; first epoch excluded as warm-up); bare = forward/backward/AdamW step over "
-            "a pre-normalised in-memory tensor, same model and batch size. Best epoch of each over two interleaved "
-            "rounds."
+            "pre-normalised in-memory images and context windows, same model and batch size. Best epoch of each "
+            "over two interleaved rounds."
         ),
         "",
         "| config | params | bare loop img/s | s2vec img/s | s2vec / bare | s2vec epoch s |",
@@ -191,7 +223,8 @@ def markdown(rows: list[dict], device: torch.device, command: str) -> str:
     lines += [
         "",
         (
-            "Inference (`embed_shards`, batch 256) and the Delta write of its rows (`write_partition`: the first "
+            "Inference (`pipeline.embed`, batch 256: image and token embeddings as `cell_embeddings` rows) and "
+            "the Delta write of those rows (`write_partition` against the table's spec: the first "
             "write creates the table, the second replaces the region's partition as a re-run does); "
             '"big" = the region\'s images tiled to a bigger region.'
         ),
@@ -253,25 +286,35 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    features = cell_features(extract_cells(PBF, 17), (13, 17), "liechtenstein")
-    rasters = rasterize(features, 13, 17)
-    channels = len(rasters.channels)
-    configs = {"default": MAEConfig(in_channels=channels), "paper": MAEConfig.paper(in_channels=channels)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        write_shards(rasters, workdir / "rasters")
-        shards = open_shards(workdir / "rasters")
-        norm = NormStats.fit(shards.chunks(), shards.channels)
-        data = torch.from_numpy(norm.apply(shards.take(np.arange(len(shards)))))
+        shards = region_shards(workdir / "rasters")
+        every = np.arange(len(shards))
+        norm, context_norm = fit_norms(shards, every)
+        data = torch.from_numpy(norm.apply(shards.take(every)))
+        context = torch.from_numpy(context_norm.apply(shards.take_context(every))) if context_norm else None
         if device.type == "cuda":
             data = data.pin_memory()
+            context = context.pin_memory() if context is not None else None
+        by_name = configs(shards)
         for name in args.configs.split(","):
-            print(f"{name}: {configs[name]}", flush=True)
+            print(f"{name}: {by_name[name]}", flush=True)
             # The big region only for the small model: the paper-scale encoder runs ~50 cells/s on a CPU.
             big = args.big_images if (name == "default" or device.type == "cuda") else 0
             rows.append(
-                measure(name, configs[name], shards, data, args.epochs, args.batch_size, device, workdir, big)
+                measure(
+                    name,
+                    by_name[name],
+                    shards,
+                    data,
+                    context,
+                    args.epochs,
+                    args.batch_size,
+                    device,
+                    workdir,
+                    big,
+                )
             )
     command = "python bench/bench_train.py " + " ".join(sys.argv[1:])
     text = markdown(rows, device, command.strip())
