@@ -5,10 +5,11 @@ one shard process at a time), in the order the asset graph runs them and through
 (`s2vec_core.pipeline`, default `Grid`): extract (sharded as `cell_features` runs it, level 17) ->
 cell_features (13, 15, 17) -> rasters (13 / 17, context ring 2) -> one training epoch of the default
 model -> embeddings (image and token rows, as `cell_embeddings` stores them). Peak RSS is the
-high-water mark after the stage of this process or of its largest finished child (a shard process). From the rates per MB of PBF it prints the
-hours a region of a given size takes with N workers (stages that shard: extract, features, rasters,
-embeddings), an epoch of the default model on one CPU core (measured rate), and an epoch of the
-paper-scale model on one or eight H200s (an estimate from FLOPs at an assumed MFU: no GPU was measured).
+high-water mark after the stage of this process or of its largest finished child (a shard process).
+From the rates per MB of PBF it prints the hours a region of a given size takes with N workers
+(stages that shard: extract, features, rasters, embeddings), an epoch of the default model on one CPU
+core (measured rate), and an epoch of the paper-scale model on one or eight H200s (an estimate from FLOPs
+at an assumed MFU: no GPU was measured).
 
     python bench/bench_stages.py bench/data/liechtenstein-x320.osm.pbf
 """
