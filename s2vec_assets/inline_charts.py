@@ -9,11 +9,15 @@ full-size PNGs stay behind the dialog and in the evaluation report.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 import dagster as dg
 import numpy as np
+
+from s2vec_core import s2
 
 INLINE_LIMIT = 1000
 """Longest markdown value the UI renders in place."""
@@ -72,8 +76,85 @@ def line_chart(
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
         f"<rect width='{width}' height='{height}' fill='white' stroke='#ccc'/>{''.join(lines)}</svg>"
     )
-    uri = "data:image/svg+xml," + quote(svg, safe="=',/:;.-")
-    return _inline(f"![{title}]({uri})\n\n{title} over {n} epochs (y from 0): " + "; ".join(caption))
+    return _inline(
+        f"![{title}]({_svg_uri(svg)})\n\n{title} over {n} epochs (y from 0): " + "; ".join(caption)
+    )
+
+
+def _svg_uri(svg: str) -> str:
+    return "data:image/svg+xml," + quote(svg, safe="=',/:;.-")
+
+
+def cell_map(
+    cell_ids: np.ndarray, values: np.ndarray, title: str, side: int = 32, width: int = 192
+) -> dg.MetadataValue:
+    """Cells binned by centre into a map `side` pixels on its long side (shape kept true at the
+    region's latitude), drawn `width` pixels wide: a scalar per cell in 7 viridis steps (mean per
+    pixel), or an RGB row per cell (float [n, 3] in [0, 1]) in 15 colours. Blank where no cell is."""
+    from PIL import Image
+
+    lat, lng = s2.cell_center(s2.as_uint64(cell_ids))
+    x = (lng - lng.min()) * np.cos(np.radians(lat.mean()))
+    y = lat.max() - lat
+    extent = max(float(x.max()), float(y.max())) or 1.0
+    w, h = (max(1, round(side * float(v.max()) / extent)) for v in (x, y))
+    col = np.minimum((x / extent * side).astype(int), w - 1)
+    row = np.minimum((y / extent * side).astype(int), h - 1)
+    v = np.asarray(values, dtype=float).reshape(len(cell_ids), -1)
+    total, count = np.zeros((h, w, v.shape[1])), np.zeros((h, w, 1))
+    np.add.at(total, (row, col), v)
+    np.add.at(count, (row, col), 1)
+    mean = total / np.maximum(count, 1)
+    if v.shape[1] == 1:
+        image = Image.fromarray(_viridis_steps(mean[..., 0], count[..., 0] > 0), mode="P")
+        image.putpalette(_VIRIDIS_PALETTE)
+    else:
+        rgb = np.where(count > 0, np.clip(mean, 0, 1) * 255, 255).astype(np.uint8)
+        image = Image.fromarray(rgb, mode="RGB").quantize(colors=15)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True, bits=4)  # 16 colours at most: 4 bits a pixel
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    scale = max(1, width // max(w, h))
+    svg = (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{w * scale}' height='{h * scale}'>"
+        f"<image width='{w * scale}' height='{h * scale}' style='image-rendering:pixelated' "
+        f"href='data:image/png;base64,{png}'/></svg>"
+    )
+    return _inline(f"![map]({_svg_uri(svg)})\n\n{title}")
+
+
+def _viridis_steps(values: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """Palette index per pixel: 0 blank, 1-7 the value's step from the lowest to the highest."""
+    lo, hi = float(values[filled].min()), float(values[filled].max())
+    steps = 1 + np.round((values - lo) / ((hi - lo) or 1.0) * 6)
+    return np.where(filled, steps, 0).astype(np.uint8)
+
+
+# White, then 7 steps of viridis (dark blue -> yellow), padded to PIL's 256-entry palette.
+_VIRIDIS_PALETTE = [
+    255,
+    255,
+    255,
+    68,
+    1,
+    84,
+    68,
+    57,
+    131,
+    49,
+    104,
+    142,
+    33,
+    145,
+    140,
+    53,
+    183,
+    121,
+    143,
+    215,
+    68,
+]
+_VIRIDIS_PALETTE += [253, 231, 37] + [0] * (768 - 24)
 
 
 def bar_chart(values: Mapping[str, float], title: str, width: int = 24) -> dg.MetadataValue:

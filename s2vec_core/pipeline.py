@@ -41,13 +41,16 @@ def extract(
     workers: int | None = None,
     target_bytes: int = shards.TARGET_SHARD_BYTES,
     stats: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """The long (cell, channel, value) rows at `level` of the cells whose centre lies in `bbox`.
 
     Sharded as `cell_features` runs it: a PBF above `target_bytes` is split and its shards extracted by up
     to `workers` processes, a smaller one read whole. `stats` gets the extraction's counts and
-    `cells_outside_bbox`."""
-    pixels = shards.extract_sharded(pbf, level, workers, stats, target_bytes=target_bytes)
+    `cells_outside_bbox`; `on_progress(shards done, shards)` follows the extraction."""
+    pixels = shards.extract_sharded(
+        pbf, level, workers, stats, target_bytes=target_bytes, on_progress=on_progress
+    )
     clipped = bboxes.clip(pixels, bbox)
     if stats is not None:
         stats["cells_outside_bbox"] = int(pixels["cell_id"].n_unique() - clipped["cell_id"].n_unique())
@@ -62,11 +65,12 @@ def features(
     workers: int | None = None,
     target_bytes: int = shards.TARGET_SHARD_BYTES,
     stats: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """The region's `cell_features` rows at `levels`: extracted at the finest (`extract`), summed up to
     the coarser ones."""
     levels = sorted(set(levels))
-    pixels = extract(pbf, levels[-1], bbox, workers, target_bytes, stats)
+    pixels = extract(pbf, levels[-1], bbox, workers, target_bytes, stats, on_progress)
     return cell_features(pixels, levels, region)
 
 

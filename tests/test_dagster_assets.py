@@ -167,7 +167,8 @@ def test_each_region_materialises_with_metadata_and_passing_checks(materialized,
         assert described[channel] and described[channel].endswith(CHANNELS[0].description)
         preview_rows = features["preview"].value.splitlines()[2:]
         assert preview_rows and all(set(r.split("|")[3:-1]) != {" 0 "} for r in preview_rows)
-        assert "data:image/png;base64," in features["map"].value
+        assert "data:image/png;base64," in features["map_png"].value
+        assert "data:image/svg+xml," in features["map"].value and len(features["map"].value) < 1000
         assert sorted(rows["level"].unique()) == list(Grid().feature_levels)
     # The runs were recorded in the temporary DAGSTER_HOME's SQLite storage.
     assert instance.get_runs_count() >= len(REGIONS)

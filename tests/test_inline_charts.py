@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from s2vec_assets.inline_charts import INLINE_LIMIT, bar_chart, line_chart
+from s2vec_assets.inline_charts import INLINE_LIMIT, bar_chart, cell_map, line_chart
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -46,3 +46,27 @@ def test_bars_are_sorted_signed_and_scaled_to_the_largest():
 def test_a_chart_too_long_to_show_inline_is_refused():
     with pytest.raises(ValueError, match="inline"):
         bar_chart({f"feature_set_{i}": i / 40 for i in range(40)}, "too many")
+
+
+def test_a_cell_map_keeps_the_region_shape_and_marks_the_busy_cells():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from s2vec_core import s2
+
+    # A 12 x 24 block of level-14 cells (twice as tall as wide), busiest in its top row.
+    lat, lng = np.meshgrid(np.linspace(47.00, 47.24, 24), np.linspace(9.50, 9.68, 12), indexing="ij")
+    cells = np.unique(s2.latlng_to_cell_id(lat.ravel(), lng.ravel(), 14))
+    clat, _ = s2.cell_center(cells)
+    values = (clat > 47.23).astype(float)
+    md = cell_map(cells, values, "busy north").value
+    assert len(md) < INLINE_LIMIT and md.endswith("busy north")
+    png = _svg(md).find(f"{SVG}image").get("href").split("base64,")[1]
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"))
+    h, w, _ = image.shape
+    assert max(h, w) == 32 and 1.5 < h / w < 3
+    # Yellow (the highest viridis step) only in the top rows.
+    yellow = (image[..., 0] > 200) & (image[..., 1] > 200) & (image[..., 2] < 100)
+    assert yellow[:3].any() and not yellow[6:].any()

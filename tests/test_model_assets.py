@@ -90,6 +90,10 @@ def test_rasters_model_embeddings(world):
     assert meta["model_version"].value == sha256_file(checkpoint)
     assert meta["device"].value == "cpu" and meta["epochs"].value == TINY["epochs"]
     assert meta["regions"].value == [REGION] and "data:image/png;base64," in meta["loss_curve"].value
+    # The curves the asset page draws in place: under the UI's inline limit, one SVG line per series.
+    for key, lines in (("loss_chart", 1), ("holdout_chart", 2)):
+        chart = meta[key].value
+        assert chart.startswith("![") and len(chart) < 1000 and chart.count("%3Cpolyline") == lines, key
     assert defs.resolve_assets_def("mae_model").op.pool == "gpu"
     # Progress in the run's log: one line per epoch with the rate and what is left.
     progress = [e.user_message for e in world[2].all_logs(model.run_id) if "images/s" in e.user_message]

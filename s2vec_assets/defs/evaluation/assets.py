@@ -31,6 +31,7 @@ from s2vec_core import artifacts, raster, registry
 from s2vec_core import evaluation_run as er
 from s2vec_core.catalog import CROSS_REGION_SCOPE
 from s2vec_core.evaluate import r2_table, raw_channel_totals, verdicts
+from s2vec_core.evaluation_plots import embedding_rgb
 from s2vec_core.evaluation_report import data_uri, learning_curve_table, write_report
 from s2vec_core.grid import Grid
 from s2vec_core.tables import CELL_EMBEDDINGS, EVALUATION_METRICS
@@ -227,6 +228,7 @@ def _publish(
     intro: str,
     curves=None,
     skipped: dict[str, str] | None = None,
+    inline: dict[str, dg.MetadataValue] | None = None,
 ) -> dg.MaterializeResult:
     metrics = result.metrics
     verdict_lines = verdicts(metrics, result.n_blocks)
@@ -277,7 +279,7 @@ def _publish(
         context.log.warning(f"{scope}: target {task} not scored: {why}")
     for model in metrics["model"].unique(maintain_order=True).to_list():
         meta[f"r2_{model}"] = dg.MetadataValue.md(markdown_table(r2_table(metrics, model), max_rows=50))
-    meta.update(r2_bars(metrics))
+    meta.update(r2_bars(metrics), **(inline or {}))
     for caption, png in plots.items():
         key = "plot_" + "".join(c if c.isalnum() else "_" for c in caption.lower()).strip("_")[:60]
         meta[key] = dg.MetadataValue.md(f"![{caption}]({data_uri(png)})")
@@ -365,7 +367,29 @@ def evaluation_report(
         intro += "\n\n" + PROXY_NOTE
     plots = er.report_plots(result, sets, curves=curves)
     title = f"s2vec evaluation: {region}"
-    return _publish(context, config, warehouse, region, title, result, plots, intro, curves, skipped)
+    return _publish(
+        context,
+        config,
+        warehouse,
+        region,
+        title,
+        result,
+        plots,
+        intro,
+        curves,
+        skipped,
+        _inline_map(region, sets),
+    )
+
+
+def _inline_map(region: str, sets: dict[str, pl.DataFrame]) -> dict[str, dg.MetadataValue]:
+    """The best representation's map as the asset page draws it in place (the PNG needs a click)."""
+    best = er.S2VEC if er.S2VEC in sets else "raw"
+    if best not in sets or sets[best].height == 0:
+        return {}
+    rgb = embedding_rgb(sets[best].drop("cell_id").to_numpy())
+    title = f"{region}: {best} per image cell, first 3 principal components as RGB"
+    return {"map": inline_charts.cell_map(sets[best]["cell_id"].to_numpy(), rgb, title)}
 
 
 @dg.asset(

@@ -11,11 +11,14 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
+from s2vec_assets import inline_charts
+
 # Other domains' assets are imported as modules, so the defs loader finds each definition once.
 from s2vec_assets.defs.osm import assets as osm_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
+from s2vec_assets.progress import ProgressLog
 from s2vec_assets.provenance import commit_info
 from s2vec_core import features, pipeline, s2, shards
 from s2vec_core.grid import MAX_LEVEL, Grid
@@ -83,9 +86,17 @@ def cell_features(
     path = osm_source.resolve(region)
     box = osm_source.region(region).bbox
     stats: dict[str, int] = {}
+    progress = ProgressLog(context.log, f"{region}: extraction", 0, "shards")
     try:
         df = pipeline.features(
-            path, region, config.levels, box, config.shard_workers, int(config.shard_mb * 2**20), stats
+            path,
+            region,
+            config.levels,
+            box,
+            config.shard_workers,
+            int(config.shard_mb * 2**20),
+            stats,
+            progress,
         )
     except shards.ShardError as e:
         raise dg.Failure(f"{region}: {e}") from e
@@ -125,7 +136,13 @@ def cell_features(
         extract_stats=dg.MetadataValue.json(stats),
     )
     if df.height:
-        metadata["map"] = png_markdown(_density_map(df, region), alt=f"{region} features")
+        level, cells, counts = _map_cells(df)
+        metadata["map"] = inline_charts.cell_map(
+            cells, np.log1p(counts), f"{region}: tagged objects per level-{level} cell (log scale)"
+        )
+        metadata["map_png"] = png_markdown(
+            _density_map(level, cells, counts, region), alt=f"{region} features"
+        )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -181,17 +198,25 @@ def _refuse_before_write(
     raise dg.Failure(description=text, metadata=metadata)
 
 
-def _density_map(df: pl.DataFrame, region: str):
-    """Tagged objects per cell, drawn as cell polygons at the finest level that stays legible."""
+def _map_cells(df: pl.DataFrame) -> tuple[int, np.ndarray, np.ndarray]:
+    """(level, cell ids, tagged objects per cell) at the finest level a map of the region keeps legible."""
+    per_level = df.group_by("level").len().sort("level")
+    legible = per_level.filter(pl.col("len") <= MAP_MAX_CELLS)["level"]
+    level = int(legible[-1] if len(legible) else per_level["level"][0])
+    cells = df.filter(pl.col("level") == level)
+    return (
+        level,
+        cells["cell_id"].to_numpy(),
+        cells.select(pl.sum_horizontal(_COUNT_CHANNELS)).to_series().to_numpy(),
+    )
+
+
+def _density_map(level: int, cells: np.ndarray, counts: np.ndarray, region: str):
+    """Tagged objects per cell, drawn as cell polygons."""
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
-    per_level = df.group_by("level").len().sort("level")
-    legible = per_level.filter(pl.col("len") <= MAP_MAX_CELLS)["level"]
-    level = legible[-1] if len(legible) else per_level["level"][0]
-    cells = df.filter(pl.col("level") == level)
-    lat, lng = s2.cell_vertices(cells["cell_id"].to_numpy())
-    counts = cells.select(pl.sum_horizontal(_COUNT_CHANNELS)).to_series().to_numpy()
+    lat, lng = s2.cell_vertices(cells)
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     polys = PolyCollection(

@@ -321,7 +321,7 @@ def mae_model(
             "losses": dg.MetadataValue.json([round(x, 6) for x in result.losses]),
             "first_loss": float(result.losses[0]),
             "final_loss": float(result.losses[-1]),
-            "loss_chart": loss_chart(result),
+            **loss_charts(result),
             "loss_curve": png_markdown(_loss_curve(result), alt="training loss"),
             "stopped_early": result.stopped_early,
             "holdout_images": dg.MetadataValue.int(
@@ -395,13 +395,20 @@ def _holdout_series(result: "train.TrainResult") -> dict[str, list[float]]:
     }
 
 
-def loss_chart(result: "train.TrainResult") -> dg.MetadataValue:
-    """The loss curves as a chart the asset page draws in place (the PNG `loss_curve` needs a click)."""
-    return inline_charts.line_chart(
-        {"training (total)": result.losses, **_holdout_series(result)},
-        "MAE loss",
-        dashed=frozenset({"mean-of-visible predictor"}),
-    )
+def loss_charts(result: "train.TrainResult") -> dict[str, dg.MetadataValue]:
+    """The loss curves as charts the asset page draws in place (the PNG `loss_curve` needs a click):
+    training loss alone, and held-out reconstruction against the mean-of-visible predictor on one axis
+    (the training total adds the summary and layout terms, on another scale)."""
+    charts = {
+        "loss_chart": inline_charts.line_chart({"training (total)": result.losses}, "MAE training loss")
+    }
+    if result.holdout:
+        charts["holdout_chart"] = inline_charts.line_chart(
+            _holdout_series(result),
+            "Held-out masked loss",
+            dashed=frozenset({"mean-of-visible predictor"}),
+        )
+    return charts
 
 
 def _loss_curve(result: "train.TrainResult"):
