@@ -34,44 +34,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = ROOT / "bench" / "peers" / "rusage_wrap.py"
+PEER_WORKERS = ROOT / "bench" / "peers" / "workers"
 
 
 def worker(tool: str, pbf: str, level: int) -> dict:
     """Runs inside the subprocess: one tool on one file; returns what it counted and its wall."""
-    import osmium
-
-    from s2vec_core.taxonomy import FILTER_KEYS
-
-    t0 = time.perf_counter()
     if tool == "peer":
+        from s2vec_core.taxonomy import FILTER_KEYS
 
-        class Centroids(osmium.SimpleHandler):
-            def __init__(self) -> None:
-                super().__init__()
-                self.points: list[tuple[float, float]] = []
-                self.relations = 0
+        sys.path.insert(0, str(PEER_WORKERS))
+        from pyosmium_centroids import count_tagged_objects
 
-            def node(self, n) -> None:
-                self.points.append((n.location.lon, n.location.lat))
-
-            def way(self, w) -> None:
-                xs = ys = 0.0
-                k = 0
-                for nd in w.nodes:
-                    loc = nd.location
-                    if loc.valid():
-                        xs += loc.lon
-                        ys += loc.lat
-                        k += 1
-                if k:
-                    self.points.append((xs / k, ys / k))
-
-            def relation(self, r) -> None:
-                self.relations += 1
-
-        h = Centroids()
-        h.apply_file(pbf, locations=True, filters=[osmium.filter.KeyFilter(*FILTER_KEYS)])
-        return {"wall_s": time.perf_counter() - t0, "tagged_objects": len(h.points) + h.relations}
+        t0 = time.perf_counter()
+        tagged = count_tagged_objects(pbf, list(FILTER_KEYS))
+        return {"wall_s": time.perf_counter() - t0, "tagged_objects": tagged}
+    t0 = time.perf_counter()
     from s2vec_core import osm
 
     stats: dict = {}
@@ -79,12 +56,8 @@ def worker(tool: str, pbf: str, level: int) -> dict:
     return {"wall_s": time.perf_counter() - t0, "rows": df.height, "stats": stats}
 
 
-def run_one(tool: str, pbf: Path, level: int) -> dict:
-    if tool == "osmium-export":
-        # osmium-tool's C++ GeoJSON export (tagged objects, areas assembled), written to /dev/null.
-        cmd = ["osmium", "export", "-f", "geojsonseq", "-o", "/dev/null", "--overwrite", str(pbf)]
-    else:
-        cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
+def run_measured(cmd: list[str], what: str) -> tuple[bytes, dict]:
+    """`cmd` under the rusage wrapper (so its peak RSS does not start at ours): its stdout and usage."""
     with tempfile.TemporaryDirectory() as tmp:
         usage_path = Path(tmp) / "usage.json"
         proc = subprocess.run(
@@ -94,9 +67,18 @@ def run_one(tool: str, pbf: Path, level: int) -> dict:
             cwd=ROOT,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"{tool} failed with exit {proc.returncode}")
-        usage = json.loads(usage_path.read_text())
-    res = json.loads(proc.stdout) if tool != "osmium-export" else {"wall_s": usage["wall_s"]}
+            raise RuntimeError(f"{what} failed with exit {proc.returncode}")
+        return proc.stdout, json.loads(usage_path.read_text())
+
+
+def run_one(tool: str, pbf: Path, level: int) -> dict:
+    if tool == "osmium-export":
+        # osmium-tool's C++ GeoJSON export (tagged objects, areas assembled), written to /dev/null.
+        cmd = ["osmium", "export", "-f", "geojsonseq", "-o", "/dev/null", "--overwrite", str(pbf)]
+    else:
+        cmd = [sys.executable, __file__, str(pbf), "--level", str(level), "--worker", tool]
+    stdout, usage = run_measured(cmd, tool)
+    res = json.loads(stdout) if tool != "osmium-export" else {"wall_s": usage["wall_s"]}
     res["process_wall_s"] = usage["wall_s"]
     res["peak_rss_mb"] = max(usage["maxrss_kib"], usage["tree_rss_kib"]) / 1024  # Linux: KiB
     # CPU seconds (user + sys, all threads and waited-for helpers): steadier than wall on a shared machine.

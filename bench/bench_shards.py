@@ -36,7 +36,6 @@ import tile_pbf
 
 SOURCE = ROOT / "data" / "osm" / "liechtenstein-2013-08-03.osm.pbf"
 CACHE = Path("/tmp/s2vec-tiles")
-WRAPPER = ROOT / "bench" / "peers" / "rusage_wrap.py"
 
 
 def wide_offsets(bbox: list[float], copies: int) -> list[tuple[float, float]]:
@@ -155,18 +154,8 @@ def run_one(tool: str, pbf: Path, args: argparse.Namespace) -> dict:
             "--target-mb",
             str(args.target_mb),
         ]
-    with tempfile.TemporaryDirectory() as tmp:
-        usage_path = Path(tmp) / "usage.json"
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", str(WRAPPER), str(usage_path), *cmd],
-            check=False,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{tool} on {pbf} failed with exit {proc.returncode}")
-        usage = json.loads(usage_path.read_text())
-    res = json.loads(proc.stdout)
+    stdout, usage = bench_extract.run_measured(cmd, f"{tool} on {pbf}")
+    res = json.loads(stdout)
     res["largest_process_mb"] = usage["maxrss_kib"] / 1024
     res["all_processes_mb"] = max(usage["maxrss_kib"], usage["tree_rss_kib"]) / 1024
     res["cpu_s"] = usage["cpu_s"]

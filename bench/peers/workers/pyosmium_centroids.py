@@ -36,8 +36,15 @@ class Centroids(osmium.SimpleHandler):
         self.relations += 1
 
 
-j = job()
-t0 = time.perf_counter()
-h = Centroids()
-h.apply_file(j["pbf"], locations=True, filters=[osmium.filter.KeyFilter(*j["filter_keys"])])
-report({"work_s": time.perf_counter() - t0, "tagged_objects": len(h.points) + h.relations})
+def count_tagged_objects(pbf: str, filter_keys: list[str]) -> int:
+    """Shared with bench/bench_extract.py's peer, so both benches measure the same floor."""
+    h = Centroids()
+    h.apply_file(pbf, locations=True, filters=[osmium.filter.KeyFilter(*filter_keys)])
+    return len(h.points) + h.relations
+
+
+if __name__ == "__main__":
+    j = job()
+    t0 = time.perf_counter()
+    tagged = count_tagged_objects(j["pbf"], j["filter_keys"])
+    report({"work_s": time.perf_counter() - t0, "tagged_objects": tagged})
