@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 import polars as pl
 
 from s2vec_core import osm
+from s2vec_core.osm.extract import run_or_exit, save_folded, watch_parent
 from s2vec_core.s2 import (
     _cell_uv_bounds,
     _face_uv_to_xyz,
@@ -292,29 +292,15 @@ def _shard_worker(level: str, parent: str) -> None:
     owner, out): the owned objects' summed (key, value) rows and stats to files at `out`, then "done" on
     stdout; one process serves many shards, so the interpreter starts once per worker, not per shard.
     An unreadable file exits with status 3 and the message on stderr. Exits too once its parent is gone."""
-
-    def exit_with_parent() -> None:
-        while os.getppid() == int(parent):
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
+    watch_parent(int(parent))
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to the error file, not into the replies
     for line in sys.stdin:
         job = json.loads(line)
         ex = osm.Extractor(int(level), Owner(tuple(job["cells"]), job["rest"]))
-        try:
-            ex.run(Path(job["path"]), "all")
-        except RuntimeError as e:
-            sys.stderr.write(f"{job['path']}: unreadable OSM file ({e})")
-            sys.exit(3)
-        key, values = ex.agg.folded()
-        np.save(f"{job['out']}.key.npy", key)
-        np.save(f"{job['out']}.value.npy", values)
-        stats = {k: v - ex.dropped.get(k, 0) for k, v in ex.stats.items()}
-        Path(f"{job['out']}.stats.json").write_text(json.dumps(stats))
-        del ex, key, values  # before the next shard is read: memory stays that of one shard
+        run_or_exit(ex, Path(job["path"]), "all")
+        save_folded(ex, job["out"], {k: v - ex.dropped.get(k, 0) for k, v in ex.stats.items()})
+        del ex  # before the next shard is read: memory stays that of one shard
         reply.write("done\n")
         reply.flush()
 

@@ -269,27 +269,44 @@ def _start_area_worker(path: Path, level: int, out: Path) -> subprocess.Popen:
         )
 
 
-def _area_worker(path: str, level: str, out: str, parent: str) -> None:
-    """Entry point of the area worker process: summed (key, value) rows and stats to files at `out`; an
-    unreadable file exits with status 3 and the message on stderr. It exits too once
-    `parent` (the caller's pid) is no longer its parent: a caller killed outright cannot stop it."""
+def watch_parent(parent: int) -> None:
+    """Exits this worker process once `parent` (the caller's pid) is no longer its parent: a caller
+    killed outright cannot stop it."""
 
     def exit_with_parent() -> None:
-        while os.getppid() == int(parent):
+        while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=exit_with_parent, daemon=True).start()
-    ex = Extractor(int(level))
+
+
+def run_or_exit(ex: Extractor, path: Path, part: str) -> None:
+    """`ex.run` in a worker process: an unreadable file exits with status 3 and the message on stderr,
+    which the caller raises as OSMFileError."""
     try:
-        ex.run(Path(path), "areas")
+        ex.run(path, part)
     except RuntimeError as e:
         sys.stderr.write(f"{path}: unreadable OSM file ({e})")
         sys.exit(3)
+
+
+def save_folded(ex: Extractor, out: str, stats: dict) -> None:
+    """A worker's summed (key, value) rows and `stats` to the files at `out` the caller reads back."""
     key, values = ex.agg.folded()
     np.save(f"{out}.key.npy", key)
     np.save(f"{out}.value.npy", values)
-    Path(f"{out}.stats.json").write_text(json.dumps(ex.stats))
+    Path(f"{out}.stats.json").write_text(json.dumps(stats))
+
+
+def _area_worker(path: str, level: str, out: str, parent: str) -> None:
+    """Entry point of the area worker process: summed (key, value) rows and stats to files at `out`; an
+    unreadable file exits with status 3 and the message on stderr. It exits too once
+    `parent` (the caller's pid) is no longer its parent: a caller killed outright cannot stop it."""
+    watch_parent(int(parent))
+    ex = Extractor(int(level))
+    run_or_exit(ex, Path(path), "areas")
+    save_folded(ex, out, ex.stats)
 
 
 def _finish_area_worker(proc: subprocess.Popen, path: Path, out: Path, ex: Extractor) -> None:
