@@ -15,18 +15,15 @@ Prints both wall times and the ratio UI / script (goal <= 1.5 with the default i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from s2vec_assets import webserver
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,22 +63,6 @@ def _home(root: Path, name: str) -> dict[str, str]:
     }
 
 
-def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def time_script(env: dict[str, str], log: Path) -> tuple[float, int]:
     """(wall seconds, exit status) of `s2vec run`; a failing stage stops it, as it stops `make run`."""
     started = time.perf_counter()
@@ -107,53 +88,29 @@ def _runs(home: str) -> list[tuple[str, str, float]]:
 
 def time_ui(env: dict[str, str], log: Path, timeout_s: float) -> tuple[float, float, str]:
     """(seconds from backfill launch to its end, dagster dev start-up seconds, final status)."""
-    port = _free_port()
     started = time.perf_counter()
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            while True:  # the webserver up and the code location loaded
-                if server.poll() is not None:
-                    sys.exit(f"dagster dev exited (rc {server.returncode}), see {log}")
-                try:
-                    nodes = _graphql(port, ASSETS).get("data", {}).get("assetNodes")
-                    if nodes:
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                time.sleep(1)
-            startup = time.perf_counter() - started
-            params = {
-                "assetSelection": [{"path": n["assetKey"]["path"]} for n in nodes],
-                "allPartitions": True,
-            }
-            launched = time.perf_counter()
-            answer = _graphql(port, LAUNCH, {"params": params})["data"]["launchPartitionBackfill"]
-            if answer["__typename"] != "LaunchBackfillSuccess":
-                sys.exit(f"backfill not launched: {answer}")
-            backfill = answer["backfillId"]
-            status = None
-            while time.perf_counter() - launched < timeout_s:
-                state = _graphql(port, STATUS, {"id": backfill})["data"]["partitionBackfillOrError"]
-                status = state.get("status")
-                if status in DONE:
-                    break
-                time.sleep(1)
-            return time.perf_counter() - launched, startup, str(status)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # dagster dev can hang on shutdown: the group goes anyway
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+    with webserver.serving(
+        [str(BIN / "dagster"), "dev"], env, REPO, log, webserver.has_assets, timeout_s
+    ) as port:
+        startup = time.perf_counter() - started
+        nodes = webserver.graphql(port, ASSETS)["data"]["assetNodes"]
+        params = {
+            "assetSelection": [{"path": n["assetKey"]["path"]} for n in nodes],
+            "allPartitions": True,
+        }
+        launched = time.perf_counter()
+        answer = webserver.graphql(port, LAUNCH, {"params": params})["data"]["launchPartitionBackfill"]
+        if answer["__typename"] != "LaunchBackfillSuccess":
+            sys.exit(f"backfill not launched: {answer}")
+        backfill = answer["backfillId"]
+        status = None
+        while time.perf_counter() - launched < timeout_s:
+            state = webserver.graphql(port, STATUS, {"id": backfill})["data"]["partitionBackfillOrError"]
+            status = state.get("status")
+            if status in DONE:
+                break
+            time.sleep(1)
+        return time.perf_counter() - launched, startup, str(status)
 
 
 def main(argv: list[str] | None = None) -> int:

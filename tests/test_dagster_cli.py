@@ -1,21 +1,16 @@
 """The Dagster entry points a user types: the `dagster asset materialize` CLI and the webserver."""
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
+from s2vec_assets import webserver
 from s2vec_assets.definitions import defs as load_defs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,65 +86,13 @@ def test_s2vec_executor_multiprocess_runs_each_step_in_a_subprocess(env):
     assert workers == 1 and len(step_pids) == 1 and run_pid not in step_pids
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_webserver_serves_the_asset_graph_over_graphql(env, tmp_path):
-    port = _free_port()
-    log = (tmp_path / "webserver.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(BIN / "dagster-webserver"),
-            "-w",
-            str(REPO / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    query = "{ assetNodes { assetKey { path } partitionKeys hasAssetChecks } }"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
-            try:
-                answer = _graphql(port, query)
-                if answer.get("data", {}).get("assetNodes"):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "webserver did not answer in time"
-            time.sleep(2)
-        nodes = {"/".join(n["assetKey"]["path"]): n for n in answer["data"]["assetNodes"]}
-        assert {"osm_extract", "cell_features"} <= set(nodes)
-        assert set(nodes["cell_features"]["partitionKeys"]) >= {"liechtenstein", "monaco"}
-        assert nodes["cell_features"]["hasAssetChecks"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    command = [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml")]
+    with webserver.serving(command, env, REPO, tmp_path / "webserver.log", webserver.has_assets, 240) as port:
+        answer = webserver.graphql(port, "{ assetNodes { assetKey { path } partitionKeys hasAssetChecks } }")
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in answer["data"]["assetNodes"]}
+    assert {"osm_extract", "cell_features"} <= set(nodes)
+    assert set(nodes["cell_features"]["partitionKeys"]) >= {"liechtenstein", "monaco"}
+    assert nodes["cell_features"]["hasAssetChecks"]

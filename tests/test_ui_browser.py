@@ -7,17 +7,14 @@ Screenshots go to `test-artifacts/ui/` (git-ignored).
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from s2vec_assets import webserver
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = [
@@ -49,12 +46,6 @@ CHROME_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """`dagster dev` on a free port over a one-region catalog; yields (url, env); always terminated."""
@@ -72,38 +63,9 @@ def dagster_dev(tmp_path_factory):
         "S2VEC_REPORTS": str(tmp / "reports"),
     }
     env.pop("S2VEC_EXECUTOR", None)
-    port = _free_port()
-    log_path = tmp / "dagster_dev.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: webserver, daemon and code server go together
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 150
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
-                        if response.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, "dagster dev did not answer in time"
-                time.sleep(1)
-            yield url, env
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+    command = [str(BIN / "dagster"), "dev"]
+    with webserver.serving(command, env, REPO, tmp / "dagster_dev.log", webserver.answers, 150) as port:
+        yield f"http://{webserver.HOST}:{port}", env
 
 
 @pytest.fixture(scope="module")
