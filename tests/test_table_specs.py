@@ -118,7 +118,8 @@ def test_every_column_of_every_table_is_described_in_dagster():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> str:
     """A small warehouse of all four tables, written by the pipeline's own code paths."""
-    from s2vec_assets.defs.model.assets import embeddings_facts, embeddings_rows
+    from s2vec_assets.defs.model.assets import embeddings_facts
+    from s2vec_core.pipeline import embeddings_rows
 
     root = tmp_path_factory.mktemp("warehouse")
     rng = np.random.default_rng(0)

@@ -42,7 +42,6 @@ from s2vec_core.grid import Grid, check_image_levels
 from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config, knobs
 
 # Re-exported: tests/test_table_specs.py builds cell_embeddings rows through this module.
-from s2vec_core.pipeline import embeddings_rows  # noqa: F401
 from s2vec_core.tables import CELL_EMBEDDINGS, MODEL_VERSIONS
 from s2vec_core.taxonomy import TAXONOMY_VERSION
 
