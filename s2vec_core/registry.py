@@ -234,4 +234,5 @@ def _write(root: str, rows: pl.DataFrame, commit, storage_options) -> int:
         description=MODEL_VERSIONS.description,
         commit=commit,
         facts=MODEL_VERSIONS.facts(),
+        spec=MODEL_VERSIONS,
     )
