@@ -12,7 +12,7 @@ and a features-only run should not pay for torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,10 +79,23 @@ def rasters(features: pl.DataFrame, grid: Grid = DEFAULT_GRID) -> raster.Rasters
     return raster.rasterize(features, grid.image_level, grid.pixel_level, grid.context_ring)
 
 
+def raster_chunks(
+    features: pl.DataFrame, grid: Grid = DEFAULT_GRID, images_per_chunk: int = raster.SHARD_SIZE
+) -> Iterator[raster.Rasters]:
+    """`rasters` one shard of images at a time (what `raster_tensors` writes): memory holds a chunk."""
+    return raster.rasterize_chunks(
+        features, grid.image_level, grid.pixel_level, grid.context_ring, images_per_chunk
+    )
+
+
 def write_rasters(
-    rasters: raster.Rasters, directory: str | os.PathLike, region: str, shard_size: int | None = None
+    rasters: raster.Rasters | Iterable[raster.Rasters],
+    directory: str | os.PathLike,
+    region: str,
+    shard_size: int | None = None,
 ) -> pl.DataFrame:
-    """Write `rasters` as the region's shards (stamped with region and taxonomy); returns the index.
+    """Write `rasters` (or its chunks) as the region's shards (stamped with region and taxonomy); returns
+    the index.
     `shard_size` None keeps `raster.write_shards`' own."""
     sizes = {} if shard_size is None else {"shard_size": shard_size}
     return raster.write_shards(

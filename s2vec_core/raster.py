@@ -12,6 +12,7 @@ edges; it is what lets an embedding describe a place's surroundings. Tensors hol
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,9 @@ from s2vec_core.neighbours import gather
 if TYPE_CHECKING:
     import torch
 
+SHARD_SIZE = 4096
+"""Images per shard, and per chunk where rasters are made or read in pieces: ~540 MB of float32 with
+the default grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most a step holds at once."""
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
 
@@ -70,13 +74,31 @@ def rasterize(
     of `context_ring` image cells on each side when > 0).
 
     Uses only rows at `pixel_level`; pixels without a row are zero, so are neighbours outside the region.
+    All images are held at once (~131 KB each with the default grid): `rasterize_chunks` bounds that.
     """
+    return next(
+        rasterize_chunks(cell_features, image_level, pixel_level, context_ring, images_per_chunk=None)
+    )
+
+
+def rasterize_chunks(
+    cell_features: pl.DataFrame,
+    image_level: int,
+    pixel_level: int,
+    context_ring: int = 0,
+    images_per_chunk: int | None = SHARD_SIZE,
+) -> Iterator[Rasters]:
+    """`rasterize` as consecutive runs of at most `images_per_chunk` image cells in cell-id order (None:
+    one run), so a region's images never need to fit in memory together; `write_shards` writes each
+    run as one shard. A chunk's context windows see every cell of the region, not only the chunk's."""
     try:
         check_image_levels(image_level, pixel_level)
     except ValueError as e:
         raise RasterError(str(e)) from None
     if context_ring < 0:
         raise RasterError(f"context_ring must be >= 0, got {context_ring}")
+    if images_per_chunk is not None and images_per_chunk < 1:
+        raise RasterError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
     missing = [c for c in ("level", "cell_id") if c not in cell_features.columns]
     if missing:
         raise RasterError(f"cell_features lacks columns {missing}")
@@ -92,23 +114,28 @@ def rasterize(
     if np.unique(ids).size != ids.size:
         raise RasterError("duplicate pixel cells: rasterise one region at a time")
     values = pixels.select(pl.col(list(channels)).cast(pl.Float32)).to_numpy()
+    del pixels
     if not np.isfinite(values).all():
         raise RasterError("cell_features holds non-finite channel values")
 
     image_ids = np.unique(s2.parent(ids, image_level))
-    tensors = _gather(
-        ids, values, s2.grid_window(image_ids, pixel_level, 0, 1 << (pixel_level - image_level))
-    )
-    context = None
+    side = 1 << (pixel_level - image_level)
     if context_ring:
+        # The context level's sums for the whole region: a chunk's windows reach into its neighbours.
         level = image_level + 1
         per_cell = 1 << (level - image_level)
         coarse, inverse = np.unique(s2.parent(ids, min(level, pixel_level)), return_inverse=True)
         summed = np.zeros((coarse.size, len(channels)), np.float32)
         np.add.at(summed, inverse, values)
-        window = s2.grid_window(image_ids, level, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
-        context = _gather(coarse, summed, window)
-    return Rasters(image_ids, tensors, channels, image_level, pixel_level, context, context_ring)
+    step = images_per_chunk or image_ids.size
+    for start in range(0, image_ids.size, step):
+        chunk = image_ids[start : start + step]
+        tensors = _gather(ids, values, s2.grid_window(chunk, pixel_level, 0, side))
+        context = None
+        if context_ring:
+            window = s2.grid_window(chunk, level, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
+            context = _gather(coarse, summed, window)
+        yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
 
 
 def _gather(ids: np.ndarray, values: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -208,55 +235,68 @@ class NormStats:
 
 
 def write_shards(
-    rasters: Rasters, directory: str | os.PathLike, shard_size: int = 4096, extra_meta: dict | None = None
+    rasters: Rasters | Iterable[Rasters],
+    directory: str | os.PathLike,
+    shard_size: int = SHARD_SIZE,
+    extra_meta: dict | None = None,
 ) -> pl.DataFrame:
     """Write `rasters` as `shard-NNNNN.npy` files (and `context-NNNNN.npy` for the context windows)
     plus an index; replace `directory` atomically.
+
+    `rasters` is one `Rasters` (cut into shards of `shard_size` images) or the chunks of
+    `rasterize_chunks` (one shard each, written as they come: memory holds one chunk). The content
+    hash is the same either way when the chunks have `shard_size` images.
 
     Returns the index (cell_id Int64, token, shard, row). The new directory is built beside the old
     one and swapped in, so a failed write leaves the previous shards readable.
     """
     if shard_size < 1:
         raise RasterError(f"shard_size must be >= 1, got {shard_size}")
-    n = rasters.image_ids.size
-    if n == 0:
-        raise RasterError("no images to write")
+    chunks = _shard_slices(rasters, shard_size) if isinstance(rasters, Rasters) else iter(rasters)
     directory = Path(directory)
     leftovers.sweep(directory)
     tmp = leftovers.temporary_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    starts = range(0, n, shard_size)
-    names = [f"shard-{s // shard_size:05d}.npy" for s in starts]
     digest = hashlib.sha256()
-    for start, name in zip(starts, names):
-        block = np.ascontiguousarray(rasters.tensors[start : start + shard_size])
-        np.save(tmp / name, block)
-        digest.update(block.data)
-        if rasters.context is not None:
-            block = np.ascontiguousarray(rasters.context[start : start + shard_size])
-            np.save(tmp / _context_name(name), block)
-            digest.update(block.data)
-    rows = np.arange(n)
+    ids, names, rows, first = [], [], [], None
+    try:
+        for number, chunk in enumerate(chunks):  # chunks may still be made here, and fail
+            first = first or chunk
+            name = f"shard-{number:05d}.npy"
+            for array, path in ((chunk.tensors, tmp / name), (chunk.context, tmp / _context_name(name))):
+                if array is not None:
+                    block = np.ascontiguousarray(array)
+                    np.save(path, block)
+                    digest.update(block.data)
+            ids.append(chunk.image_ids)
+            names.append(np.full(chunk.image_ids.size, name))
+            rows.append(np.arange(chunk.image_ids.size))
+        if first is None or not sum(i.size for i in ids):
+            raise RasterError("no images to write")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    image_ids = np.concatenate(ids)
     index = pl.DataFrame(
         {
-            "cell_id": pl.Series(s2.as_int64(rasters.image_ids), dtype=pl.Int64),
-            "token": pl.Series(s2.to_token(rasters.image_ids), dtype=pl.String),
-            "shard": pl.Series(np.asarray(names)[rows // shard_size], dtype=pl.String),
-            "row": pl.Series(rows % shard_size, dtype=pl.Int32),
+            "cell_id": pl.Series(s2.as_int64(image_ids), dtype=pl.Int64),
+            "token": pl.Series(s2.to_token(image_ids), dtype=pl.String),
+            "shard": pl.Series(np.concatenate(names), dtype=pl.String),
+            "row": pl.Series(np.concatenate(rows), dtype=pl.Int32),
         }
     )
     index.write_parquet(tmp / INDEX_FILE)
     meta = {
-        "channels": list(rasters.channels),
-        "image_level": rasters.image_level,
-        "pixel_level": rasters.pixel_level,
-        "shape": list(rasters.tensors.shape[1:]),
-        "images": n,
-        "context_ring": rasters.context_ring,
-        "context_shape": list(rasters.context.shape[1:]) if rasters.context is not None else None,
+        "channels": list(first.channels),
+        "image_level": first.image_level,
+        "pixel_level": first.pixel_level,
+        "shape": list(first.tensors.shape[1:]),
+        "images": int(image_ids.size),
+        "context_ring": first.context_ring,
+        "context_shape": list(first.context.shape[1:]) if first.context is not None else None,
         # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
-        "sha256": hashlib.sha256(digest.digest() + rasters.image_ids.tobytes()).hexdigest(),
+        "sha256": hashlib.sha256(digest.digest() + image_ids.tobytes()).hexdigest(),
         **(extra_meta or {}),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -266,6 +306,15 @@ def write_shards(
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+def _shard_slices(rasters: Rasters, shard_size: int) -> Iterator[Rasters]:
+    for start in range(0, rasters.image_ids.size, shard_size):
+        cut = slice(start, start + shard_size)
+        context = rasters.context[cut] if rasters.context is not None else None
+        yield dataclasses.replace(
+            rasters, image_ids=rasters.image_ids[cut], tensors=rasters.tensors[cut], context=context
+        )
 
 
 def _context_name(shard_name: str) -> str:
@@ -313,7 +362,7 @@ class ShardSet:
             out[sel[order]] = arrays[s][local[order]]
         return out
 
-    def chunks(self, size: int = 4096, context: bool = False) -> Iterator[np.ndarray]:
+    def chunks(self, size: int = SHARD_SIZE, context: bool = False) -> Iterator[np.ndarray]:
         """Consecutive blocks of at most `size` tensors (or context windows) in global row order."""
         take = self.take_context if context else self.take
         for start in range(0, len(self), size):

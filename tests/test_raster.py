@@ -11,7 +11,7 @@ import s2sphere
 import torch
 
 from s2vec_core import s2
-from s2vec_core.raster import NormStats, RasterError, open_shards, rasterize, write_shards
+from s2vec_core.raster import NormStats, RasterError, open_shards, rasterize, rasterize_chunks, write_shards
 
 IMAGE_LEVEL, PIXEL_LEVEL = 10, 13
 K = PIXEL_LEVEL - IMAGE_LEVEL
@@ -205,3 +205,29 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     np.testing.assert_array_equal(two.take(np.array([len(IMAGES)])), r.tensors[:1])
     with pytest.raises(RasterError, match="not a raster shard directory"):
         open_shards(tmp_path)
+
+
+def test_chunks_are_the_whole_rasters_in_pieces_and_write_the_same_shards(pattern, tmp_path):
+    frame, _ = pattern
+    whole = rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2)
+    chunks = list(rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2, images_per_chunk=4))
+    assert [c.image_ids.size for c in chunks] == [4, 4, 1]
+    # Context windows reach into other chunks' cells: each chunk sees the whole region.
+    np.testing.assert_array_equal(np.concatenate([c.image_ids for c in chunks]), whole.image_ids)
+    np.testing.assert_array_equal(np.concatenate([c.tensors for c in chunks]), whole.tensors)
+    np.testing.assert_array_equal(np.concatenate([c.context for c in chunks]), whole.context)
+    streamed = write_shards(
+        rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2, images_per_chunk=4),
+        tmp_path / "s",
+        4,
+    )
+    at_once = write_shards(whole, tmp_path / "w", shard_size=4)
+    assert streamed.equals(at_once)
+    a, b = open_shards(tmp_path / "s"), open_shards(tmp_path / "w")
+    assert a.meta == b.meta
+    np.testing.assert_array_equal(np.concatenate(list(a.chunks(5, context=True))), whole.context)
+    with pytest.raises(RasterError, match="images_per_chunk"):
+        next(rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, images_per_chunk=0))
+    with pytest.raises(RasterError, match="no images"):
+        write_shards(iter(()), tmp_path / "empty")
+    assert not (tmp_path / "empty").exists() and not list(tmp_path.glob(".empty*"))

@@ -69,7 +69,9 @@ class RasterConfig(dg.Config):
         ge=0,
         description="Image cells on each side of the context window (0: none).",
     )
-    shard_size: int = Field(default=4096, ge=1, description="Images per .npy shard.")
+    shard_size: int = Field(
+        default=raster.SHARD_SIZE, ge=1, description="Images per .npy shard, and per chunk made at once."
+    )
 
     @model_validator(mode="after")
     def _image_fits(self) -> "RasterConfig":
@@ -98,46 +100,55 @@ def raster_tensors(
         config.image_level, config.pixel_level, (config.image_level, config.pixel_level), config.context_ring
     )
     pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
-    try:
-        rasters = pipeline.rasters(pixels, grid)
-    except raster.RasterError as e:
-        raise dg.Failure(f"{region}: {e}") from e
     key = artifacts.raster_key(region)
     directory = warehouse.artifacts.local(key)
-    index = pipeline.write_rasters(rasters, directory, region, config.shard_size)
+    try:
+        # One shard of images in memory at a time, written as it is made.
+        chunks = pipeline.raster_chunks(pixels, grid, config.shard_size)
+        index = pipeline.write_rasters(chunks, directory, region, config.shard_size)
+    except raster.RasterError as e:
+        raise dg.Failure(f"{region}: {e}") from e
     warehouse.artifacts.publish_dir(key)
-    occupied = (rasters.tensors.sum(axis=1) > 0).mean()
+    shards = raster.open_shards(directory)
+    occupied, busiest = _occupancy(shards)
     return dg.MaterializeResult(
         metadata={
             "dagster/uri": dg.MetadataValue.path(warehouse.artifacts.uri(key)),
             "dagster/row_count": dg.MetadataValue.int(index.height),
             "images": dg.MetadataValue.int(index.height),
-            "tensor_shape": dg.MetadataValue.json(list(rasters.tensors.shape[1:])),
-            "context_shape": dg.MetadataValue.json(
-                list(rasters.context.shape[1:]) if rasters.context is not None else []
-            ),
+            "tensor_shape": dg.MetadataValue.json(shards.meta["shape"]),
+            "context_shape": dg.MetadataValue.json(shards.meta["context_shape"] or []),
             "context_ring": grid.context_ring,
             "shards": dg.MetadataValue.int(index["shard"].n_unique()),
             "image_level": grid.image_level,
             "pixel_level": grid.pixel_level,
-            "occupied_pixel_share": float(occupied),
-            "content_sha256": json.loads((directory / raster.META_FILE).read_text())["sha256"],
+            "occupied_pixel_share": occupied,
+            "content_sha256": shards.meta["sha256"],
             "index_preview": dg.MetadataValue.md(markdown_table(index, 5)),
-            "sample_images": png_markdown(_sample_images(rasters), alt=f"{region} rasters"),
+            "sample_images": png_markdown(_sample_images(shards, busiest), alt=f"{region} rasters"),
         }
     )
 
 
-def _sample_images(rasters: raster.Rasters, count: int = 4):
-    """The busiest images, log1p of all channels summed."""
+def _occupancy(shards: raster.ShardSet, count: int = 4) -> tuple[float, np.ndarray]:
+    """(share of pixels with any object, rows of the `count` busiest images), shard by shard."""
+    occupied, totals = 0, []
+    for chunk in shards.chunks():
+        occupied += int((chunk.sum(axis=1) > 0).sum())
+        totals.append(chunk.sum(axis=(1, 2, 3)))
+    pixels = len(shards) * shards.meta["shape"][1] * shards.meta["shape"][2]
+    return occupied / pixels, np.argsort(-np.concatenate(totals), kind="stable")[:count]
+
+
+def _sample_images(shards: raster.ShardSet, rows: np.ndarray):
+    """The images at `rows`, log1p of all channels summed."""
     from matplotlib.figure import Figure
 
-    totals = rasters.tensors.sum(axis=1)
-    busiest = np.argsort(-totals.sum(axis=(1, 2)))[:count]
-    fig = Figure(figsize=(2.2 * len(busiest), 2.4))
-    for n, i in enumerate(busiest):
-        ax = fig.add_subplot(1, len(busiest), n + 1)
-        ax.imshow(np.log1p(totals[i]), cmap="viridis")
+    totals = shards.take(rows).sum(axis=1)
+    fig = Figure(figsize=(2.2 * len(rows), 2.4))
+    for n, i in enumerate(rows):
+        ax = fig.add_subplot(1, len(rows), n + 1)
+        ax.imshow(np.log1p(totals[n]), cmap="viridis")
         ax.set(title=f"cell {i}", xticks=[], yticks=[], xlabel="j", ylabel="i")
     return fig
 
