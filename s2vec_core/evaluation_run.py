@@ -7,8 +7,9 @@ synthetic world are made the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -19,6 +20,8 @@ from s2vec_core import evaluation_plots as plots
 from s2vec_core.proxy import PROXY_TARGETS, osm_proxy_targets
 from s2vec_core.targets import TargetsError, swapped_overlap, unscoreable
 from s2vec_core.taxonomy import CHANNEL_NAMES
+
+R = TypeVar("R")
 
 DEFAULT_DIM = 16
 """PCA / random dimension when there is no embedding to match."""
@@ -146,6 +149,26 @@ def screen_tasks(
     return kept, skipped
 
 
+def _each_task(
+    score: Callable[..., R],
+    region: str,
+    feature_sets: Mapping[str, pl.DataFrame],
+    tasks: Mapping[str, pl.DataFrame],
+    image_level: int,
+    **kwargs,
+) -> Iterator[tuple[str, R | ev.InsufficientDataError]]:
+    """`score` on every task; a task with too few cells yields its error instead, for the caller to
+    note or skip: one small task must not stop the others."""
+    for task, targets in tasks.items():
+        try:
+            yield (
+                task,
+                score(targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs),
+            )
+        except ev.InsufficientDataError as e:
+            yield task, e
+
+
 def evaluate_region(
     region: str,
     feature_sets: Mapping[str, pl.DataFrame],
@@ -155,13 +178,9 @@ def evaluate_region(
 ) -> ev.Evaluation:
     """`evaluate` over every task; tasks without enough cells become notes, not failures."""
     metrics, preds, notes, blocks = [], [], [], {}
-    for task, targets in tasks.items():
-        try:
-            out = ev.evaluate(
-                targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs
-            )
-        except ev.InsufficientDataError as e:
-            notes.append(f"{region}/{task}: not scored: {e}")
+    for task, out in _each_task(ev.evaluate, region, feature_sets, tasks, image_level, **kwargs):
+        if isinstance(out, ev.InsufficientDataError):
+            notes.append(f"{region}/{task}: not scored: {out}")
             continue
         metrics.append(out.metrics)
         preds.append(out.predictions)
@@ -179,16 +198,11 @@ def learning_curves(
 ) -> pl.DataFrame:
     """`learning_curve` over every task (`learning_curve_schema()` rows); tasks too small are skipped
     (`evaluate_region` notes them)."""
-    curves = []
-    for task, targets in tasks.items():
-        try:
-            curves.append(
-                ev.learning_curve(
-                    targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs
-                )
-            )
-        except ev.InsufficientDataError:
-            continue
+    curves = [
+        c
+        for _, c in _each_task(ev.learning_curve, region, feature_sets, tasks, image_level, **kwargs)
+        if not isinstance(c, ev.InsufficientDataError)
+    ]
     return pl.concat(curves) if curves else pl.DataFrame(schema=ev.learning_curve_schema())
 
 
