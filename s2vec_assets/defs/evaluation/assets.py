@@ -318,16 +318,10 @@ def evaluation_report(
         _features(levels, warehouse, region),
         _embeddings(levels, warehouse, region, model_version),
     )
+    # The learning curves are drawn on the folds the scores use.
+    folds = {"k": config.k, "block_levels_up": config.block_levels_up, "seed": config.seed}
     result = er.evaluate_region(
-        region,
-        sets,
-        tasks,
-        levels.image,
-        k=config.k,
-        block_levels_up=config.block_levels_up,
-        seed=config.seed,
-        model_version=version,
-        run_id=context.run_id,
+        region, sets, tasks, levels.image, **folds, model_version=version, run_id=context.run_id
     )
     result.notes[:0] = notes
     if result.metrics.height == 0:
@@ -346,16 +340,7 @@ def evaluation_report(
             }
         )
     curves = (
-        er.learning_curves(
-            region,
-            sets,
-            tasks,
-            levels.image,
-            k=config.k,
-            block_levels_up=config.block_levels_up,
-            seed=config.seed,
-            models=("lightgbm",),
-        )
+        er.learning_curves(region, sets, tasks, levels.image, **folds, models=("lightgbm",))
         if config.learning_curves
         else None
     )
