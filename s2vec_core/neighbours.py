@@ -1,5 +1,5 @@
-"""Rows of a table keyed by S2 cell id, looked up at other cells: the one gather behind raster windows,
-contextual counts and neighbourhood-pooled embeddings.
+"""Rows of a table keyed by S2 cell id, looked up at other cells: the gather behind contextual counts
+and neighbourhood-pooled embeddings (raster windows use a channel-major one that holds less memory).
 
 Cells are placed on the S2 face grid by `s2.grid_window`, so rings continue across cube-face edges.
 """

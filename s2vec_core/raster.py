@@ -28,7 +28,6 @@ import polars as pl
 from s2vec_core import leftovers, s2
 from s2vec_core.features import KEY_COLUMNS
 from s2vec_core.grid import check_image_levels
-from s2vec_core.neighbours import gather
 
 if TYPE_CHECKING:
     import torch
@@ -105,17 +104,23 @@ def rasterize_chunks(
     channels = channel_columns(cell_features)
     if not channels:
         raise RasterError("cell_features has no channel columns")
-    pixels = cell_features.filter(pl.col("level") == pixel_level)
-    if pixels.height == 0:
+    at_pixel = (cell_features["level"] == pixel_level).to_numpy()
+    if not at_pixel.any():
         raise RasterError(f"cell_features has no rows at the pixel level {pixel_level}")
-    ids = s2.as_uint64(pixels["cell_id"].to_numpy())
+    ids = s2.as_uint64(cell_features["cell_id"].to_numpy()[at_pixel])
     if not np.all(s2.cell_level(ids) == pixel_level):
         raise RasterError(f"rows labelled level {pixel_level} hold cell ids of another level")
-    if np.unique(ids).size != ids.size:
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if np.any(ids[1:] == ids[:-1]):
         raise RasterError("duplicate pixel cells: rasterise one region at a time")
-    values = pixels.select(pl.col(list(channels)).cast(pl.Float32)).to_numpy()
-    del pixels
-    if not np.isfinite(values).all():
+    # Channel-major float32, filled a column at a time: no second copy of the frame is ever made, and
+    # once this generator holds the only reference the frame itself is freed.
+    columns = np.empty((len(channels), ids.size), np.float32)
+    for c, name in enumerate(channels):
+        columns[c] = cell_features[name].to_numpy()[at_pixel][order]
+    del cell_features, at_pixel, order
+    if not np.isfinite(columns).all():
         raise RasterError("cell_features holds non-finite channel values")
 
     image_ids = np.unique(s2.parent(ids, image_level))
@@ -125,12 +130,14 @@ def rasterize_chunks(
         level = image_level + 1
         per_cell = 1 << (level - image_level)
         coarse, inverse = np.unique(s2.parent(ids, min(level, pixel_level)), return_inverse=True)
-        summed = np.zeros((coarse.size, len(channels)), np.float32)
-        np.add.at(summed, inverse, values)
+        summed = np.stack([np.bincount(inverse, column, coarse.size) for column in columns]).astype(
+            np.float32
+        )
+        del inverse
     step = images_per_chunk or image_ids.size
     for start in range(0, image_ids.size, step):
         chunk = image_ids[start : start + step]
-        tensors = _gather(ids, values, s2.grid_window(chunk, pixel_level, 0, side))
+        tensors = _gather(ids, columns, s2.grid_window(chunk, pixel_level, 0, side))
         context = None
         if context_ring:
             window = s2.grid_window(chunk, level, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
@@ -138,9 +145,19 @@ def rasterize_chunks(
         yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
 
 
-def _gather(ids: np.ndarray, values: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """float32[n, C, S, S] of `values` rows (keyed by `ids`) at the cells of `window` [n, S, S]; 0 if absent."""
-    return np.ascontiguousarray(gather(ids, values, window)[0].transpose(0, 3, 1, 2))
+def _gather(sorted_ids: np.ndarray, columns: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """float32[n, C, S, S]: channel-major `columns` [C, N] (keyed by `sorted_ids`) at the cells of `window`
+    [n, S, S], zero where a cell has no row. Filled a channel at a time, so the only full-size array is the
+    result (a gather of rows, then a transpose, would hold it twice)."""
+    flat = window.reshape(-1)
+    pos = np.minimum(np.searchsorted(sorted_ids, flat), sorted_ids.size - 1)
+    missing = sorted_ids[pos] != flat
+    out = np.empty((window.shape[0], columns.shape[0], window[0].size), np.float32)
+    for c, column in enumerate(columns):
+        plane = column[pos]
+        plane[missing] = 0.0
+        out[:, c] = plane.reshape(window.shape[0], -1)
+    return out.reshape(window.shape[0], columns.shape[0], *window.shape[1:])
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,16 @@ def raster_tensors(
     grid = Grid(
         config.image_level, config.pixel_level, (config.image_level, config.pixel_level), config.context_ring
     )
-    pixels = warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level})
     key = artifacts.raster_key(region)
     directory = warehouse.artifacts.local(key)
     try:
-        # One shard of images in memory at a time, written as it is made.
-        chunks = pipeline.raster_chunks(pixels, grid, config.shard_size)
+        # One shard of images in memory at a time, written as it is made; the rows read are handed over
+        # without a name here, so the rasteriser frees them once it has its own float32 copy.
+        chunks = pipeline.raster_chunks(
+            warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level}),
+            grid,
+            config.shard_size,
+        )
         index = pipeline.write_rasters(chunks, directory, region, config.shard_size)
     except raster.RasterError as e:
         raise dg.Failure(f"{region}: {e}") from e
