@@ -30,3 +30,21 @@ def dagster_instance(tmp_path_factory):
         mp.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.from_config(str(home)) as instance:
             yield instance
+
+
+def materialize_selection(
+    defs, resources, instance, selection, partition=None, run_config=None, *, checks=True
+):
+    """`dg.materialize` of `selection` that returns a failed run instead of raising, so a test can assert
+    on its events; `checks=False` leaves the asset checks out."""
+    import dagster as dg
+
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks] if checks else defs.assets,
+        selection=selection,
+        partition_key=partition,
+        resources=resources,
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+    )

@@ -20,6 +20,7 @@ from s2vec_core import s2
 from s2vec_core.catalog import load_catalog, sha256_file
 from s2vec_core.grid import MAX_LEVEL, Grid
 from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS
+from tests.conftest import materialize_selection
 
 REPO = Path(__file__).resolve().parent.parent
 REGIONS = list(load_catalog(REPO / "regions.toml"))
@@ -49,15 +50,7 @@ def resources_for(defs: dg.Definitions, root: Path, **overrides) -> dict:
 
 
 def materialize(defs, resources, instance, region, selection=OWN, run_config=None):
-    return dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources=resources,
-        instance=instance,
-        partition_key=region,
-        selection=selection,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    return materialize_selection(defs, resources, instance, selection, region, run_config)
 
 
 def run_checks(defs, resources, instance, region) -> tuple[bool, dict[str, dg.AssetCheckEvaluation]]:

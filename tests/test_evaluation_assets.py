@@ -17,6 +17,7 @@ from s2vec_core.evaluate import metrics_schema
 from s2vec_core.grid import Grid
 from s2vec_core.taxonomy import CHANNEL_NAMES
 from s2vec_core.warehouse import table_uri, write_partition
+from tests.conftest import materialize_selection
 
 LEVEL = Grid().image_level
 BASELINES = {"raw", "contextual", "spatial_stats", "pca", "random"}
@@ -45,15 +46,7 @@ def env(tmp_path_factory, dagster_instance):
 
 def run(defs, resources, instance, selection, region=None, config=None):
     run_config = {"ops": {name: {"config": config} for name in selection}} if config else None
-    return dg.materialize(
-        defs.assets,
-        resources=resources,
-        instance=instance,
-        partition_key=region,
-        selection=selection,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    return materialize_selection(defs, resources, instance, selection, region, run_config, checks=False)
 
 
 def metadata(result, key: str) -> dict:

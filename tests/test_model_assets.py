@@ -14,6 +14,7 @@ from s2vec_assets.defs.partitions import region_partitions
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_core import embed, registry, s2, vectors, warehouse
 from s2vec_core.catalog import sha256_file
+from tests.conftest import materialize_selection
 
 # Two Dagster runs per stage plus GX take ~30 s on 2 shared cores.
 pytestmark = pytest.mark.slow
@@ -45,15 +46,7 @@ def world(tmp_path_factory, dagster_instance):
 
 def _materialize(world, selection, partition=None, run_config=None):
     defs, resources, instance, _ = world
-    return dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=selection,
-        partition_key=partition,
-        resources=resources,
-        instance=instance,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    return materialize_selection(defs, resources, instance, selection, partition, run_config)
 
 
 def _checks(result) -> dict[str, bool]:

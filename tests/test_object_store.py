@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 
-import dagster as dg
 import obstore
 import polars as pl
 import pytest
@@ -19,6 +18,7 @@ from s2vec_assets.definitions import defs as load_defs
 from s2vec_assets.defs.resources import WarehouseResource
 from s2vec_core import registry, warehouse
 from s2vec_core.artifacts import ArtifactError, ArtifactStore, obstore_options
+from tests.conftest import materialize_selection
 from tests.test_concurrent_writes import assert_history_sound, assert_one_copy_per_region, write_at_once
 from tests.test_model_assets import TINY as MODEL_ASSETS_TINY
 
@@ -163,15 +163,7 @@ def test_concurrent_writers_on_s3_keep_every_region_once(s3, tmp_path):
 
 
 def _materialize(defs, resources, instance, selection, partition=None, run_config=None):
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=selection,
-        partition_key=partition,
-        resources=resources,
-        instance=instance,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    result = materialize_selection(defs, resources, instance, selection, partition, run_config)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return result
 
