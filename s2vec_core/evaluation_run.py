@@ -150,21 +150,13 @@ def screen_tasks(
 
 
 def _each_task(
-    score: Callable[..., R],
-    region: str,
-    feature_sets: Mapping[str, pl.DataFrame],
-    tasks: Mapping[str, pl.DataFrame],
-    image_level: int,
-    **kwargs,
+    tasks: Mapping[str, pl.DataFrame], score: Callable[[str, pl.DataFrame], R]
 ) -> Iterator[tuple[str, R | ev.InsufficientDataError]]:
-    """`score` on every task; a task with too few cells yields its error instead, for the caller to
-    note or skip: one small task must not stop the others."""
+    """`score(task, targets)` on every task; a task with too few cells yields its error instead, for the
+    caller to note or skip: one small task must not stop the others."""
     for task, targets in tasks.items():
         try:
-            yield (
-                task,
-                score(targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs),
-            )
+            yield task, score(task, targets)
         except ev.InsufficientDataError as e:
             yield task, e
 
@@ -178,7 +170,11 @@ def evaluate_region(
 ) -> ev.Evaluation:
     """`evaluate` over every task; tasks without enough cells become notes, not failures."""
     metrics, preds, notes, blocks = [], [], [], {}
-    for task, out in _each_task(ev.evaluate, region, feature_sets, tasks, image_level, **kwargs):
+
+    def score(task: str, targets: pl.DataFrame) -> ev.Evaluation:
+        return ev.evaluate(targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs)
+
+    for task, out in _each_task(tasks, score):
         if isinstance(out, ev.InsufficientDataError):
             notes.append(f"{region}/{task}: not scored: {out}")
             continue
@@ -198,11 +194,13 @@ def learning_curves(
 ) -> pl.DataFrame:
     """`learning_curve` over every task (`learning_curve_schema()` rows); tasks too small are skipped
     (`evaluate_region` notes them)."""
-    curves = [
-        c
-        for _, c in _each_task(ev.learning_curve, region, feature_sets, tasks, image_level, **kwargs)
-        if not isinstance(c, ev.InsufficientDataError)
-    ]
+
+    def curve(task: str, targets: pl.DataFrame) -> pl.DataFrame:
+        return ev.learning_curve(
+            targets, feature_sets, task=task, region=region, image_level=image_level, **kwargs
+        )
+
+    curves = [c for _, c in _each_task(tasks, curve) if not isinstance(c, ev.InsufficientDataError)]
     return pl.concat(curves) if curves else pl.DataFrame(schema=ev.learning_curve_schema())
 
 
