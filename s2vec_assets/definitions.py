@@ -13,10 +13,11 @@ Executor (how a run executes its steps), chosen by `S2VEC_EXECUTOR` where the co
   long and a crashed step should not take the run worker with it.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
+
+from s2vec_core import settings
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 DEFAULT_EXECUTOR = "in_process"
@@ -24,7 +25,7 @@ DEFAULT_EXECUTOR = "in_process"
 
 def executor() -> dg.ExecutorDefinition:
     """The executor `S2VEC_EXECUTOR` names (default in_process)."""
-    name = os.environ.get("S2VEC_EXECUTOR", "").strip() or DEFAULT_EXECUTOR
+    name = settings.executor() or DEFAULT_EXECUTOR
     if name not in EXECUTORS:
         raise ValueError(f"S2VEC_EXECUTOR must be one of {sorted(EXECUTORS)}, got {name!r}")
     return EXECUTORS[name]

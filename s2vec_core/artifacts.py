@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2vec_core import leftovers
+from s2vec_core import leftovers, settings
 
 CURRENT = "CURRENT"
 """The object naming a published directory's current version (its content: the version id)."""
@@ -59,8 +59,7 @@ def is_remote(root: str) -> bool:
 
 
 def default_cache_dir() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(os.environ.get("S2VEC_ARTIFACT_CACHE", str(Path(xdg) / "s2vec" / "artifacts")))
+    return settings.artifact_cache_dir()
 
 
 def obstore_options(root: str, storage_options: dict[str, str] | None) -> tuple[dict, dict]:

@@ -23,13 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2vec_core import leftovers
+from s2vec_core import leftovers, settings
 from s2vec_core.pbf_framing import PBFFramingError, check_pbf_framing
 
 REGION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 """A region slug, matched with `fullmatch` (so no trailing newline slips through)."""
 MAX_REGION_NAME = 64
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "regions.toml"
 _KNOWN_KEYS = {"source", "bbox", "sha256", "targets"}
 
 
@@ -91,7 +90,7 @@ def validate_region_name(name: str) -> str:
 
 
 def default_catalog_path() -> Path:
-    return Path(os.environ.get("S2VEC_CATALOG", DEFAULT_CATALOG))
+    return settings.catalog_path()
 
 
 def load_catalog(path: str | os.PathLike | None = None) -> dict[str, Region]:

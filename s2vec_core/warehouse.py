@@ -30,13 +30,12 @@ from deltalake import CommitProperties, DeltaTable, Field, WriterProperties, wri
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from s2vec_core import tables
+from s2vec_core import settings, tables
 
 COMMIT_PREFIX = "s2vec."
 """Commit-info keys the product writes: s2vec.run_id, s2vec.asset, s2vec.region, s2vec.model_version."""
 COMMIT_KEYS = ("run_id", "asset", "region", "model_version")
 FACTS_MARKER = "\nfacts: "
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "warehouse"
 
 PartitionValue = str | int | Sequence[str] | Sequence[int]
 
@@ -47,7 +46,7 @@ class WarehouseError(ValueError):
 
 def default_root() -> str:
     """The warehouse every tool uses unless told otherwise: `$S2VEC_WAREHOUSE`, else `./warehouse` of the repo."""
-    return os.environ.get("S2VEC_WAREHOUSE", str(DEFAULT_ROOT))
+    return settings.warehouse_root()
 
 
 def table_uri(root: str | os.PathLike, name: str) -> str:

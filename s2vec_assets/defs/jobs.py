@@ -13,7 +13,6 @@ that matches its partitions. A run of either job may select a subset of its asse
 stage by stage, the UI's "Materialize" on a few assets does the same).
 """
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dagster._core.definitions.asset_selection import KeysAssetSelection
 from dagster_shared.record import record
 
 from s2vec_assets.defs.partitions import region_partitions
+from s2vec_core import settings
 
 REGION_JOB = "region_pipeline"
 MODEL_JOB = "model"
@@ -58,7 +58,7 @@ region_pipeline = dg.define_asset_job(
 
 def training_tags() -> Mapping[str, object]:
     """The `model` job's run tags from the file `S2VEC_TRAINING_TAGS` names; none when it is unset."""
-    path = os.environ.get("S2VEC_TRAINING_TAGS", "").strip()
+    path = settings.training_tags_file()
     if not path:
         return {}
     tags = yaml.safe_load(Path(path).read_text())

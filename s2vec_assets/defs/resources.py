@@ -23,7 +23,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
 
-from s2vec_core import registry, warehouse
+from s2vec_core import registry, settings, warehouse
 from s2vec_core.artifacts import ArtifactStore
 from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
 from s2vec_core.tables import TableSpec
@@ -36,8 +36,7 @@ def default_warehouse_root() -> str:
 
 
 def default_cache_dir() -> str:
-    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return os.environ.get("S2VEC_CACHE", str(Path(xdg) / "s2vec" / "osm"))
+    return str(settings.osm_cache_dir())
 
 
 CREDENTIAL_OPTION = re.compile(r"secret|password|token|credential|private|key|sas", re.IGNORECASE)
@@ -189,7 +188,7 @@ def resources() -> dg.Definitions:
             "osm_source": OsmSourceResource(
                 catalog_path=str(default_catalog_path()), cache_dir=default_cache_dir()
             ),
-            "device": DeviceResource(device=os.environ.get("S2VEC_DEVICE", "auto")),
+            "device": DeviceResource(device=settings.device()),
             # Launches torchrun for mae_model's distributed training (nproc_per_node > 1).
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         }

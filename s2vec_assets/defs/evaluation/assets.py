@@ -11,7 +11,6 @@ beside the report (not in Delta). All scoring lives in s2vec_core.evaluation_run
 """
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -27,7 +26,7 @@ from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, table_metadata
 from s2vec_assets.provenance import commit_info
-from s2vec_core import artifacts, raster, registry
+from s2vec_core import artifacts, raster, registry, settings
 from s2vec_core import evaluation_run as er
 from s2vec_core.catalog import CROSS_REGION_SCOPE
 from s2vec_core.evaluate import r2_table, raw_channel_totals, verdicts
@@ -103,8 +102,8 @@ def _reports_dir(
     of an object-store warehouse."""
     if config.reports_dir:
         return Path(config.reports_dir) / "evaluation" / scope, None
-    if os.environ.get("S2VEC_REPORTS"):
-        return Path(os.environ["S2VEC_REPORTS"]) / "evaluation" / scope, None
+    if settings.reports_dir():
+        return settings.reports_dir() / "evaluation" / scope, None
     if warehouse.artifacts.remote:
         key = artifacts.report_key(scope)
         return warehouse.artifacts.local(key), key
