@@ -111,50 +111,33 @@ def mae_model_checks(context: dg.AssetCheckExecutionContext, warehouse: Warehous
 
     state = load_checkpoint(model_assets.latest_checkpoint(context, warehouse)[0])
     selected = {key.name for key in context.selected_asset_check_keys}
+    key = model_assets.mae_model.key
+    # Three facts about one checkpoint, not rows of a table: plain checks. (A Great Expectations suite
+    # here cost each model run ~13 s of importing GX for nothing it can say better.)
     if "mae_model_weights_finite" in selected:
-        weights = pl.DataFrame(
-            {
-                "tensor": list(state["model"]),
-                "finite": [bool(t.isfinite().all()) for t in state["model"].values()],
-            }
-        )
-        yield gx_check_result(
-            weights,
-            [Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True])],
-            asset_key=model_assets.mae_model.key,
+        bad = [name for name, t in state["model"].items() if not bool(t.isfinite().all())]
+        yield dg.AssetCheckResult(
+            asset_key=key,
             check_name="mae_model_weights_finite",
-            sample_columns=["tensor"],
+            passed=not bad,
+            metadata={"tensors": len(state["model"]), "non_finite_tensors": dg.MetadataValue.json(bad[:20])},
         )
     if "mae_model_loss_decreased" in selected:
-        losses = pl.DataFrame({"first_loss": [state["losses"][0]], "final_loss": [state["losses"][-1]]})
-        yield gx_check_result(
-            losses,
-            [
-                Expect(
-                    "expect_column_pair_values_a_to_be_greater_than_b",
-                    column_A="first_loss",
-                    column_B="final_loss",
-                )
-            ],
-            asset_key=model_assets.mae_model.key,
+        first, final = float(state["losses"][0]), float(state["losses"][-1])
+        yield dg.AssetCheckResult(
+            asset_key=key,
             check_name="mae_model_loss_decreased",
+            passed=final < first,
+            metadata={"first_loss": first, "final_loss": final},
         )
     if "mae_model_beats_mean_of_visible" in selected:
         ratio = baseline_ratio(state["holdout"][-1]) if state.get("holdout") else None
-        frame = pl.DataFrame(
-            {"holdout_vs_mean_of_visible": [ratio]}, schema={"holdout_vs_mean_of_visible": pl.Float64}
-        )
-        yield gx_check_result(
-            frame,
-            [
-                Expect("expect_column_values_to_not_be_null", column="holdout_vs_mean_of_visible"),
-                Expect(
-                    "expect_column_values_to_be_between", column="holdout_vs_mean_of_visible", max_value=1.0
-                ),
-            ],
-            asset_key=model_assets.mae_model.key,
+        yield dg.AssetCheckResult(
+            asset_key=key,
             check_name="mae_model_beats_mean_of_visible",
+            passed=ratio is not None and ratio <= 1.0,
             severity=dg.AssetCheckSeverity.WARN,
+            metadata={"holdout_vs_mean_of_visible": ratio if ratio is not None else dg.MetadataValue.null()},
         )
 
 
