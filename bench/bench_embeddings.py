@@ -2,7 +2,8 @@
 worlds whose truth is known, over several seeds.
 
     python bench/bench_embeddings.py [--seeds 0,1,2] [--cells 1500] [--epochs 30] [--model default|paper]
-                                     [--device cpu|cuda] [--out DIR]
+                                     [--device cpu|cuda] [--out DIR] [--cache DIR [--reuse-baselines]]
+                                     [--no-curves]
 
 Each seed is its own world (`s2vec_core.synthetic`, centre moved with the seed) with four targets per
 image cell: log population and log income (controls: a cell's counts nearly suffice), `arrangement`
@@ -11,6 +12,11 @@ image cell: log population and log income (controls: a cell's counts nearly suff
 together, without labels, as the product trains one model on all regions. Scores: spatial-block 5-fold
 inside each world and leave-one-world-out transfer, LightGBM and ridge; every figure is the mean (and
 minimum) over the seeds. The goals of issue 10 are checked at the end, with the margin each misses by.
+
+An ablation changes only the model, so `--cache DIR` keeps the worlds (features and targets) and
+`--reuse-baselines` the baselines' scores from an earlier run with the same cache: only S2Vec and its
+fusions are trained and scored again (~20 of ~47 minutes). Clear the cache when the evaluation or the
+generator changes.
 """
 
 from __future__ import annotations
@@ -46,8 +52,16 @@ CURVE_SETS = ("s2vec", "raw", "contextual", "spatial_stats", "s2vec+contextual")
 CURVE_TASKS = ("log_income", "arrangement")
 
 
-def world(seed: int, cells: int, grid: Grid, work: Path) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
-    """(cell_features, tasks) of the world of `seed`."""
+def world(
+    seed: int, cells: int, grid: Grid, work: Path, cache: Path | None = None
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """(cell_features, tasks) of the world of `seed`, from `cache` when an earlier run left it there."""
+    stored = cache / f"world-{seed}-{cells}-{grid.image_level}-{grid.pixel_level}" if cache else None
+    if stored is not None and (stored / "targets.parquet").exists():
+        targets = pl.read_parquet(stored / "targets.parquet")
+        return pl.read_parquet(stored / "features.parquet"), {
+            t: targets.select("cell_id", target=t) for t in targets.columns[1:]
+        }
     spec = WorldSpec(
         n_image_cells=cells,
         image_level=grid.image_level,
@@ -64,6 +78,12 @@ def world(seed: int, cells: int, grid: Grid, work: Path) -> tuple[pl.DataFrame, 
         "arrangement": truth.select("cell_id", target=pl.col("arrangement")),
         NEIGHBOURHOOD: truth.select("cell_id", target=pl.col(neighbourhood_column(spec)).log()),
     }
+    if stored is not None:
+        stored.mkdir(parents=True, exist_ok=True)
+        features.write_parquet(stored / "features.parquet")
+        pl.concat([t.rename({"target": name}) for name, t in tasks.items()], how="align").write_parquet(
+            stored / "targets.parquet"
+        )
     return features, tasks
 
 
@@ -118,6 +138,41 @@ def embed_all(
         rows = pipeline.embed(model, open_shards(d), name).rows
         out[name] = rows.filter(pl.col("level") == grid.image_level)
     return out, info
+
+
+class Scores:
+    """Baseline scores kept in the cache: they depend on the worlds and the evaluation, not on the model,
+    so an ablation can score only the learned sets and take the rest from the run that made the cache."""
+
+    def __init__(self, cache: Path | None, seeds: list[int], cells: int, grid: Grid, reuse: bool) -> None:
+        key = f"{','.join(map(str, seeds))}-{cells}-{grid.image_level}-{grid.pixel_level}"
+        self.dir = cache / f"baselines-{key}" if cache else None
+        self.reuse = reuse
+        if reuse and not (self.dir / "metrics.parquet").exists():
+            raise SystemExit(f"--reuse-baselines: no baseline scores in {self.dir}; run once without it")
+
+    def todo(self, sets: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """The feature sets still to score."""
+        return {k: v for k, v in sets.items() if ev.is_learned(k)} if self.reuse else sets
+
+    def merge(self, kind: str, fresh: pl.DataFrame) -> pl.DataFrame:
+        """`fresh` scores plus the cached baselines (reuse), or `fresh` with its baselines stored."""
+        if self.dir is None:
+            return fresh
+        path = self.dir / f"{kind}.parquet"
+        if not self.reuse:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fresh.filter(~pl.col("feature_set").map_elements(ev.is_learned, pl.Boolean)).write_parquet(path)
+            return fresh
+        cached = pl.read_parquet(path)
+        # Same cells and folds, or the comparison would not be fair.
+        keys = [c for c in ("region", "task", "split", "n_cells", "n_train") if c in fresh.columns]
+        if (
+            keys
+            and fresh.select(keys).unique().join(cached.select(keys).unique(), on=keys, how="anti").height
+        ):
+            raise SystemExit(f"cached baselines in {path} were scored on other cells; rebuild the cache")
+        return pl.concat([fresh, cached.select(fresh.columns)])
 
 
 def goals(summary: pl.DataFrame) -> list[str]:
@@ -196,12 +251,22 @@ def main() -> None:
         "--model", choices=["default", "paper"], default="default", help="MAEConfig defaults or .paper()"
     )
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "s2vec_embeddings_bench")
+    ap.add_argument("--cache", type=Path, help="keep worlds (and baseline scores) here for later runs")
+    ap.add_argument(
+        "--reuse-baselines",
+        action="store_true",
+        help="score only S2Vec and its fusions; baselines from --cache",
+    )
+    ap.add_argument("--no-curves", action="store_true", help="skip the learning curves")
     args = ap.parse_args()
+    if args.reuse_baselines and args.cache is None:
+        ap.error("--reuse-baselines needs --cache")
     grid = Grid(feature_levels=(Grid().image_level, Grid().pixel_level))
     work = Path(tempfile.mkdtemp(prefix="s2vec_emb_"))
     t0 = time.perf_counter()
     seeds = [int(x) for x in args.seeds.split(",")]
-    args_per_world = (seeds, [args.cells] * len(seeds), [grid] * len(seeds), [work] * len(seeds))
+    n = len(seeds)
+    args_per_world = (seeds, [args.cells] * n, [grid] * n, [work] * n, [args.cache] * n)
     if args.jobs > 1:  # generation is single-threaded pyosmium writing; a GPU host has cores to spare
         with ProcessPoolExecutor(max_workers=min(args.jobs, len(seeds))) as pool:
             made = list(pool.map(world, *args_per_world))
@@ -237,12 +302,15 @@ def main() -> None:
             }
         )
         one[SCEPTIC] = ev.fuse(stats, ring)
+    scored = Scores(args.cache, seeds, args.cells, grid, reuse=args.reuse_baselines)
     results = [
-        er.evaluate_region(name, sets[name], tasks[name], grid.image_level, splits=("spatial",))
+        er.evaluate_region(name, scored.todo(sets[name]), tasks[name], grid.image_level, splits=("spatial",))
         for name in features
     ]
-    results.append(er.evaluate_cross_region(tasks, sets))
-    metrics = pl.concat([r.metrics for r in results]).filter(pl.col("metric") == "r2")
+    results.append(er.evaluate_cross_region(tasks, {n: scored.todo(s) for n, s in sets.items()}))
+    metrics = scored.merge(
+        "metrics", pl.concat([r.metrics for r in results]).filter(pl.col("metric") == "r2")
+    )
     summary = (
         metrics.group_by("task", "split", "model", "feature_set")
         .agg(mean=pl.col("value").mean(), min=pl.col("value").min(), seeds=pl.len())
@@ -267,18 +335,25 @@ def main() -> None:
                 .sort("task", "feature_set")
             )
         )
-    curves = pl.concat(
-        [
-            er.learning_curves(
-                name,
-                {k: sets[name][k] for k in CURVE_SETS},
-                {t: tasks[name][t] for t in CURVE_TASKS},
-                grid.image_level,
-                models=("lightgbm",),
-                sizes=(25, 50, 100, 200, 500, None),
-            )
-            for name in features
-        ]
+    if args.no_curves:
+        print("\n".join(goals(summary)))
+        print(f"\nmetrics: {args.out / 'metrics.csv'} (total {time.perf_counter() - t0:.0f} s)")
+        return
+    curves = scored.merge(
+        "curves",
+        pl.concat(
+            [
+                er.learning_curves(
+                    name,
+                    scored.todo({k: sets[name][k] for k in CURVE_SETS}),
+                    {t: tasks[name][t] for t in CURVE_TASKS},
+                    grid.image_level,
+                    models=("lightgbm",),
+                    sizes=(25, 50, 100, 200, 500, None),
+                )
+                for name in features
+            ]
+        ),
     )
     curves.write_csv(args.out / "learning_curves.csv")
     print("\n### Learning curves (spatial split, LightGBM, mean R2 over seeds)\n")
