@@ -50,7 +50,7 @@ def markdown_table(df: pl.DataFrame, max_rows: int = 10, float_digits: int = 4) 
 
 
 def table_metadata(
-    df: pl.DataFrame,
+    df: pl.DataFrame | pl.LazyFrame,
     uri: str,
     version: int,
     table_name: str,
@@ -59,17 +59,20 @@ def table_metadata(
     busiest: Sequence[str] | None = None,
     storage_options: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """Row count, column schema, table URI and version, and a preview of `df` (the rows just written):
-    with `busiest`, the rows with the largest sum of those columns (most cells of a sparse table are
-    all zeros, which says nothing). `dagster/row_count` is this partition's; `table_row_count` and
-    `rows_per_partition` are the whole table's current version."""
+    """Row count, column schema, table URI and version, and a preview of `df` (the rows just written;
+    a lazy frame is queried by streaming, never collected): with `busiest`, the rows with the largest
+    sum of those columns (most cells of a sparse table are all zeros, which says nothing).
+    `dagster/row_count` is this partition's; `table_row_count` and `rows_per_partition` are the whole
+    table's current version."""
     parts = warehouse.rows_per_partition(uri, storage_options)
+    lf = df.lazy()
     if busiest:
-        df = df.sort(pl.sum_horizontal(list(busiest)), descending=True)
-    preview = df.select(preview_columns) if preview_columns is not None else df
+        busy = pl.sum_horizontal(list(busiest))
+        lf = lf.top_k(preview_rows, by=busy).sort(busy, descending=True, maintain_order=True)
+    preview = lf.select(preview_columns or df.collect_schema().names()).head(preview_rows)
     return {
-        "dagster/row_count": dg.MetadataValue.int(df.height),
-        "dagster/column_schema": column_schema(df.schema, table_name),
+        "dagster/row_count": dg.MetadataValue.int(_height(df)),
+        "dagster/column_schema": column_schema(df.collect_schema(), table_name),
         "dagster/uri": dg.MetadataValue.path(uri),
         "dagster/table_name": table_name,
         "delta_version": dg.MetadataValue.int(version),
@@ -77,8 +80,13 @@ def table_metadata(
         "rows_per_partition": dg.MetadataValue.md(
             markdown_table(parts.rename(lambda c: c.removeprefix("partition.")), max_rows=50)
         ),
-        "preview": dg.MetadataValue.md(markdown_table(preview, preview_rows)),
+        "preview": dg.MetadataValue.md(markdown_table(preview.collect(engine="streaming"), preview_rows)),
     }
+
+
+def _height(df: pl.DataFrame | pl.LazyFrame) -> int:
+    """Rows of a frame, or of a lazy one without collecting it."""
+    return df.height if isinstance(df, pl.DataFrame) else df.select(pl.len()).collect().item()
 
 
 def png_markdown(fig: Figure, alt: str = "plot", dpi: int = 80) -> dg.MetadataValue:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,6 +12,10 @@ from s2vec_core import s2
 from s2vec_core.osm.aggregate import pivot
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
+
+PIECE_ROWS = 1 << 18
+"""Long rows `cell_features_by_range` featurises at once. Its wide frames (one Float64 per channel, most of
+them zero) are ~50x the long rows, so this caps them near 200 MB whatever the shard or region."""
 
 KEY_COLUMNS = tuple(c.name for c in CELL_FEATURES.columns if c.group is None)
 """The columns that say which cell a row is: every column of the spec outside the channel family."""
@@ -29,10 +34,82 @@ def cell_features(pixel_cells: pl.DataFrame, levels: Iterable[int], region: str)
     channel columns) of `extract_cells`; all cells at the finest level. Coarser levels are sums over
     parents, so every channel's total is the same at every level.
     """
+    levels = _levels(levels)
+    return _features(_as_long(pixel_cells), levels, region)
+
+
+def cell_features_by_range(
+    ranges: Iterable[pl.DataFrame], levels: Iterable[int], region: str, piece_rows: int = PIECE_ROWS
+) -> Iterator[pl.DataFrame]:
+    """`cell_features` of pixel rows that come as runs over disjoint, ascending cell ranges (as
+    `shards.iter_sharded` yields them), a piece at a time: each piece's rows at every level, in
+    `cell_features`' order (finest level first, cells ascending), pieces in cell order.
+
+    A piece holds about `piece_rows` long rows and never splits a cell of the coarsest level, which may
+    straddle two runs, so each of its rows is summed from the same children in the same order as in
+    the whole table: bit for bit the same rows. Memory holds one run and one piece's frames."""
+    levels = _levels(levels)
+    coarsest = levels[0]
+    carry = _as_long(pl.DataFrame(schema={"cell_id": pl.UInt64, "channel": pl.UInt16, "value": pl.Float64}))
+    for run in ranges:
+        long = _as_long(run)
+        ids = long["cell_id"].to_numpy()
+        if ids.size > 1 and np.any(ids[1:] < ids[:-1]):
+            long = long.sort("cell_id", maintain_order=True)
+            ids = long["cell_id"].to_numpy()
+        last = carry["cell_id"][-1] if carry.height else None
+        if ids.size and last is not None and ids[0] <= last:
+            raise ValueError("pixel ranges overlap or come out of cell order")
+        long = pl.concat([carry, long]) if carry.height else long
+        parents = s2.parent(long["cell_id"].to_numpy(), coarsest)
+        # The last coarse cell may continue in the next run.
+        keep = int(np.searchsorted(parents, parents[-1])) if parents.size else 0
+        for start, stop in _cuts(parents[:keep], piece_rows):
+            yield _features(long[start:stop], levels, region)
+        carry = long[keep:]
+    parents = s2.parent(carry["cell_id"].to_numpy(), coarsest)
+    for start, stop in _cuts(parents, piece_rows):
+        yield _features(carry[start:stop], levels, region)
+
+
+def _cuts(parents: np.ndarray, piece_rows: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive pieces of sorted `parents`, each about `piece_rows` long, cut only
+    where the parent changes."""
+    bounds = np.flatnonzero(np.r_[True, parents[1:] != parents[:-1]]) if parents.size else parents
+    bounds = np.r_[bounds, parents.size]
+    cuts, start = [], 0
+    while start < parents.size:
+        i = int(np.searchsorted(bounds, start + piece_rows, "right")) - 1
+        stop = int(bounds[i]) if bounds[i] > start else int(bounds[np.searchsorted(bounds, start, "right")])
+        cuts.append((start, stop))
+        start = stop
+    return cuts
+
+
+def stage_by_level(pieces: Iterable[pl.DataFrame], directory: str | Path) -> pl.LazyFrame:
+    """Write `cell_features_by_range`'s pieces to parquet under `directory` (a file per piece and level)
+    and scan them back in `cell_features`' row order: a region's table, ready to be streamed into one
+    commit, with one piece in memory while it is made."""
+    files: dict[int, list[Path]] = {}
+    for n, piece in enumerate(pieces):
+        for (level,), part in piece.partition_by("level", as_dict=True, maintain_order=True).items():
+            path = Path(directory) / f"level-{level:02d}-{n:06d}.parquet"
+            part.write_parquet(path)
+            files.setdefault(int(level), []).append(path)
+    ordered = [path for level in sorted(files, reverse=True) for path in files[level]]
+    if not ordered:
+        return pl.LazyFrame(schema=schema())
+    return pl.scan_parquet(ordered, glob=False)
+
+
+def _levels(levels: Iterable[int]) -> list[int]:
     levels = sorted({int(lv) for lv in levels})
     if not levels:
         raise ValueError("need at least one level")
-    long = _as_long(pixel_cells)
+    return levels
+
+
+def _features(long: pl.DataFrame, levels: list[int], region: str) -> pl.DataFrame:
     finest = levels[-1]
     ids = long["cell_id"].to_numpy()
     if len(ids) and not np.all(s2.cell_level(ids) == finest):

@@ -21,7 +21,7 @@ import polars as pl
 
 from s2vec_core import bbox as bboxes
 from s2vec_core import raster, shards, vectors
-from s2vec_core.features import cell_features
+from s2vec_core.features import cell_features, cell_features_by_range
 from s2vec_core.grid import Grid
 from s2vec_core.model_config import MAEConfig, TrainConfig, default_model_config
 from s2vec_core.taxonomy import TAXONOMY_VERSION
@@ -47,14 +47,31 @@ def extract(
 
     Sharded as `cell_features` runs it: a PBF above `target_bytes` is split and its shards extracted by up
     to `workers` processes, a smaller one read whole. `stats` gets the extraction's counts and
-    `cells_outside_bbox`; `on_progress(shards done, shards)` follows the extraction."""
-    pixels = shards.extract_sharded(
+    `cells_outside_bbox`; `on_progress(shards done, shards)` follows the extraction. All rows at once:
+    `extract_by_range` holds one range."""
+    return pl.concat(list(extract_by_range(pbf, level, bbox, workers, target_bytes, stats, on_progress)))
+
+
+def extract_by_range(
+    pbf: str | os.PathLike,
+    level: int = DEFAULT_GRID.pixel_level,
+    bbox: bboxes.BBox | None = None,
+    workers: int | None = None,
+    target_bytes: int = shards.TARGET_SHARD_BYTES,
+    stats: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """`extract` as runs over ascending, disjoint cell ranges (`shards.iter_sharded`): memory holds one
+    shard's range, or the whole file when it is not split."""
+    outside = 0
+    for pixels in shards.iter_sharded(
         pbf, level, workers, stats, target_bytes=target_bytes, on_progress=on_progress
-    )
-    clipped = bboxes.clip(pixels, bbox)
+    ):
+        clipped = bboxes.clip(pixels, bbox)
+        outside += pixels["cell_id"].n_unique() - clipped["cell_id"].n_unique()
+        yield clipped
     if stats is not None:
-        stats["cells_outside_bbox"] = int(pixels["cell_id"].n_unique() - clipped["cell_id"].n_unique())
-    return clipped
+        stats["cells_outside_bbox"] = int(outside)
 
 
 def features(
@@ -72,6 +89,23 @@ def features(
     levels = sorted(set(levels))
     pixels = extract(pbf, levels[-1], bbox, workers, target_bytes, stats, on_progress)
     return cell_features(pixels, levels, region)
+
+
+def features_by_range(
+    pbf: str | os.PathLike,
+    region: str,
+    levels: Sequence[int] = DEFAULT_GRID.feature_levels,
+    bbox: bboxes.BBox | None = None,
+    workers: int | None = None,
+    target_bytes: int = shards.TARGET_SHARD_BYTES,
+    stats: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """`features` a piece at a time (`cell_features_by_range` over `extract_by_range`), what
+    `cell_features` writes: memory holds a shard's rows and a piece's frames, not the region's."""
+    levels = sorted(set(levels))
+    runs = extract_by_range(pbf, levels[-1], bbox, workers, target_bytes, stats, on_progress)
+    return cell_features_by_range(runs, levels, region)
 
 
 def rasters(features: pl.DataFrame, grid: Grid = DEFAULT_GRID) -> raster.Rasters:

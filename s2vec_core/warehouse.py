@@ -17,7 +17,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def partition_predicate(partition: Mapping[str, PartitionValue]) -> str:
 
 
 def write_partition(
-    df: pl.DataFrame,
+    df: pl.DataFrame | pl.LazyFrame,
     uri: str,
     partition: Mapping[str, PartitionValue],
     storage_options: dict[str, str] | None = None,
@@ -112,6 +112,10 @@ def write_partition(
     (`TableSpec.facts` puts `table` in them) is checked; a write with neither is not checked, so cut-down
     frames (tests, scratch tables) can be written under any name.
 
+    A `pl.LazyFrame` (e.g. a scan of staged parquet files) is streamed into the same single commit batch
+    by batch, never collected, so memory holds a batch rather than the partition; each attempt scans it
+    afresh. Readers see the partition's old rows or all its new ones, never part of them.
+
     Concurrent writers are safe: a missing table is created by a commit that fails rather than lands
     if another writer created the table first (that writer then retries as below), and every other
     write replaces the partition's rows by predicate, so two writers of the same region leave exactly
@@ -131,8 +135,8 @@ def write_partition(
     if spec is None and facts:
         spec = tables.BY_NAME.get(str(facts.get("table")))
     if spec is not None:
-        check_spec(spec, stored.schema, tuple(partition))
-    data = stored.to_arrow(compat_level=pl.CompatLevel.oldest())
+        check_spec(spec, stored.collect_schema(), tuple(partition))
+    data, arrow_schema = _arrow_source(stored)
     properties = commit_properties(commit)
     writer = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
     text = describe(description, facts) if description is not None or facts else None
@@ -148,7 +152,7 @@ def write_partition(
                 # that finds the table already there), and writes again below by predicate.
                 write_deltalake(
                     uri,
-                    data,
+                    data(),
                     mode="error",
                     partition_by=list(partition),
                     storage_options=storage_options,
@@ -163,13 +167,13 @@ def write_partition(
             # A create commits version 0 or nothing.
             return DeltaTable(uri, storage_options=storage_options, version=0), 0
         if add_columns:
-            _add_missing_columns(table, data.schema, properties)
-        _check_schema(table, df, uri)
+            _add_missing_columns(table, arrow_schema, properties)
+        _check_schema(table, arrow_schema.names, uri)
         # Writing through the table object updates it to the commit it made: its version is this
         # write's, even if another writer commits right after.
         write_deltalake(
             table,
-            data,
+            data(),
             mode="overwrite",
             predicate=predicate,
             commit_properties=properties,
@@ -344,13 +348,32 @@ def _partition_expr(partition: Mapping[str, PartitionValue]) -> pl.Expr:
     return pl.all_horizontal(exprs)
 
 
-def _delta_compatible(df: pl.DataFrame) -> pl.DataFrame:
+def _arrow_source(stored: pl.DataFrame | pl.LazyFrame) -> tuple[Callable[[], object], pyarrow.Schema]:
+    """(a function giving the rows to write, as Arrow, and their schema): a frame's table, or a fresh
+    stream of a lazy frame's batches per call."""
+    if isinstance(stored, pl.DataFrame):
+        table = stored.to_arrow(compat_level=pl.CompatLevel.oldest())
+        return lambda: table, table.schema
+    arrow_schema = stored.head(0).collect().to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+
+    def stream() -> pyarrow.RecordBatchReader:
+        batches = (
+            batch.cast(arrow_schema)
+            for frame in stored.collect_batches()
+            for batch in frame.to_arrow(compat_level=pl.CompatLevel.oldest()).to_batches()
+        )
+        return pyarrow.RecordBatchReader.from_batches(arrow_schema, batches)
+
+    return stream, arrow_schema
+
+
+def _delta_compatible(df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """Store fixed-size arrays as Delta `array` (list) columns.
 
     Delta has no fixed-size list; written as one, the Parquet files disagree with the table schema and
     polars refuses to scan them. Readers get `List(Float32)` of constant length back.
     """
-    arrays = {c: pl.List(dt.inner) for c, dt in df.schema.items() if isinstance(dt, pl.Array)}
+    arrays = {c: pl.List(dt.inner) for c, dt in df.collect_schema().items() if isinstance(dt, pl.Array)}
     return df.cast(arrays) if arrays else df
 
 
@@ -362,15 +385,17 @@ def _literal(value: str | int) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _check_rows_in_partition(df: pl.DataFrame, partition: Mapping[str, PartitionValue]) -> None:
-    missing = [k for k in partition if k not in df.columns]
+def _check_rows_in_partition(
+    df: pl.DataFrame | pl.LazyFrame, partition: Mapping[str, PartitionValue]
+) -> None:
+    missing = [k for k in partition if k not in df.collect_schema().names()]
     if missing:
         raise WarehouseError(f"frame lacks partition columns {missing}")
     for key, value in partition.items():
         inside = (
             pl.col(key).eq_missing(value) if isinstance(value, (str, int)) else pl.col(key).is_in(list(value))
         )
-        stray = df.filter(~inside.fill_null(False)).height
+        stray = df.lazy().filter(~inside.fill_null(False)).select(pl.len()).collect().item()
         if stray:
             raise WarehouseError(
                 f"{stray} rows have {key} != {value!r}; refusing to write outside the partition"
@@ -411,11 +436,11 @@ def check_spec(spec: tables.TableSpec, schema: pl.Schema, partition_by: tuple[st
             )
 
 
-def _check_schema(table: DeltaTable, df: pl.DataFrame, uri: str) -> None:
+def _check_schema(table: DeltaTable, columns: list[str], uri: str) -> None:
     table_columns = [f.name for f in table.schema().fields]
-    if table_columns != df.columns:
-        added = [c for c in df.columns if c not in table_columns]
-        dropped = [c for c in table_columns if c not in df.columns]
+    if table_columns != columns:
+        added = [c for c in columns if c not in table_columns]
+        dropped = [c for c in table_columns if c not in columns]
         raise WarehouseError(
             f"schema of {uri} differs from the frame (new columns {added}, missing columns {dropped}); "
             "write to a new table or migrate this one deliberately (derived tables: delete the table "

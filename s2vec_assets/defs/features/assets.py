@@ -6,6 +6,8 @@ would re-read the PBF per level or pass the pixel table between assets; one tabl
 checks compare channel totals across levels, and readers filter by `level`.
 """
 
+import tempfile
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -87,33 +89,63 @@ def cell_features(
     box = osm_source.region(region).bbox
     stats: dict[str, int] = {}
     progress = ProgressLog(context.log, f"{region}: extraction", 0, "shards")
-    try:
-        df = pipeline.features(
-            path,
-            region,
-            config.levels,
-            box,
-            config.shard_workers,
-            int(config.shard_mb * 2**20),
-            stats,
-            progress,
-        )
-    except shards.ShardError as e:
-        raise dg.Failure(f"{region}: {e}") from e
-    _refuse_before_write(df, region, path, box, config.levels, stats, warehouse)
-    version = warehouse.write_partition(
-        df,
-        TABLE,
-        {"region": region},
-        description=CELL_FEATURES.description,
-        commit=commit_info(context),
-        facts=CELL_FEATURES.facts(dtype="float64", channels=len(CHANNEL_NAMES), taxonomy_doc="TAXONOMY.md"),
-        spec=CELL_FEATURES,
+    pieces = pipeline.features_by_range(
+        path,
+        region,
+        config.levels,
+        box,
+        config.shard_workers,
+        int(config.shard_mb * 2**20),
+        stats,
+        progress,
     )
-    context.log.info(f"{region}: wrote {df.height} rows at levels {config.levels} (version {version})")
+    # The region is made a piece at a time and staged on local disk, then streamed into one commit:
+    # memory holds a shard and a piece, and readers see the old rows or all the new ones.
+    with tempfile.TemporaryDirectory(prefix=f"s2vec-features-{region}-") as staging:
+        try:
+            df = features.stage_by_level(
+                _checked(pieces, region, path, box, config.levels, stats, warehouse), staging
+            )
+        except shards.ShardError as e:
+            raise dg.Failure(f"{region}: {e}") from e
+        rows = df.select(pl.len()).collect().item()
+        if not rows:
+            _refuse_before_write(
+                pl.DataFrame(schema=features.schema()), region, path, box, config.levels, stats, warehouse
+            )
+        version = warehouse.write_partition(
+            df,
+            TABLE,
+            {"region": region},
+            description=CELL_FEATURES.description,
+            commit=commit_info(context),
+            facts=CELL_FEATURES.facts(
+                dtype="float64", channels=len(CHANNEL_NAMES), taxonomy_doc="TAXONOMY.md"
+            ),
+            spec=CELL_FEATURES,
+        )
+        context.log.info(f"{region}: wrote {rows} rows at levels {config.levels} (version {version})")
+        return dg.MaterializeResult(
+            metadata=_metadata(df, region, box, config.levels, stats, version, warehouse)
+        )
 
-    totals = features.channel_totals(df).filter(pl.col("level") == config.levels[-1]).drop("level")
-    top = sorted(totals.columns, key=lambda c: -totals[c][0])[:8] if totals.height else []
+
+def _checked(pieces, region: str, path, box, levels: list[int], stats: dict, warehouse):
+    """`pieces`, each refused (the run fails, nothing is written) if it fails the pre-write checks."""
+    for piece in pieces:
+        if piece.height:
+            _refuse_before_write(piece, region, path, box, levels, stats, warehouse)
+            yield piece
+
+
+def _metadata(
+    df: pl.LazyFrame, region: str, box, levels: list[int], stats: dict, version: int, warehouse
+) -> dict:
+    """The materialisation's metadata, from the staged rows by streaming queries (none holds the region)."""
+    per_level = df.group_by("level").agg(pl.len().alias("cells")).sort("level").collect(engine="streaming")
+    totals = df.filter(pl.col("level") == levels[-1]).select(pl.col(list(CHANNEL_NAMES)).sum())
+    totals = totals.collect(engine="streaming")
+    top = sorted(totals.columns, key=lambda c: -totals[c][0])[:8]
     metadata = table_metadata(
         df,
         warehouse.table_uri(TABLE),
@@ -124,10 +156,10 @@ def cell_features(
         storage_options=warehouse.options,
     )
     metadata.update(
-        levels=dg.MetadataValue.json(config.levels),
+        levels=dg.MetadataValue.json(levels),
         taxonomy_version=TAXONOMY_VERSION,
         bbox=dg.MetadataValue.json(list(box) if box else None),
-        rows_per_level=dg.MetadataValue.md(markdown_table(df.group_by("level").len("cells").sort("level"))),
+        rows_per_level=dg.MetadataValue.md(markdown_table(per_level)),
         top_channels=dg.MetadataValue.md(
             markdown_table(
                 totals.select(top).unpivot(variable_name="channel", value_name="total"), max_rows=8
@@ -135,15 +167,12 @@ def cell_features(
         ),
         extract_stats=dg.MetadataValue.json(stats),
     )
-    if df.height:
-        level, cells, counts = _map_cells(df)
-        metadata["map"] = inline_charts.cell_map(
-            cells, np.log1p(counts), f"{region}: tagged objects per level-{level} cell (log scale)"
-        )
-        metadata["map_png"] = png_markdown(
-            _density_map(level, cells, counts, region), alt=f"{region} features"
-        )
-    return dg.MaterializeResult(metadata=metadata)
+    level, cells, counts = _map_cells(df, per_level)
+    metadata["map"] = inline_charts.cell_map(
+        cells, np.log1p(counts), f"{region}: tagged objects per level-{level} cell (log scale)"
+    )
+    metadata["map_png"] = png_markdown(_density_map(level, cells, counts, region), alt=f"{region} features")
+    return metadata
 
 
 def _refuse_before_write(
@@ -198,17 +227,17 @@ def _refuse_before_write(
     raise dg.Failure(description=text, metadata=metadata)
 
 
-def _map_cells(df: pl.DataFrame) -> tuple[int, np.ndarray, np.ndarray]:
-    """(level, cell ids, tagged objects per cell) at the finest level a map of the region keeps legible."""
-    per_level = df.group_by("level").len().sort("level")
-    legible = per_level.filter(pl.col("len") <= MAP_MAX_CELLS)["level"]
+def _map_cells(df: pl.LazyFrame, per_level: pl.DataFrame) -> tuple[int, np.ndarray, np.ndarray]:
+    """(level, cell ids, tagged objects per cell) at the finest level a map of the region keeps legible;
+    `per_level` holds the cells per level."""
+    legible = per_level.filter(pl.col("cells") <= MAP_MAX_CELLS)["level"]
     level = int(legible[-1] if len(legible) else per_level["level"][0])
-    cells = df.filter(pl.col("level") == level)
-    return (
-        level,
-        cells["cell_id"].to_numpy(),
-        cells.select(pl.sum_horizontal(_COUNT_CHANNELS)).to_series().to_numpy(),
+    cells = (
+        df.filter(pl.col("level") == level)
+        .select("cell_id", count=pl.sum_horizontal(_COUNT_CHANNELS))
+        .collect(engine="streaming")
     )
+    return level, cells["cell_id"].to_numpy(), cells["count"].to_numpy()
 
 
 def _density_map(level: int, cells: np.ndarray, counts: np.ndarray, region: str):
