@@ -122,6 +122,20 @@ def raster_chunks(
     )
 
 
+def raster_chunks_by_range(
+    read: Callable[[int, int], pl.DataFrame],
+    pixel_ids: Iterable[np.ndarray],
+    grid: Grid = DEFAULT_GRID,
+    images_per_chunk: int = raster.SHARD_SIZE,
+) -> Iterator[raster.Rasters]:
+    """`raster_chunks` with the pixel rows read a chunk's cell range at a time (`raster.rasterize_by_range`:
+    `read(lo, hi)` the rows, `pixel_ids` all their ids), what `raster_tensors` runs: memory holds a
+    chunk, not the region."""
+    return raster.rasterize_by_range(
+        read, pixel_ids, grid.image_level, grid.pixel_level, grid.context_ring, images_per_chunk
+    )
+
+
 def write_rasters(
     rasters: raster.Rasters | Iterable[raster.Rasters],
     directory: str | os.PathLike,

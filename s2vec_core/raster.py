@@ -17,7 +17,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,7 +90,91 @@ def rasterize_chunks(
 ) -> Iterator[Rasters]:
     """`rasterize` as consecutive runs of at most `images_per_chunk` image cells in cell-id order (None:
     one run), so a region's images never need to fit in memory together; `write_shards` writes each
-    run as one shard. A chunk's context windows see every cell of the region, not only the chunk's."""
+    run as one shard. A chunk's context windows see every cell of the region, not only the chunk's.
+    The rows are all held (as float32): `rasterize_by_range` reads them a chunk at a time."""
+    _check_args(image_level, pixel_level, context_ring, images_per_chunk)
+    ids, channels, columns = _pixel_columns(cell_features, pixel_level)
+    del cell_features  # once this generator holds the only reference, the frame itself is freed
+    image_ids = np.unique(s2.parent(ids, image_level))
+    side = 1 << (pixel_level - image_level)
+    if context_ring:
+        # The context level's sums for the whole region: a chunk's windows reach into its neighbours.
+        coarse, summed = _context_sums(ids, columns, image_level + 1)
+    step = images_per_chunk or image_ids.size
+    for start in range(0, image_ids.size, step):
+        chunk = image_ids[start : start + step]
+        tensors = _gather(ids, columns, s2.grid_window(chunk, pixel_level, 0, side))
+        context = (
+            _gather(coarse, summed, _context_window(chunk, image_level, context_ring))
+            if context_ring
+            else None
+        )
+        yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
+
+
+def rasterize_by_range(
+    read: Callable[[int, int], pl.DataFrame],
+    pixel_ids: Iterable[np.ndarray],
+    image_level: int,
+    pixel_level: int,
+    context_ring: int = 0,
+    images_per_chunk: int = SHARD_SIZE,
+) -> Iterator[Rasters]:
+    """`rasterize_chunks` of a region whose pixel rows are read a chunk's cell range at a time, never
+    all at once: `read(lo, hi)` returns the region's `cell_features` rows at `pixel_level` with
+    lo <= cell id <= hi (S2's unsigned order), `pixel_ids` yields the ids of all of them in any
+    batches (the image cells are their parents). Same chunks, bit for bit.
+
+    The context windows reach into neighbouring chunks, so a first pass sums every chunk at the context
+    level into a file on disk; the second makes each chunk's images and reads the sums its windows
+    need. Memory holds a chunk's rows and images, and the region's image and context cell ids."""
+    _check_args(image_level, pixel_level, context_ring, images_per_chunk)
+    parents = [np.unique(s2.parent(s2.as_uint64(np.asarray(b)), image_level)) for b in pixel_ids]
+    image_ids = np.unique(np.concatenate(parents)) if parents else np.zeros(0, np.uint64)
+    if not image_ids.size:
+        raise RasterError(f"cell_features has no rows at the pixel level {pixel_level}")
+    chunks = [image_ids[i : i + images_per_chunk] for i in range(0, image_ids.size, images_per_chunk)]
+    side = 1 << (pixel_level - image_level)
+
+    def rows(chunk: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+        lo, _ = s2.children_range(chunk[:1], pixel_level)
+        _, hi = s2.children_range(chunk[-1:], pixel_level)
+        return _pixel_columns(read(int(lo[0]), int(hi[0])), pixel_level)
+
+    with tempfile.TemporaryDirectory(prefix="s2vec-context-") as tmp:
+        if context_ring:
+            sums_path = Path(tmp) / "context.f32"
+            coarse_ids = []
+            with open(sums_path, "wb") as sums:
+                for chunk in chunks:
+                    coarse, summed = _context_sums(*rows(chunk)[::2], image_level + 1)
+                    sums.write(np.ascontiguousarray(summed.T).tobytes())  # a cell's channels together
+                    coarse_ids.append(coarse)
+            coarse = np.concatenate(coarse_ids)
+        channels = None
+        for chunk in chunks:
+            ids, names, columns = rows(chunk)
+            if channels is not None and names != channels:
+                raise RasterError("cell_features' channel columns differ between cell ranges")
+            channels = names
+            tensors = _gather(ids, columns, s2.grid_window(chunk, pixel_level, 0, side))
+            del ids, columns
+            context = None
+            if context_ring:
+                window = _context_window(chunk, image_level, context_ring)
+                near = np.unique(window)
+                rows_at = np.searchsorted(coarse, near)
+                rows_at = rows_at[
+                    (rows_at < coarse.size) & (coarse[np.minimum(rows_at, coarse.size - 1)] == near)
+                ]
+                stored = np.memmap(sums_path, np.float32, "r", shape=(coarse.size, len(channels)))
+                near_sums = np.ascontiguousarray(stored[rows_at].T)
+                del stored  # unmapped: the pages read do not stay in this process
+                context = _gather(coarse[rows_at], near_sums, window)
+            yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
+
+
+def _check_args(image_level: int, pixel_level: int, context_ring: int, images_per_chunk: int | None) -> None:
     try:
         check_image_levels(image_level, pixel_level)
     except ValueError as e:
@@ -98,6 +183,12 @@ def rasterize_chunks(
         raise RasterError(f"context_ring must be >= 0, got {context_ring}")
     if images_per_chunk is not None and images_per_chunk < 1:
         raise RasterError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
+
+
+def _pixel_columns(
+    cell_features: pl.DataFrame, pixel_level: int
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+    """(sorted uint64 ids, channel names, float32 [C, N] columns) of the rows at `pixel_level`."""
     missing = [c for c in ("level", "cell_id") if c not in cell_features.columns]
     if missing:
         raise RasterError(f"cell_features lacks columns {missing}")
@@ -114,35 +205,27 @@ def rasterize_chunks(
     ids = ids[order]
     if np.any(ids[1:] == ids[:-1]):
         raise RasterError("duplicate pixel cells: rasterise one region at a time")
-    # Channel-major float32, filled a column at a time: no second copy of the frame is ever made, and
-    # once this generator holds the only reference the frame itself is freed.
+    # Channel-major float32, filled a column at a time: no second copy of the frame is ever made.
     columns = np.empty((len(channels), ids.size), np.float32)
     for c, name in enumerate(channels):
         columns[c] = cell_features[name].to_numpy()[at_pixel][order]
-    del cell_features, at_pixel, order
     if not np.isfinite(columns).all():
         raise RasterError("cell_features holds non-finite channel values")
+    return ids, channels, columns
 
-    image_ids = np.unique(s2.parent(ids, image_level))
-    side = 1 << (pixel_level - image_level)
-    if context_ring:
-        # The context level's sums for the whole region: a chunk's windows reach into its neighbours.
-        level = image_level + 1
-        per_cell = 1 << (level - image_level)
-        coarse, inverse = np.unique(s2.parent(ids, min(level, pixel_level)), return_inverse=True)
-        summed = np.stack([np.bincount(inverse, column, coarse.size) for column in columns]).astype(
-            np.float32
-        )
-        del inverse
-    step = images_per_chunk or image_ids.size
-    for start in range(0, image_ids.size, step):
-        chunk = image_ids[start : start + step]
-        tensors = _gather(ids, columns, s2.grid_window(chunk, pixel_level, 0, side))
-        context = None
-        if context_ring:
-            window = s2.grid_window(chunk, level, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
-            context = _gather(coarse, summed, window)
-        yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
+
+def _context_sums(ids: np.ndarray, columns: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted cells at the context `level`, float32 [C, M] sums of their pixel rows): each a float64
+    sum over its children in id order, so any run of whole image cells gives the same sums."""
+    coarse, inverse = np.unique(s2.parent(ids, level), return_inverse=True)
+    sums = np.stack([np.bincount(inverse, column, coarse.size) for column in columns])
+    return coarse, sums.astype(np.float32)
+
+
+def _context_window(chunk: np.ndarray, image_level: int, context_ring: int) -> np.ndarray:
+    """The context-level cells of each image's window of `context_ring` image cells on each side."""
+    per_cell = 2  # the context level is one finer than the images: each image cell is 2 x 2 of them
+    return s2.grid_window(chunk, image_level + 1, -context_ring * per_cell, (2 * context_ring + 1) * per_cell)
 
 
 def _gather(sorted_ids: np.ndarray, columns: np.ndarray, window: np.ndarray) -> np.ndarray:

@@ -86,3 +86,28 @@ def test_a_staged_table_streams_into_one_commit(runs, tmp_path):
         "li": staged.collect().height,
         "other": other.height,
     }
+
+
+def test_rasters_read_by_cell_range_equal_the_whole_regions(runs, tmp_path):
+    """Liechtenstein's features written as cell_features writes them, then rasterised with each chunk's
+    pixel rows read from Delta by cell range: the chunks `raster_chunks` makes from the whole frame."""
+    uri = str(tmp_path / "cell_features")
+    staged = features.stage_by_level(features.cell_features_by_range(runs, LEVELS, "li"), tmp_path)
+    warehouse.write_partition(staged, uri, {"region": "li"}, spec=CELL_FEATURES)
+    grid = pipeline.DEFAULT_GRID
+    pixels = {"region": "li", "level": grid.pixel_level}
+    ids = warehouse.scan_table(uri, pixels, columns=["cell_id"]).collect_batches(chunk_size=10_000)
+    got = pipeline.raster_chunks_by_range(
+        lambda lo, hi: warehouse.read_table(uri, pixels, cell_range=(lo, hi)),
+        (b["cell_id"].to_numpy() for b in ids),
+        grid,
+        images_per_chunk=64,
+    )
+    whole = pipeline.raster_chunks(warehouse.read_table(uri, pixels), grid, images_per_chunk=64)
+    n = 0
+    for a, b in zip(got, whole, strict=True):
+        np.testing.assert_array_equal(a.image_ids, b.image_ids)
+        np.testing.assert_array_equal(a.tensors, b.tensors)
+        np.testing.assert_array_equal(a.context, b.context)
+        n += 1
+    assert n > 3

@@ -10,8 +10,16 @@ import pytest
 import s2sphere
 import torch
 
-from s2vec_core import s2
-from s2vec_core.raster import NormStats, RasterError, open_shards, rasterize, rasterize_chunks, write_shards
+from s2vec_core import s2, warehouse
+from s2vec_core.raster import (
+    NormStats,
+    RasterError,
+    open_shards,
+    rasterize,
+    rasterize_by_range,
+    rasterize_chunks,
+    write_shards,
+)
 
 IMAGE_LEVEL, PIXEL_LEVEL = 10, 13
 K = PIXEL_LEVEL - IMAGE_LEVEL
@@ -231,3 +239,44 @@ def test_chunks_are_the_whole_rasters_in_pieces_and_write_the_same_shards(patter
     with pytest.raises(RasterError, match="no images"):
         write_shards(iter(()), tmp_path / "empty")
     assert not (tmp_path / "empty").exists() and not list(tmp_path.glob(".empty*"))
+
+
+@pytest.mark.parametrize("ring", [0, 2])
+def test_chunks_read_by_cell_range_from_delta_are_the_same_chunks(pattern, tmp_path, ring):
+    """Each chunk's pixel rows read from the Delta table by cell range, the context windows still
+    reaching into the other chunks: the same chunks bit for bit, the same shards. Sorted, the images
+    run over every face, so one chunk's range crosses 2**63, where the Int64 ids turn negative."""
+    frame, _ = pattern
+    uri = str(tmp_path / "features")
+    warehouse.write_partition(frame, uri, {"region": "test"})
+    pixels = {"region": "test", "level": PIXEL_LEVEL}
+    reads = []
+
+    def read(lo: int, hi: int) -> pl.DataFrame:
+        reads.append((lo, hi))
+        return warehouse.read_table(uri, pixels, cell_range=(lo, hi))
+
+    def by_range():
+        ids = warehouse.scan_table(uri, pixels, columns=["cell_id"]).collect_batches(chunk_size=5)
+        return rasterize_by_range(
+            read, (b["cell_id"].to_numpy() for b in ids), IMAGE_LEVEL, PIXEL_LEVEL, ring, 4
+        )
+
+    whole = list(rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, ring, images_per_chunk=4))
+    got = list(by_range())
+    assert [c.image_ids.size for c in got] == [4, 4, 1]
+    for a, b in zip(got, whole, strict=True):
+        np.testing.assert_array_equal(a.image_ids, b.image_ids)
+        np.testing.assert_array_equal(a.tensors, b.tensors)
+        assert a.channels == b.channels and (a.context is None) == (ring == 0)
+        if ring:
+            np.testing.assert_array_equal(a.context, b.context)
+    # Read once per chunk, twice with context (its sums first, then the images).
+    assert len(reads) == (2 if ring else 1) * len(got)
+    assert any(lo < 2**63 <= hi for lo, hi in reads)
+    reads.clear()
+    streamed = write_shards(by_range(), tmp_path / "r", 4)
+    assert streamed.equals(write_shards(iter(whole), tmp_path / "w", 4))
+    assert open_shards(tmp_path / "r").meta == open_shards(tmp_path / "w").meta
+    with pytest.raises(RasterError, match="no rows at the pixel level"):
+        next(rasterize_by_range(read, iter(()), IMAGE_LEVEL, PIXEL_LEVEL))

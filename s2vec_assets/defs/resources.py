@@ -121,6 +121,17 @@ class WarehouseResource(dg.ConfigurableResource):
             self.table_uri(name), filters, storage_options=self.options, columns=columns
         )
 
+    def scan(
+        self,
+        name: str,
+        filters: dict[str, str | int] | None = None,
+        columns: list[str] | None = None,
+        version: int | None = None,
+        cell_range: tuple[int, int] | None = None,
+    ) -> pl.LazyFrame:
+        """Table `name` lazily (see `warehouse.scan_table`): at `version`, within an S2 `cell_range`."""
+        return warehouse.scan_table(self.table_uri(name), filters, self.options, columns, version, cell_range)
+
     def version(self, name: str) -> int | None:
         return warehouse.table_version(self.table_uri(name), storage_options=self.options)
 

@@ -101,11 +101,17 @@ def raster_tensors(
     )
     key = artifacts.raster_key(region)
     directory = warehouse.artifacts.local(key)
+    # One shard of images in memory at a time, its pixel rows read by cell range and written as it is
+    # made. Every read is of one table version, so a concurrent write of the features cannot mix in.
+    pixels = {"region": region, "level": grid.pixel_level}
+    version = warehouse.version(feature_assets.TABLE)
+    if version is None:
+        raise dg.Failure(f"{region}: no `{feature_assets.TABLE}` table; materialise cell_features[{region}]")
+    ids = warehouse.scan(feature_assets.TABLE, pixels, ["cell_id"], version).collect_batches()
     try:
-        # One shard of images in memory at a time, written as it is made; the rows read are handed over
-        # without a name here, so the rasteriser frees them once it has its own float32 copy.
-        chunks = pipeline.raster_chunks(
-            warehouse.read(feature_assets.TABLE, {"region": region, "level": grid.pixel_level}),
+        chunks = pipeline.raster_chunks_by_range(
+            lambda lo, hi: warehouse.scan(feature_assets.TABLE, pixels, None, version, (lo, hi)).collect(),
+            (batch["cell_id"].to_numpy() for batch in ids),
             grid,
             config.shard_size,
         )
