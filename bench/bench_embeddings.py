@@ -3,7 +3,7 @@ worlds whose truth is known, over several seeds.
 
     python bench/bench_embeddings.py [--seeds 0,1,2] [--cells 1500] [--epochs 30] [--model default|paper]
                                      [--device cpu|cuda] [--out DIR] [--cache DIR [--reuse-baselines]]
-                                     [--no-curves]
+                                     [--no-curves] [--set KEY=VALUE ...] [--work DIR]
 
 Each seed is its own world (`s2vec_core.synthetic`, centre moved with the seed) with four targets per
 image cell: log population and log income (controls: a cell's counts nearly suffice), `arrangement`
@@ -98,6 +98,7 @@ def embed_all(
     work: Path,
     device: str,
     paper: bool = False,
+    overrides: dict[str, str] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict]:
     """Train one MAE on every world's rasters; per-world image-cell embeddings (the `cell_embeddings`
     rows the evaluation asset scores: unit length) and training facts."""
@@ -111,6 +112,12 @@ def embed_all(
     if paper:
         paper_config = MAEConfig.paper(config.in_channels, context_size=config.context_size)
         config = dataclasses.replace(paper_config, layout_groups=config.layout_groups)
+    if overrides:
+        types = {f.name: type(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - set(types))
+        if unknown:
+            raise SystemExit(f"--set: {unknown} are not MAEConfig fields; choose from {sorted(types)}")
+        config = dataclasses.replace(config, **{k: types[k](v) for k, v in overrides.items()})
     result = pipeline.fit(shards, work / "mae.pt", config, train_config, device=device)
     info = {
         "train_s": round(time.perf_counter() - started, 1),
@@ -258,11 +265,20 @@ def main() -> None:
         help="score only S2Vec and its fusions; baselines from --cache",
     )
     ap.add_argument("--no-curves", action="store_true", help="skip the learning curves")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an MAEConfig field"
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="rasters and checkpoint here; a finished checkpoint is reused, not retrained",
+    )
     args = ap.parse_args()
     if args.reuse_baselines and args.cache is None:
         ap.error("--reuse-baselines needs --cache")
     grid = Grid(feature_levels=(Grid().image_level, Grid().pixel_level))
-    work = Path(tempfile.mkdtemp(prefix="s2vec_emb_"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="s2vec_emb_"))
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeds = [int(x) for x in args.seeds.split(",")]
     n = len(seeds)
@@ -276,7 +292,13 @@ def main() -> None:
     tasks = {f"world-{seed}": t for seed, (_, t) in zip(seeds, made)}
     prepared = time.perf_counter() - t0
     embeddings, info = embed_all(
-        features, grid, TrainConfig(epochs=args.epochs), work, args.device, paper=args.model == "paper"
+        features,
+        grid,
+        TrainConfig(epochs=args.epochs),
+        work,
+        args.device,
+        paper=args.model == "paper",
+        overrides=dict(kv.split("=", 1) for kv in args.set),
     )
     t1 = time.perf_counter()
     # One PCA over every world, as the cross-region asset does: per-world components do not transfer.
