@@ -13,7 +13,7 @@ from s2vec_core.osm.aggregate import pivot
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
 
-PIECE_ROWS = 1 << 18
+PIECE_ROWS = 1 << 16
 """Long rows `cell_features_by_range` featurises at once. Its wide frames (one Float64 per channel, most of
 them zero) are ~50x the long rows, so this caps them near 200 MB whatever the shard or region."""
 

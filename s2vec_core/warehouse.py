@@ -13,13 +13,18 @@ because Delta refuses custom table properties.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import polars as pl
@@ -30,6 +35,7 @@ import pyarrow
 from deltalake import CommitProperties, DeltaTable, Field, WriterProperties, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction
 
 from s2vec_core import s2, settings, tables
 
@@ -37,6 +43,8 @@ COMMIT_PREFIX = "s2vec."
 """Commit-info keys the product writes: s2vec.run_id, s2vec.asset, s2vec.region, s2vec.model_version."""
 COMMIT_KEYS = ("run_id", "asset", "region", "model_version")
 FACTS_MARKER = "\nfacts: "
+WRITE_ID = COMMIT_PREFIX + "write_id"
+"""Commit-info key of a write made by transaction, by which it finds its own version."""
 
 PartitionValue = str | int | Sequence[str] | Sequence[int]
 
@@ -113,9 +121,10 @@ def write_partition(
     (`TableSpec.facts` puts `table` in them) is checked; a write with neither is not checked, so cut-down
     frames (tests, scratch tables) can be written under any name.
 
-    A `pl.LazyFrame` (e.g. a scan of staged parquet files) is streamed into the same single commit batch
-    by batch, never collected, so memory holds a batch rather than the partition; each attempt scans it
-    afresh. Readers see the partition's old rows or all its new ones, never part of them.
+    A `pl.LazyFrame` (e.g. a scan of staged parquet files) is never collected: its batches are written
+    one at a time into the partition's data files (`_write_files`), which one transaction then commits in
+    place of the partition's old files, so memory holds a batch rather than the partition. Readers see
+    the old rows or all the new ones; files of a write that does not commit are deleted.
 
     Concurrent writers are safe: a missing table is created by a commit that fails rather than lands
     if another writer created the table first (that writer then retries as below), and every other
@@ -137,10 +146,17 @@ def write_partition(
         spec = tables.BY_NAME.get(str(facts.get("table")))
     if spec is not None:
         check_spec(spec, stored.collect_schema(), tuple(partition))
-    data, arrow_schema = _arrow_source(stored)
+    eager = isinstance(stored, pl.DataFrame)
+    if eager:
+        data = stored.to_arrow(compat_level=pl.CompatLevel.oldest())
+        arrow_schema = data.schema
+    else:
+        arrow_schema = stored.head(0).collect().to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+        data = arrow_schema.empty_table()  # the table made, if missing; the rows go in as files below
     properties = commit_properties(commit)
     writer = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
     text = describe(description, facts) if description is not None or facts else None
+    files: list[AddAction] = []  # a lazy frame's data files: written once, committed by every attempt
 
     def write() -> tuple[DeltaTable, int]:
         try:
@@ -153,7 +169,7 @@ def write_partition(
                 # that finds the table already there), and writes again below by predicate.
                 write_deltalake(
                     uri,
-                    data(),
+                    data,
                     mode="error",
                     partition_by=list(partition),
                     storage_options=storage_options,
@@ -165,24 +181,47 @@ def write_partition(
                 if table_version(uri, storage_options) is None:
                     raise
                 raise _Conflict(f"{uri} was created by a concurrent writer") from e
-            # A create commits version 0 or nothing.
-            return DeltaTable(uri, storage_options=storage_options, version=0), 0
+            if eager:  # a create commits version 0 or nothing
+                return DeltaTable(uri, storage_options=storage_options, version=0), 0
+            table = DeltaTable(uri, storage_options=storage_options)
         if add_columns:
             _add_missing_columns(table, arrow_schema, properties)
         _check_schema(table, arrow_schema.names, uri)
-        # Writing through the table object updates it to the commit it made: its version is this
-        # write's, even if another writer commits right after.
-        write_deltalake(
-            table,
-            data(),
+        if eager:
+            # Writing through the table object updates it to the commit it made: its version is this
+            # write's, even if another writer commits right after.
+            write_deltalake(
+                table,
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                commit_properties=properties,
+                writer_properties=writer,
+            )
+            return table, table.version()
+        if not files:
+            files.extend(_write_files(stored, uri, partition, storage_options, row_group_rows))
+        # The transaction does not move the table object to its commit: the commit is found by a
+        # mark of this write, so its version is this write's even if another writer commits right after.
+        mark = str(uuid.uuid4())
+        before = table.version()
+        table.create_write_transaction(
+            files,
             mode="overwrite",
-            predicate=predicate,
-            commit_properties=properties,
-            writer_properties=writer,
+            schema=arrow_schema,
+            partition_by=list(partition),
+            partition_filters=[(k, "=", str(v)) for k, v in partition.items()],
+            commit_properties=commit_properties(commit, write_id=mark),
         )
-        return table, table.version()
+        table.update_incremental()
+        made = [e["version"] for e in table.history(table.version() - before) if e.get(WRITE_ID) == mark]
+        return table, made[0]
 
-    table, version = _with_retries(write, uri)
+    try:
+        table, version = _with_retries(write, uri)
+    except BaseException:
+        _remove_files(uri, files, storage_options)  # never committed: nothing refers to them
+        raise
     if text is not None:
 
         def set_description() -> None:
@@ -238,21 +277,22 @@ def delete_partition(
 
 
 def commit_properties(
-    commit: Mapping[str, str] | None, max_retries: int | None = None
+    commit: Mapping[str, str] | None, max_retries: int | None = None, write_id: str | None = None
 ) -> CommitProperties | None:
     """Delta commit info carrying the product's provenance keys (unknown keys are refused).
 
-    `max_retries` caps delta-rs's own rebasing of a commit that lost a race (None: its default).
+    `max_retries` caps delta-rs's own rebasing of a commit that lost a race (None: its default);
+    `write_id` marks the commit (`WRITE_ID`) so that its writer can find its version.
     """
-    if not commit and max_retries is None:
+    if not commit and max_retries is None and write_id is None:
         return None
     unknown = set(commit or {}) - set(COMMIT_KEYS)
     if unknown:
         raise WarehouseError(f"unknown commit metadata keys {sorted(unknown)}; known: {COMMIT_KEYS}")
-    return CommitProperties(
-        custom_metadata={COMMIT_PREFIX + k: str(v) for k, v in (commit or {}).items()},
-        max_commit_retries=max_retries,
-    )
+    metadata = {COMMIT_PREFIX + k: str(v) for k, v in (commit or {}).items()}
+    if write_id is not None:
+        metadata[WRITE_ID] = write_id
+    return CommitProperties(custom_metadata=metadata, max_commit_retries=max_retries)
 
 
 def describe(description: str | None, facts: Mapping[str, object] | None) -> str:
@@ -369,23 +409,139 @@ def _partition_expr(partition: Mapping[str, PartitionValue]) -> pl.Expr:
     return pl.all_horizontal(exprs)
 
 
-def _arrow_source(stored: pl.DataFrame | pl.LazyFrame) -> tuple[Callable[[], object], pyarrow.Schema]:
-    """(a function giving the rows to write, as Arrow, and their schema): a frame's table, or a fresh
-    stream of a lazy frame's batches per call."""
-    if isinstance(stored, pl.DataFrame):
-        table = stored.to_arrow(compat_level=pl.CompatLevel.oldest())
-        return lambda: table, table.schema
-    arrow_schema = stored.head(0).collect().to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+FILE_ROWS = 1 << 23
+"""Rows per data file of a lazy frame's write (a few hundred MB of sparse feature rows)."""
+ROW_GROUP_ROWS = 1 << 16
+"""Rows per Parquet row group of a lazy frame's write: a cell-range read of rows sorted by cell skips
+the groups outside it by their statistics, and decodes at most a group more than it keeps."""
 
-    def stream() -> pyarrow.RecordBatchReader:
-        batches = (
-            batch.cast(arrow_schema)
-            for frame in stored.collect_batches()
-            for batch in frame.to_arrow(compat_level=pl.CompatLevel.oldest()).to_batches()
+
+def _write_files(
+    stored: pl.LazyFrame,
+    uri: str,
+    partition: Mapping[str, PartitionValue],
+    storage_options: dict[str, str] | None,
+    row_group_rows: int | None,
+) -> list[AddAction]:
+    """Stream `stored`'s rows, a batch at a time, into Parquet files in the partition's directory of the
+    table (partition columns left out, as Delta stores them) and return their add actions, with the
+    statistics readers skip files by. delta-rs's own writer holds a whole partition in memory before
+    writing; these files are committed by one transaction instead. On an object store each file is
+    written locally, then uploaded."""
+    import pyarrow.parquet as pq
+
+    if any(not isinstance(v, (str, int)) for v in partition.values()):
+        raise WarehouseError("a lazy frame replaces one partition: give each key a single value")
+    directory = "/".join(f"{k}={quote(str(v), safe='')}" for k, v in partition.items())
+    local = "://" not in uri
+    staging = None if local else tempfile.TemporaryDirectory(prefix="s2vec-delta-")
+    root = Path(uri) if local else Path(staging.name)
+    (root / directory).mkdir(parents=True, exist_ok=True)
+    keys = list(partition)
+    actions: list[AddAction] = []
+    writer, rows, name = None, 0, ""
+
+    def close() -> None:
+        writer.close()
+        path = root / name
+        if not local:
+            _upload(uri, name, path, storage_options)
+        actions.append(
+            AddAction(
+                name,
+                path.stat().st_size,
+                {k: str(v) for k, v in partition.items()},
+                int(time.time() * 1000),
+                True,
+                _stats(pq.read_metadata(path)),
+            )
         )
-        return pyarrow.RecordBatchReader.from_batches(arrow_schema, batches)
+        if not local:
+            path.unlink()
 
-    return stream, arrow_schema
+    try:
+        for frame in stored.drop(keys).collect_batches():
+            batch = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+            if writer is None:
+                name = f"{directory}/part-{uuid.uuid4()}-c000.snappy.parquet"
+                writer, rows = pq.ParquetWriter(root / name, batch.schema, compression="snappy"), 0
+            writer.write_table(batch, row_group_size=row_group_rows or ROW_GROUP_ROWS)
+            rows += batch.num_rows
+            if rows >= FILE_ROWS:
+                close()
+                writer = None
+        if writer is not None:
+            close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            actions.append(AddAction(name, 0, {}, 0, True, "{}"))  # so that it is removed too
+        _remove_files(uri, actions, storage_options)
+        raise
+    finally:
+        if staging is not None:
+            staging.cleanup()
+    return actions
+
+
+def _stats(meta) -> str:
+    """Delta's per-file statistics (rows; each column's min, max and nulls) from Parquet metadata."""
+    lows, highs, nulls = {}, {}, {}
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            name, st = column.path_in_schema, column.statistics
+            if st is None or not st.has_min_max:
+                continue
+            lows[name] = st.min if name not in lows else min(lows[name], st.min)
+            highs[name] = st.max if name not in highs else max(highs[name], st.max)
+            nulls[name] = nulls.get(name, 0) + (st.null_count or 0)
+    finite = [n for n in lows if all(map(_json_safe, (lows[n], highs[n])))]
+    return json.dumps(
+        {
+            "numRecords": meta.num_rows,
+            "minValues": {n: lows[n] for n in finite},
+            "maxValues": {n: highs[n] for n in finite},
+            "nullCount": nulls,
+        }
+    )
+
+
+def _json_safe(value: object) -> bool:
+    return isinstance(value, (str, int)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _upload(uri: str, name: str, path: Path, storage_options: dict[str, str] | None) -> None:
+    import obstore
+
+    obstore.put(_object_store(uri, storage_options), name, path)
+
+
+def _object_store(uri: str, storage_options: dict[str, str] | None):
+    from obstore.store import from_url
+
+    from s2vec_core.artifacts import obstore_options
+
+    config, client = obstore_options(uri, storage_options)
+    return from_url(uri.rstrip("/"), config=config, client_options=client)
+
+
+def _remove_files(uri: str, actions: list[AddAction], storage_options: dict[str, str] | None) -> None:
+    """Delete data files no commit refers to (best effort: at worst they stay, unread, for vacuum)."""
+    if not actions:
+        return
+    if "://" not in uri:
+        for action in actions:
+            Path(uri, action.path).unlink(missing_ok=True)
+        return
+    import obstore
+
+    store = _object_store(uri, storage_options)
+    for action in actions:
+        # An orphan file is harmless; the write's own error is the one to raise.
+        with contextlib.suppress(Exception):
+            obstore.delete(store, action.path)
 
 
 def _delta_compatible(df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
