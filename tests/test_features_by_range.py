@@ -111,3 +111,22 @@ def test_rasters_read_by_cell_range_equal_the_whole_regions(runs, tmp_path):
         np.testing.assert_array_equal(a.context, b.context)
         n += 1
     assert n > 3
+
+
+def test_a_failed_commit_leaves_no_file_and_the_old_rows(runs, tmp_path, monkeypatch):
+    uri = str(tmp_path / "cell_features")
+    old = features.cell_features(runs[0], LEVELS, "li")
+    warehouse.write_partition(old, uri, {"region": "li"}, spec=CELL_FEATURES)
+    before = sorted(p.name for p in (tmp_path / "cell_features" / "region=li").iterdir())
+    staged = features.stage_by_level(features.cell_features_by_range(runs, LEVELS, "li"), tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OSError("store down")
+
+    monkeypatch.setattr(warehouse.DeltaTable, "create_write_transaction", refuse)
+    with pytest.raises(OSError, match="store down"):
+        warehouse.write_partition(staged, uri, {"region": "li"}, spec=CELL_FEATURES)
+    assert sorted(p.name for p in (tmp_path / "cell_features" / "region=li").iterdir()) == before
+    assert warehouse.table_version(uri) == 0
+    key = ["level", "cell_id"]
+    assert warehouse.read_table(uri, {"region": "li"}).sort(key).equals(old.sort(key))
