@@ -123,7 +123,7 @@ def raster_chunks(
 
 
 def raster_chunks_by_range(
-    read: Callable[[int, int], pl.DataFrame],
+    read: Callable[[int, int], pl.LazyFrame],
     pixel_ids: Iterable[np.ndarray],
     grid: Grid = DEFAULT_GRID,
     images_per_chunk: int = raster.SHARD_SIZE,

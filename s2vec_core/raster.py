@@ -62,9 +62,10 @@ class Rasters:
         return self.image_level + 1
 
 
-def channel_columns(frame: pl.DataFrame) -> tuple[str, ...]:
-    """The channel columns of a `cell_features` frame: everything after the key columns, in order."""
-    return tuple(c for c in frame.columns if c not in KEY_COLUMNS)
+def channel_columns(frame: pl.DataFrame | pl.Schema) -> tuple[str, ...]:
+    """The channel columns of a `cell_features` frame (or schema): everything after the key columns."""
+    names = frame.names() if isinstance(frame, pl.Schema) else frame.columns
+    return tuple(c for c in names if c not in KEY_COLUMNS)
 
 
 def rasterize(
@@ -110,10 +111,11 @@ def rasterize_chunks(
             else None
         )
         yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
+        del tensors, context  # the consumer holds the chunk now, and may let it go
 
 
 def rasterize_by_range(
-    read: Callable[[int, int], pl.DataFrame],
+    read: Callable[[int, int], pl.LazyFrame],
     pixel_ids: Iterable[np.ndarray],
     image_level: int,
     pixel_level: int,
@@ -121,8 +123,8 @@ def rasterize_by_range(
     images_per_chunk: int = SHARD_SIZE,
 ) -> Iterator[Rasters]:
     """`rasterize_chunks` of a region whose pixel rows are read a chunk's cell range at a time, never
-    all at once: `read(lo, hi)` returns the region's `cell_features` rows at `pixel_level` with
-    lo <= cell id <= hi (S2's unsigned order), `pixel_ids` yields the ids of all of them in any
+    all at once: `read(lo, hi)` gives the region's `cell_features` rows at `pixel_level` with
+    lo <= cell id <= hi (S2's unsigned order) as a lazy frame (only the ids and channels are read), `pixel_ids` yields the ids of all of them in any
     batches (the image cells are their parents). Same chunks, bit for bit.
 
     The context windows reach into neighbouring chunks, so a first pass sums every chunk at the context
@@ -139,7 +141,11 @@ def rasterize_by_range(
     def rows(chunk: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
         lo, _ = s2.children_range(chunk[:1], pixel_level)
         _, hi = s2.children_range(chunk[-1:], pixel_level)
-        return _pixel_columns(read(int(lo[0]), int(hi[0])), pixel_level)
+        lf = read(int(lo[0]), int(hi[0]))
+        names = channel_columns(lf.collect_schema())
+        # Cast as read (as numpy would, round to nearest), so the float64 rows are never held whole.
+        frame = lf.select(*(c for c in ("level", "cell_id") if c in lf.collect_schema()), *names)
+        return _pixel_columns(frame.with_columns(pl.col(names).cast(pl.Float32)).collect(), pixel_level)
 
     with tempfile.TemporaryDirectory(prefix="s2vec-context-") as tmp:
         if context_ring:
@@ -172,6 +178,7 @@ def rasterize_by_range(
                 del stored  # unmapped: the pages read do not stay in this process
                 context = _gather(coarse[rows_at], near_sums, window)
             yield Rasters(chunk, tensors, channels, image_level, pixel_level, context, context_ring)
+            del tensors, context  # the consumer holds the chunk now, and may let it go
 
 
 def _check_args(image_level: int, pixel_level: int, context_ring: int, images_per_chunk: int | None) -> None:
@@ -361,17 +368,20 @@ def write_shards(
     digest = hashlib.sha256()
     ids, names, rows, first = [], [], [], None
     try:
-        for number, chunk in enumerate(chunks):  # chunks may still be made here, and fail
-            first = first or chunk
-            name = f"shard-{number:05d}.npy"
+        # Not `enumerate`: it keeps the last chunk while the next one is made, so memory held two.
+        for chunk in chunks:  # chunks may still be made here, and fail
+            first = first or _shape_only(chunk)
+            name = f"shard-{len(ids):05d}.npy"
             for array, path in ((chunk.tensors, tmp / name), (chunk.context, tmp / _context_name(name))):
                 if array is not None:
                     block = np.ascontiguousarray(array)
                     np.save(path, block)
                     digest.update(block.data)
+                    del block
             ids.append(chunk.image_ids)
             names.append(np.full(chunk.image_ids.size, name))
             rows.append(np.arange(chunk.image_ids.size))
+            del chunk  # before the next chunk is made: memory holds one
         if first is None or not sum(i.size for i in ids):
             raise RasterError("no images to write")
     except BaseException:
@@ -406,6 +416,14 @@ def write_shards(
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+def _shape_only(rasters: Rasters) -> Rasters:
+    """`rasters` without its images (empty copies keep the shapes), for the metadata."""
+    context = rasters.context[:0].copy() if rasters.context is not None else None
+    return dataclasses.replace(
+        rasters, image_ids=rasters.image_ids[:0].copy(), tensors=rasters.tensors[:0].copy(), context=context
+    )
 
 
 def _shard_slices(rasters: Rasters, shard_size: int) -> Iterator[Rasters]:

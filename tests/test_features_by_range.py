@@ -98,7 +98,7 @@ def test_rasters_read_by_cell_range_equal_the_whole_regions(runs, tmp_path):
     pixels = {"region": "li", "level": grid.pixel_level}
     ids = warehouse.scan_table(uri, pixels, columns=["cell_id"]).collect_batches(chunk_size=10_000)
     got = pipeline.raster_chunks_by_range(
-        lambda lo, hi: warehouse.read_table(uri, pixels, cell_range=(lo, hi)),
+        lambda lo, hi: warehouse.scan_table(uri, pixels, cell_range=(lo, hi)),
         (b["cell_id"].to_numpy() for b in ids),
         grid,
         images_per_chunk=64,

@@ -252,9 +252,9 @@ def test_chunks_read_by_cell_range_from_delta_are_the_same_chunks(pattern, tmp_p
     pixels = {"region": "test", "level": PIXEL_LEVEL}
     reads = []
 
-    def read(lo: int, hi: int) -> pl.DataFrame:
+    def read(lo: int, hi: int) -> pl.LazyFrame:
         reads.append((lo, hi))
-        return warehouse.read_table(uri, pixels, cell_range=(lo, hi))
+        return warehouse.scan_table(uri, pixels, cell_range=(lo, hi))
 
     def by_range():
         ids = warehouse.scan_table(uri, pixels, columns=["cell_id"]).collect_batches(chunk_size=5)

@@ -110,7 +110,7 @@ def raster_tensors(
     ids = warehouse.scan(feature_assets.TABLE, pixels, ["cell_id"], version).collect_batches()
     try:
         chunks = pipeline.raster_chunks_by_range(
-            lambda lo, hi: warehouse.scan(feature_assets.TABLE, pixels, None, version, (lo, hi)).collect(),
+            lambda lo, hi: warehouse.scan(feature_assets.TABLE, pixels, None, version, (lo, hi)),
             (batch["cell_id"].to_numpy() for batch in ids),
             grid,
             config.shard_size,
