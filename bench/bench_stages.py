@@ -3,7 +3,8 @@
 Each stage runs once on one core (torch and polars limited to one thread, extraction with `workers=1`:
 one shard process at a time), in the order the asset graph runs them and through the same functions
 (`s2vec_core.pipeline`, default `Grid`): extract (sharded as `cell_features` runs it, level 17) ->
-cell_features (13, 15, 17) -> rasters (13 / 17, context ring 2) -> one training epoch of the default
+cell_features (13, 15, 17; a piece at a time, staged and written to a Delta table in one commit) ->
+rasters (13 / 17, context ring 2; each shard's rows read back from that table by cell range) -> one training epoch of the default
 model -> embeddings (image and token rows, as `cell_embeddings` stores them). Peak RSS is the
 high-water mark after the stage of this process or of its largest finished child (a shard process).
 From the rates per MB of PBF it prints the hours a region of a given size takes with N workers
@@ -21,18 +22,20 @@ import os
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
 import argparse
-import dataclasses
 import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import torch
 
-from s2vec_core import embed, features, pipeline, raster
+from s2vec_core import embed, features, pipeline, raster, warehouse
 from s2vec_core.model import MAEConfig, MaskedAutoencoder, parameter_count
 from s2vec_core.model_config import TrainConfig
+from s2vec_core.tables import CELL_FEATURES
 
 GRID = pipeline.DEFAULT_GRID
 REGIONS_GB = {"city": 0.1, "Germany": 4.8, "Europe": 35.0, "planet": 86.0}
@@ -68,23 +71,46 @@ def main() -> None:
         "extract", lambda: pipeline.extract(args.pbf, GRID.pixel_level, workers=1, stats=stats), rows
     )
     rows[-1]["items"] = stats["tagged_nodes"] + stats["tagged_ways"] + stats["tagged_areas"]
-    cells = timed("features", lambda: features.cell_features(long, GRID.feature_levels, "bench"), rows)
-    rows[-1]["items"] = cells.height
     with tempfile.TemporaryDirectory() as tmp:
+        uri = str(Path(tmp) / "cell_features")
+        pixels = {"region": "bench", "level": GRID.pixel_level}
 
-        def make_rasters() -> raster.Rasters:
-            rasters = pipeline.rasters(cells, GRID)
-            pipeline.write_rasters(rasters, Path(tmp) / "r", "bench")
-            return rasters
+        def make_features() -> int:
+            """As cell_features writes them: a piece at a time, staged, one commit."""
+            staged = features.stage_by_level(
+                features.cell_features_by_range([long], GRID.feature_levels, "bench"), tmp
+            )
+            warehouse.write_partition(staged, uri, {"region": "bench"}, spec=CELL_FEATURES)
+            return staged.select(pl.len()).collect().item()
 
-        rasters = timed("rasters", make_rasters, rows)
-        rows[-1]["items"] = rasters.image_ids.size
-        # Training and inference rates do not depend on the region's size: time them on a sample.
-        n = min(args.sample_images, rasters.image_ids.size)
-        sample = dataclasses.replace(
-            rasters, image_ids=rasters.image_ids[:n], tensors=rasters.tensors[:n], context=rasters.context[:n]
+        rows_written = timed("features", make_features, rows)
+        rows[-1]["items"] = rows_written
+
+        def make_rasters() -> pl.DataFrame:
+            """As raster_tensors makes them: each shard's rows read from Delta by cell range."""
+            ids = warehouse.scan_table(uri, pixels, columns=["cell_id"]).collect_batches()
+            chunks = pipeline.raster_chunks_by_range(
+                lambda lo, hi: warehouse.scan_table(uri, pixels, cell_range=(lo, hi)),
+                (batch["cell_id"].to_numpy() for batch in ids),
+                GRID,
+            )
+            return pipeline.write_rasters(chunks, Path(tmp) / "r", "bench")
+
+        index = timed("rasters", make_rasters, rows)
+        rows[-1]["items"] = index.height
+        made = raster.open_shards(Path(tmp) / "r")
+        head = np.arange(min(args.sample_images, len(made)))
+        rasters = raster.Rasters(
+            made.image_ids[head],
+            made.take(head),
+            made.channels,
+            GRID.image_level,
+            GRID.pixel_level,
+            made.take_context(head),
+            GRID.context_ring,
         )
-        pipeline.write_rasters(sample, Path(tmp) / "s", "bench")
+        # Training and inference rates do not depend on the region's size: time them on a sample.
+        pipeline.write_rasters(rasters, Path(tmp) / "s", "bench")
         shards = raster.open_shards(Path(tmp) / "s")
         config = TrainConfig(epochs=2, batch_size=64, holdout_fraction=0.0)
         result = timed("train", lambda: pipeline.fit(shards, Path(tmp) / "c.pt", train_config=config), rows)

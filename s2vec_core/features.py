@@ -15,7 +15,7 @@ from s2vec_core.taxonomy import CHANNEL_NAMES, TAXONOMY_VERSION
 
 PIECE_ROWS = 1 << 16
 """Long rows `cell_features_by_range` featurises at once. Its wide frames (one Float64 per channel, most of
-them zero) are ~50x the long rows, so this caps them near 200 MB whatever the shard or region."""
+them zero) are ~50x the long rows, so this caps them near 100 MB whatever the shard or region."""
 
 KEY_COLUMNS = tuple(c.name for c in CELL_FEATURES.columns if c.group is None)
 """The columns that say which cell a row is: every column of the spec outside the channel family."""

@@ -423,13 +423,11 @@ def _write_files(
     storage_options: dict[str, str] | None,
     row_group_rows: int | None,
 ) -> list[AddAction]:
-    """Stream `stored`'s rows, a batch at a time, into Parquet files in the partition's directory of the
-    table (partition columns left out, as Delta stores them) and return their add actions, with the
-    statistics readers skip files by. delta-rs's own writer holds a whole partition in memory before
-    writing; these files are committed by one transaction instead. On an object store each file is
-    written locally, then uploaded."""
-    import pyarrow.parquet as pq
-
+    """Stream `stored`'s rows into Parquet files in the partition's directory of the table (partition
+    columns left out, as Delta stores them; polars' streaming sink, so memory holds a few batches) and
+    return their add actions, with the statistics readers skip files by. delta-rs's own writer holds a
+    whole partition in memory before writing; these files are committed by one transaction instead. On
+    an object store each file is written locally, then uploaded."""
     if any(not isinstance(v, (str, int)) for v in partition.values()):
         raise WarehouseError("a lazy frame replaces one partition: give each key a single value")
     directory = "/".join(f"{k}={quote(str(v), safe='')}" for k, v in partition.items())
@@ -437,45 +435,25 @@ def _write_files(
     staging = None if local else tempfile.TemporaryDirectory(prefix="s2vec-delta-")
     root = Path(uri) if local else Path(staging.name)
     (root / directory).mkdir(parents=True, exist_ok=True)
-    keys = list(partition)
+    rows = stored.drop(list(partition))
+    total = rows.select(pl.len()).collect().item()
     actions: list[AddAction] = []
-    writer, rows, name = None, 0, ""
-
-    def close() -> None:
-        writer.close()
-        path = root / name
-        if not local:
-            _upload(uri, name, path, storage_options)
-        actions.append(
-            AddAction(
-                name,
-                path.stat().st_size,
-                {k: str(v) for k, v in partition.items()},
-                int(time.time() * 1000),
-                True,
-                _stats(pq.read_metadata(path)),
-            )
-        )
-        if not local:
-            path.unlink()
-
     try:
-        for frame in stored.drop(keys).collect_batches():
-            batch = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-            if writer is None:
-                name = f"{directory}/part-{uuid.uuid4()}-c000.snappy.parquet"
-                writer, rows = pq.ParquetWriter(root / name, batch.schema, compression="snappy"), 0
-            writer.write_table(batch, row_group_size=row_group_rows or ROW_GROUP_ROWS)
-            rows += batch.num_rows
-            if rows >= FILE_ROWS:
-                close()
-                writer = None
-        if writer is not None:
-            close()
+        for offset in range(0, max(total, 1), FILE_ROWS):
+            name = f"{directory}/part-{uuid.uuid4()}-c000.snappy.parquet"
+            path = root / name
+            actions.append(AddAction(name, 0, {}, 0, True, "{}"))  # removed on failure from here on
+            rows.slice(offset, FILE_ROWS).sink_parquet(
+                path, compression="snappy", row_group_size=row_group_rows or ROW_GROUP_ROWS
+            )
+            if not local:
+                _upload(uri, name, path, storage_options)
+            values = {k: str(v) for k, v in partition.items()}
+            stats = _stats(pl.scan_parquet(path))
+            actions[-1] = AddAction(name, path.stat().st_size, values, int(time.time() * 1000), True, stats)
+            if not local:
+                path.unlink()
     except BaseException:
-        if writer is not None:
-            writer.close()
-            actions.append(AddAction(name, 0, {}, 0, True, "{}"))  # so that it is removed too
         _remove_files(uri, actions, storage_options)
         raise
     finally:
@@ -484,26 +462,23 @@ def _write_files(
     return actions
 
 
-def _stats(meta) -> str:
-    """Delta's per-file statistics (rows; each column's min, max and nulls) from Parquet metadata."""
-    lows, highs, nulls = {}, {}, {}
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            column = group.column(c)
-            name, st = column.path_in_schema, column.statistics
-            if st is None or not st.has_min_max:
-                continue
-            lows[name] = st.min if name not in lows else min(lows[name], st.min)
-            highs[name] = st.max if name not in highs else max(highs[name], st.max)
-            nulls[name] = nulls.get(name, 0) + (st.null_count or 0)
-    finite = [n for n in lows if all(map(_json_safe, (lows[n], highs[n])))]
+def _stats(data: pl.LazyFrame) -> str:
+    """Delta's per-file statistics (rows; each column's min, max and nulls), by one streaming pass."""
+    names = data.collect_schema().names()
+    facts = data.select(
+        pl.len().alias("rows"),
+        *(pl.col(n).min().alias(f"min {n}") for n in names),
+        *(pl.col(n).max().alias(f"max {n}") for n in names),
+        *(pl.col(n).null_count().alias(f"nulls {n}") for n in names),
+    ).collect(engine="streaming")
+    row = facts.row(0, named=True)
+    bounded = [n for n in names if _json_safe(row[f"min {n}"]) and _json_safe(row[f"max {n}"])]
     return json.dumps(
         {
-            "numRecords": meta.num_rows,
-            "minValues": {n: lows[n] for n in finite},
-            "maxValues": {n: highs[n] for n in finite},
-            "nullCount": nulls,
+            "numRecords": row["rows"],
+            "minValues": {n: row[f"min {n}"] for n in bounded},
+            "maxValues": {n: row[f"max {n}"] for n in bounded},
+            "nullCount": {n: row[f"nulls {n}"] for n in names},
         }
     )
 
