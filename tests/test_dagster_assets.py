@@ -202,7 +202,13 @@ def _failed_expectations(evaluation: dg.AssetCheckEvaluation) -> list[dict]:
     return json.loads(json.dumps(evaluation.metadata["failed_expectations"].value))
 
 
-def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path):
+@pytest.mark.parametrize("check_rows", [None, 2_000])
+def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path, monkeypatch, check_rows):
+    """Also with the region read in many cell ranges: the duplicate falls in one of them."""
+    from s2vec_assets.defs.features import checks as feature_checks
+
+    if check_rows:
+        monkeypatch.setattr(feature_checks, "CHECK_ROWS", check_rows)
     region = REGIONS[0]
     dup = {}
 
@@ -220,6 +226,9 @@ def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path)
     ]
     assert dup["token"] in unique.metadata["bad_rows"].value
     assert checks["cell_features_valid_cell_ids"].passed
+    ranges = unique.metadata["cell_ranges"].value
+    assert (ranges > 3) if check_rows else ranges == 1
+    assert unique.metadata["cell_ranges_failed"].value == 1
 
 
 def test_checks_fail_on_a_cell_id_at_the_wrong_level(defs, instance, materialized, tmp_path):

@@ -130,3 +130,15 @@ def test_a_failed_commit_leaves_no_file_and_the_old_rows(runs, tmp_path, monkeyp
     assert warehouse.table_version(uri) == 0
     key = ["level", "cell_id"]
     assert warehouse.read_table(uri, {"region": "li"}).sort(key).equals(old.sort(key))
+
+
+def test_check_ranges_cut_between_blocks_and_cover_every_id(runs):
+    from s2vec_assets.defs.features.checks import RANGE_SHIFT, cell_ranges
+
+    ids = pl.concat(runs)["cell_id"].to_numpy()
+    ranges = cell_ranges([ids[::2], ids[1::2]], rows=5_000)
+    assert len(ranges) > 5
+    lo, hi = np.array(ranges, np.uint64).T
+    assert np.all(lo[1:] > hi[:-1]) and np.all((lo & np.uint64((1 << RANGE_SHIFT) - 1)) == 0)
+    inside = sum(int(((ids >= a) & (ids <= b)).sum()) for a, b in ranges)
+    assert inside == ids.size

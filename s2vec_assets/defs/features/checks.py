@@ -7,7 +7,7 @@ each id) and GX checks that column.
 """
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 import numpy as np
@@ -67,9 +67,10 @@ def values_finite_nonnegative(df: pl.DataFrame) -> Suite:
     return df, expectations, KEYS
 
 
-def totals_consistent(df: pl.DataFrame) -> Suite:
+def totals_consistent(df: pl.DataFrame | pl.LazyFrame) -> Suite:
     frame = (
-        df.group_by("level")
+        df.lazy()
+        .group_by("level")
         .agg(pl.col(list(CHANNEL_NAMES)).sum())
         .unpivot(index="level", variable_name="channel", value_name="total")
         .group_by("channel", maintain_order=True)
@@ -79,6 +80,7 @@ def totals_consistent(df: pl.DataFrame) -> Suite:
             tolerance=TOTALS_RTOL * pl.max_horizontal(pl.col("max_total").abs(), pl.col("min_total").abs())
             + TOTALS_ATOL,
         )
+        .collect(engine="streaming")
     )
     expectation = Expect(
         "expect_column_pair_values_a_to_be_greater_than_b",
@@ -140,18 +142,78 @@ def failures_before_write(df: pl.DataFrame) -> dict[str, str]:
 SPECS = check_specs(feature_assets.cell_features, {name: desc for name, (_, desc) in SUITES.items()})
 
 
+CHECK_ROWS = 1 << 18
+"""Rows the row-wise suites check at once: Great Expectations works on a pandas copy, so the region is
+read range by range of cell ids, never whole."""
+RANGE_SHIFT = 40
+"""Ranges are cut between blocks of 2**40 ids (cells of level 11 and finer never straddle two), so a
+duplicated (level, cell_id) always falls in one range and uniqueness per range is uniqueness."""
+WHOLE = ("cell_features_totals_consistent",)
+"""Suites over the whole region: sums per level, by one streaming pass."""
+
+
+def cell_ranges(ids: Iterable[np.ndarray], rows: int = CHECK_ROWS) -> list[tuple[int, int]]:
+    """Consecutive unsigned cell-id ranges holding about `rows` of the ids each (Int64 or uint64, in any
+    batches), cut only between blocks of 2**RANGE_SHIFT ids."""
+    counts: dict[int, int] = {}
+    for batch in ids:
+        blocks, n = np.unique(s2.as_uint64(batch) >> np.uint64(RANGE_SHIFT), return_counts=True)
+        for block, count in zip(blocks.tolist(), n.tolist(), strict=True):
+            counts[block] = counts.get(block, 0) + count
+    ranges, start, held = [], None, 0
+    for block in sorted(counts):
+        start = block if start is None else start
+        held += counts[block]
+        if held >= rows:
+            ranges.append((start << RANGE_SHIFT, ((block + 1) << RANGE_SHIFT) - 1))
+            start, held = None, 0
+    if start is not None:
+        ranges.append((start << RANGE_SHIFT, ((max(counts) + 1) << RANGE_SHIFT) - 1))
+    return ranges
+
+
+def _merged(results: list[dg.AssetCheckResult]) -> dg.AssetCheckResult:
+    """One suite's results over the ranges as one: the first failing range's (the rows it names are
+    there), else the first's; rows checked summed over all."""
+    failed = [r for r in results if not r.passed]
+    chosen = failed[0] if failed else results[0]
+    rows = sum(r.metadata["rows_checked"].value for r in results)
+    metadata = {**chosen.metadata, "rows_checked": dg.MetadataValue.int(rows)}
+    metadata["cell_ranges"] = dg.MetadataValue.int(len(results))
+    metadata["cell_ranges_failed"] = dg.MetadataValue.int(len(failed))
+    return chosen._replace(metadata=metadata)
+
+
 @dg.multi_asset_check(specs=SPECS, can_subset=True, name="cell_features_checks")
 def cell_features_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    """Great Expectations suites on the region's rows of the cell_features Delta table."""
-    df = warehouse.read(feature_assets.TABLE, {"region": context.partition_key})
+    """Great Expectations suites on the region's rows of the cell_features Delta table, read range by
+    range of cell ids at one table version (`CHECK_ROWS` rows at a time), so memory holds a range."""
+    region = {"region": context.partition_key}
+    version = warehouse.version(feature_assets.TABLE)
     selected = {key.name for key in context.selected_asset_check_keys}
-    for name, (build, _) in SUITES.items():
-        if name in selected:
-            frame, expectations, sample_columns = build(df)
-            yield gx_check_result(
-                frame,
-                expectations,
-                asset_key=feature_assets.cell_features.key,
-                check_name=name,
-                sample_columns=sample_columns,
-            )
+    ids = warehouse.scan(feature_assets.TABLE, region, ["cell_id"], version).collect_batches()
+    ranges = cell_ranges((batch["cell_id"].to_numpy() for batch in ids), CHECK_ROWS)
+    by_range = [n for n in SUITES if n in selected and n not in WHOLE]
+    results: dict[str, list[dg.AssetCheckResult]] = {n: [] for n in by_range}
+    for cells in ranges or [None]:
+        df = warehouse.scan(feature_assets.TABLE, region, None, version, cells).collect()
+        for name in by_range:
+            results[name].append(_run(name, df))
+        del df
+    for name in SUITES:
+        if name in results:
+            yield _merged(results[name])
+        elif name in selected:
+            yield _run(name, warehouse.scan(feature_assets.TABLE, region, None, version))
+
+
+def _run(name: str, df: pl.DataFrame | pl.LazyFrame) -> dg.AssetCheckResult:
+    build, _ = SUITES[name]
+    frame, expectations, sample_columns = build(df)
+    return gx_check_result(
+        frame,
+        expectations,
+        asset_key=feature_assets.cell_features.key,
+        check_name=name,
+        sample_columns=sample_columns,
+    )
