@@ -229,7 +229,7 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     group_name="model",
     kinds={"pytorch"},
     pool="gpu",
-    code_version="4",
+    code_version="5",
     description=(
         "The S2Vec masked autoencoder trained on every materialised region's rasters (AdamW, warmup + cosine, "
         "bf16 on CUDA). The checkpoint is rewritten atomically each epoch; a retried run resumes it. "
