@@ -24,10 +24,11 @@ import polars as pl
 from s2vec_core import evaluation_run as er
 from s2vec_core import pipeline
 from s2vec_core.catalog import load_catalog, resolve_source
-from s2vec_core.evaluate import r2_table
+from s2vec_core.evaluate import r2_table, raw_channel_totals
 from s2vec_core.evaluation_report import table_markdown, write_report
 from s2vec_core.grid import Grid
 from s2vec_core.model_config import TrainConfig
+from s2vec_core.taxonomy import CHANNEL_NAMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embeddings import embed_all
@@ -63,6 +64,11 @@ def main() -> None:
     )
 
     t = time.perf_counter()
+    # One PCA over every region, as `evaluation_cross_region` fits it: per-region components neither
+    # transfer nor share a width (a 9-cell region caps its own PCA at 9 components).
+    pooled = pl.concat(
+        [raw_channel_totals(f, grid.image_level, CHANNEL_NAMES) for f in features.values()]
+    ).unique("cell_id", keep="first", maintain_order=True)
     sets = {}
     for name, pbf in pbfs.items():
         sets[name] = er.standard_feature_sets(
@@ -70,6 +76,7 @@ def main() -> None:
             grid.image_level,
             embeddings.get(name),
             seed=args.seed,
+            pca_source=pooled,
             pixel_level=grid.pixel_level,
         )
         tasks[name], skipped = er.proxy_tasks(pbf, grid.image_level, sets[name]["raw"]["cell_id"].to_numpy())
