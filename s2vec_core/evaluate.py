@@ -423,6 +423,13 @@ def evaluate_transfer(
         raise InsufficientDataError(
             f"test region {test_region!r} has {len(common[test_region])} usable cells"
         )
+    trained_on = sum(len(common[r]) for r in train_regions)
+    if trained_on < MIN_CELLS:
+        # A model fitted on a handful of cells scores anything (R2 -100 from 11 Monaco cells): say so instead.
+        raise InsufficientDataError(
+            f"transfer to {test_region!r}: the training regions {', '.join(train_regions)} have "
+            f"{trained_on} usable cells; need at least {MIN_CELLS}"
+        )
     ys = {r: _aligned(targets[r].select("cell_id", "target"), common[r])[:, 0] for r in targets}
     rows, preds = [], []
     for name in names:

@@ -164,6 +164,26 @@ def test_transfer_between_regions(world):
     assert m["std"].is_null().all()
 
 
+def test_transfer_from_too_few_training_cells_is_refused(world):
+    truth, sets = world
+    cells = truth["cell_id"].to_numpy()
+    regions = {"tiny": cells[:11], "big": cells[11:]}
+    targets = {
+        r: truth.filter(pl.col("cell_id").is_in(c.tolist())).select("cell_id", target=pl.col("income"))
+        for r, c in regions.items()
+    }
+    fsets = {
+        r: {n: sets["raw"].filter(pl.col("cell_id").is_in(c.tolist())) for n in ("raw",)}
+        for r, c in regions.items()
+    }
+    with pytest.raises(
+        ev.InsufficientDataError, match="training regions tiny have 11 usable cells; need at least 20"
+    ):
+        ev.evaluate_transfer(targets, fsets, "big", task="income")
+    # The other way round trains on the big region and tests on the 11 cells, which is allowed.
+    assert ev.evaluate_transfer(targets, fsets, "tiny", task="income").metrics.height
+
+
 def test_too_few_cells_is_a_clear_error(world):
     truth, sets = world
     few = truth.head(10).select("cell_id", target=pl.col("income"))
