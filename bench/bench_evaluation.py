@@ -92,14 +92,13 @@ def main() -> None:
 
     plots = {}
     for name in pbfs:
-        region_result = (
-            next(
+        region_result = next(
+            (
                 r
                 for r in results
                 if r.metrics.height and r.metrics["region"][0] == name and r.metrics["split"][0] != "transfer"
-            )
-            if any(r.metrics.height and r.metrics["region"][0] == name for r in results)
-            else None
+            ),
+            None,
         )
         if region_result is not None:
             plots |= {f"{name}: {k}": v for k, v in er.report_plots(region_result, sets[name]).items()}

@@ -1,0 +1,28 @@
+"""bench/bench_evaluation.py end to end on the bundled regions (baselines only, no MAE): it must run to
+its report whichever transfers the regions' sizes allow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bundled_baselines_run_to_a_report(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_evaluation.py"), "--no-s2vec", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "bundled" / "report.md").is_file()
+    # Monaco is too small to train a transfer model for Liechtenstein: a note says so instead of a score.
+    assert "transfer to liechtenstein/" in out.stdout and "need at least 20" in out.stdout
+    assert "| monaco | log1p_address_density | raw |" in out.stdout
