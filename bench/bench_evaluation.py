@@ -65,7 +65,7 @@ def main() -> None:
 
     t = time.perf_counter()
     # One PCA over every region, as `evaluation_cross_region` fits it: per-region components neither
-    # transfer nor share a width (a 9-cell region caps its own PCA at 9 components).
+    # transfer nor share a width (an 11-cell region caps its own PCA at 11 components).
     pooled = pl.concat(
         [raw_channel_totals(f, grid.image_level, CHANNEL_NAMES) for f in features.values()]
     ).unique("cell_id", keep="first", maintain_order=True)

@@ -172,10 +172,7 @@ def test_transfer_from_too_few_training_cells_is_refused(world):
         r: truth.filter(pl.col("cell_id").is_in(c.tolist())).select("cell_id", target=pl.col("income"))
         for r, c in regions.items()
     }
-    fsets = {
-        r: {n: sets["raw"].filter(pl.col("cell_id").is_in(c.tolist())) for n in ("raw",)}
-        for r, c in regions.items()
-    }
+    fsets = {r: {"raw": sets["raw"].filter(pl.col("cell_id").is_in(c.tolist()))} for r, c in regions.items()}
     with pytest.raises(
         ev.InsufficientDataError, match="training regions tiny have 11 usable cells; need at least 20"
     ):
