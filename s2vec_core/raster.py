@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 SHARD_SIZE = 4096
 """Images per shard, and per chunk where rasters are made or read in pieces: ~540 MB of float32 with
 the default grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most a step holds at once."""
+READ_ROWS = 512
+"""Images per block of a sequential pass over the shards (`ShardSet.chunks`): ~50 MB with the default
+grid, so a check or a summary over a region's rasters holds little beside what it computes."""
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
 
@@ -468,7 +472,7 @@ class ShardSet:
             raise RasterError("these rasters have no context windows (written with context_ring 0)")
         return self._take(self.contexts, rows)
 
-    def _take(self, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+    def _take(self, arrays: tuple[np.ndarray, ...], rows: np.ndarray, sequential: bool = False) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((rows.size, *arrays[0].shape[1:]), dtype=np.float32)
         which = self.shard_of[rows]
@@ -477,14 +481,33 @@ class ShardSet:
             # Sorted reads are sequential on the memmap; the scatter back restores the requested order.
             local = self.row_of[rows[sel]]
             order = np.argsort(local, kind="stable")
-            out[sel[order]] = arrays[s][local[order]]
+            lo, hi = int(local[order[0]]), int(local[order[-1]]) + 1
+            if sequential and hi - lo == local.size:
+                out[sel[order]] = _read_rows(arrays[s], lo, hi)
+            else:
+                out[sel[order]] = arrays[s][local[order]]
         return out
 
-    def chunks(self, size: int = SHARD_SIZE, context: bool = False) -> Iterator[np.ndarray]:
+    def chunks(self, size: int = READ_ROWS, context: bool = False) -> Iterator[np.ndarray]:
         """Consecutive blocks of at most `size` tensors (or context windows) in global row order."""
-        take = self.take_context if context else self.take
+        arrays = self.contexts if context else self.shards
+        if arrays is None:
+            raise RasterError("these rasters have no context windows (written with context_ring 0)")
         for start in range(0, len(self), size):
-            yield take(np.arange(start, min(start + size, len(self))))
+            yield self._take(arrays, np.arange(start, min(start + size, len(self))), sequential=True)
+
+
+def _read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of a shard. A memory-mapped .npy is read with a plain file read: a pass over every
+    shard then leaves the file in the page cache, not in this process's resident memory, as touching
+    the mapping would (its RSS would grow by the region's rasters)."""
+    if not isinstance(array, np.memmap) or array.filename is None:
+        return np.asarray(array[lo:hi])
+    count = (hi - lo) * math.prod(array.shape[1:])
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset + lo * array[0].nbytes)
+        block = np.fromfile(f, dtype=array.dtype, count=count)
+    return block.reshape(hi - lo, *array.shape[1:])
 
 
 def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> ShardSet:

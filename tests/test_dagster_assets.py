@@ -255,12 +255,23 @@ def test_checks_fail_on_a_cell_id_at_the_wrong_level(defs, instance, materialize
     assert checks["cell_features_values_finite_nonnegative"].passed
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
-def test_checks_fail_on_a_negative_or_non_finite_value(defs, instance, materialized, tmp_path, bad):
+@pytest.mark.parametrize(
+    ("bad", "fault"),
+    [(-1.0, "negative"), (float("nan"), "non_finite"), (float("inf"), "non_finite"), (None, "missing")],
+)
+def test_checks_fail_on_a_negative_or_non_finite_value(
+    defs, instance, materialized, tmp_path, monkeypatch, bad, fault
+):
+    """The region is read in many cell ranges: the faults are counted per range and summed."""
+    from s2vec_assets.defs.features import checks as feature_checks
+
+    monkeypatch.setattr(feature_checks, "CHECK_ROWS", 2_000)
     region = REGIONS[1]
     channel = CHANNEL_NAMES[0]
+    poisoned = {}
 
     def poison(rows: pl.DataFrame) -> pl.DataFrame:
+        poisoned["token"] = rows["token"][3]
         return rows.with_columns(
             pl.when(pl.int_range(pl.len()) == 3).then(bad).otherwise(pl.col(channel)).alias(channel)
         )
@@ -270,9 +281,35 @@ def test_checks_fail_on_a_negative_or_non_finite_value(defs, instance, materiali
     values = checks["cell_features_values_finite_nonnegative"]
     assert not values.passed
     failed = _failed_expectations(values)
-    assert {tuple(f["columns"]) for f in failed} == {(channel,)}
+    assert [(f["columns"], f["unexpected_count"]) for f in failed] == [([fault], 1)]
+    bad_rows = values.metadata["bad_rows"].value
+    assert channel in bad_rows and poisoned["token"] in bad_rows
     assert checks["cell_features_unique_cells"].passed
     assert checks["cell_features_valid_cell_ids"].passed
+
+
+def test_checks_fail_when_a_channel_total_differs_between_levels(
+    defs, instance, materialized, tmp_path, monkeypatch
+):
+    """Totals are summed per range of cells and merged: one changed cell shows over many ranges."""
+    from s2vec_assets.defs.features import checks as feature_checks
+
+    monkeypatch.setattr(feature_checks, "CHECK_ROWS", 2_000)
+    region = REGIONS[0]
+    channel = CHANNEL_NAMES[-1]
+
+    def shift(rows: pl.DataFrame) -> pl.DataFrame:
+        finest = pl.col("level") == max(Grid().feature_levels)
+        first = finest & (pl.int_range(pl.len()).over("level") == 0)
+        return rows.with_columns(pl.when(first).then(pl.col(channel) + 1.0).otherwise(pl.col(channel)))
+
+    resources, _ = _corrupt(materialized, tmp_path, region, shift)
+    _, checks = run_checks(defs, resources, instance, region)
+    totals = checks["cell_features_totals_consistent"]
+    assert not totals.passed
+    assert [f["unexpected_count"] for f in _failed_expectations(totals)] == [1]
+    assert channel in totals.metadata["bad_rows"].value
+    assert checks["cell_features_values_finite_nonnegative"].passed
 
 
 def test_an_empty_region_fails_its_blocking_check_and_the_run(defs, instance, materialized, tmp_path):

@@ -1,9 +1,9 @@
 """Great Expectations checks on cell_features, per region partition, read back from the Delta table.
 
 All are blocking: duplicated, misplaced or negative cells would poison the rasters and the model.
-One op runs them all (one read of the partition, one GX import) and each reports its own result.
-Where a rule is not a plain GX expectation, a helper column is computed first (e.g. the S2 level of
-each id) and GX checks that column.
+One op runs them all (one GX import, one table version) and each reports its own result. Where a rule
+is not a plain GX expectation, a helper frame is computed first (e.g. the S2 level of each id, or each
+channel's count of negative values over the region) and GX checks that frame.
 """
 
 import sys
@@ -55,24 +55,63 @@ def valid_cell_ids(df: pl.DataFrame) -> Suite:
     return frame, expectations, [*KEYS, "id_level"]
 
 
-def values_finite_nonnegative(df: pl.DataFrame) -> Suite:
-    # GX skips nulls (pandas NaN) in value expectations, hence the explicit not-null ones; the finite
-    # upper bound catches +inf.
-    expectations = []
-    for c in CHANNEL_NAMES:
-        expectations.append(Expect("expect_column_values_to_not_be_null", column=c))
-        expectations.append(
-            Expect("expect_column_values_to_be_between", column=c, min_value=0, max_value=sys.float_info.max)
-        )
-    return df, expectations, KEYS
+VALUE_FAULTS = ("missing", "negative", "non_finite")
+"""What the values suite counts per channel. GX skips nulls (pandas NaN) in value expectations and a
+GX pass per channel over every row cost minutes and gigabytes, so polars counts each fault per channel
+and GX checks that every count is zero."""
 
 
-def totals_consistent(df: pl.DataFrame | pl.LazyFrame) -> Suite:
+def channel_faults(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per channel: how many of `df`'s rows are missing, negative or non-finite there, and the
+    token of one such row (null when none)."""
+
+    def faults(c: str) -> dict[str, pl.Expr]:
+        value = pl.col(c)
+        return {"missing": value.is_null(), "negative": value < 0, "non_finite": ~value.is_finite()}
+
+    sums = [fault.sum().alias(f"{c}/{name}") for c in CHANNEL_NAMES for name, fault in faults(c).items()]
+    examples = [
+        pl.col("token").filter(pl.any_horizontal(*faults(c).values()).fill_null(True)).first().alias(c)
+        for c in CHANNEL_NAMES
+    ]
+    row = df.select(*sums, *examples).row(0, named=True)
+    return pl.DataFrame(
+        {
+            "channel": list(CHANNEL_NAMES),
+            **{name: [row[f"{c}/{name}"] for c in CHANNEL_NAMES] for name in VALUE_FAULTS},
+            "example_cell": [row[c] for c in CHANNEL_NAMES],
+        },
+        schema_overrides={name: pl.Int64 for name in VALUE_FAULTS} | {"example_cell": pl.String},
+    )
+
+
+def merge_faults(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    return (
+        pl.concat(parts)
+        .group_by("channel", maintain_order=True)
+        .agg(*(pl.col(f).sum() for f in VALUE_FAULTS), pl.col("example_cell").drop_nulls().first())
+    )
+
+
+def level_totals(df: pl.DataFrame) -> pl.DataFrame:
+    """Each channel's sum per level over `df`'s rows."""
+    return df.group_by("level").agg(pl.col(list(CHANNEL_NAMES)).sum())
+
+
+def merge_totals(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(parts).group_by("level").agg(pl.col(list(CHANNEL_NAMES)).sum())
+
+
+def values_finite_nonnegative(faults: pl.DataFrame) -> Suite:
+    """On `channel_faults`' rows: a failing row names the channel, how many cells are bad and one of them."""
+    expectations = [Expect("expect_column_values_to_be_in_set", column=f, value_set=[0]) for f in VALUE_FAULTS]
+    return faults, expectations, ["channel", "example_cell"]
+
+
+def totals_consistent(totals: pl.DataFrame) -> Suite:
+    """On `level_totals`' rows: per channel, the spread of its totals across levels."""
     frame = (
-        df.lazy()
-        .group_by("level")
-        .agg(pl.col(list(CHANNEL_NAMES)).sum())
-        .unpivot(index="level", variable_name="channel", value_name="total")
+        totals.unpivot(index="level", variable_name="channel", value_name="total")
         .group_by("channel", maintain_order=True)
         .agg(levels=pl.len(), min_total=pl.col("total").min(), max_total=pl.col("total").max())
         .with_columns(
@@ -80,7 +119,6 @@ def totals_consistent(df: pl.DataFrame | pl.LazyFrame) -> Suite:
             tolerance=TOTALS_RTOL * pl.max_horizontal(pl.col("max_total").abs(), pl.col("min_total").abs())
             + TOTALS_ATOL,
         )
-        .collect(engine="streaming")
     )
     expectation = Expect(
         "expect_column_pair_values_a_to_be_greater_than_b",
@@ -143,13 +181,17 @@ SPECS = check_specs(feature_assets.cell_features, {name: desc for name, (_, desc
 
 
 CHECK_ROWS = 1 << 18
-"""Rows the row-wise suites check at once: Great Expectations works on a pandas copy, so the region is
-read range by range of cell ids, never whole."""
+"""Rows the suites read at once: the region is read range by range of cell ids, never whole (a GX
+suite works on a pandas copy, and polars' streaming scans of a Delta region held gigabytes)."""
 RANGE_SHIFT = 40
 """Ranges are cut between blocks of 2**40 ids (cells of level 11 and finer never straddle two), so a
 duplicated (level, cell_id) always falls in one range and uniqueness per range is uniqueness."""
-WHOLE = ("cell_features_totals_consistent",)
-"""Suites over the whole region: sums per level, by one streaming pass."""
+SUMMARISED: dict[str, tuple[Callable[[pl.DataFrame], pl.DataFrame], Callable[[list], pl.DataFrame]]] = {
+    "cell_features_values_finite_nonnegative": (channel_faults, merge_faults),
+    "cell_features_totals_consistent": (level_totals, merge_totals),
+}
+"""Suites over the whole region: each range is summarised (summarise), the summaries merged (merge),
+and the suite checks the merged summary."""
 
 
 def cell_ranges(ids: Iterable[np.ndarray], rows: int = CHECK_ROWS) -> list[tuple[int, int]]:
@@ -193,21 +235,26 @@ def cell_features_checks(context: dg.AssetCheckExecutionContext, warehouse: Ware
     selected = {key.name for key in context.selected_asset_check_keys}
     ids = warehouse.scan(feature_assets.TABLE, region, ["cell_id"], version).collect_batches()
     ranges = cell_ranges((batch["cell_id"].to_numpy() for batch in ids), CHECK_ROWS)
-    by_range = [n for n in SUITES if n in selected and n not in WHOLE]
+    by_range = [n for n in SUITES if n in selected and n not in SUMMARISED]
+    summarised = [n for n in SUITES if n in selected and n in SUMMARISED]
+    columns = None if summarised else KEYS
     results: dict[str, list[dg.AssetCheckResult]] = {n: [] for n in by_range}
+    summaries: dict[str, list[pl.DataFrame]] = {n: [] for n in summarised}
     for cells in ranges or [None]:
-        df = warehouse.scan(feature_assets.TABLE, region, None, version, cells).collect()
+        df = warehouse.scan(feature_assets.TABLE, region, columns, version, cells).collect()
         for name in by_range:
             results[name].append(_run(name, df))
+        for name in summarised:
+            summaries[name].append(SUMMARISED[name][0](df))
         del df
     for name in SUITES:
         if name in results:
             yield _merged(results[name])
-        elif name in selected:
-            yield _run(name, warehouse.scan(feature_assets.TABLE, region, None, version))
+        elif name in summaries:
+            yield _run(name, SUMMARISED[name][1](summaries[name]))
 
 
-def _run(name: str, df: pl.DataFrame | pl.LazyFrame) -> dg.AssetCheckResult:
+def _run(name: str, df: pl.DataFrame) -> dg.AssetCheckResult:
     build, _ = SUITES[name]
     frame, expectations, sample_columns = build(df)
     return gx_check_result(
