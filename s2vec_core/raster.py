@@ -34,9 +34,10 @@ from s2vec_core.grid import check_image_levels
 if TYPE_CHECKING:
     import torch
 
-SHARD_SIZE = 4096
-"""Images per shard, and per chunk where rasters are made or read in pieces: ~540 MB of float32 with
-the default grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most a step holds at once."""
+SHARD_SIZE = 1024
+"""Images per shard, and per chunk where rasters are made in pieces: ~135 MB of float32 with the default
+grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most `raster_tensors` holds at once
+(4,096 put a Dagster run process over 1 GB; bench/bench_dagster_run.py)."""
 READ_ROWS = 512
 """Images per block of a sequential pass over the shards (`ShardSet.chunks`): ~50 MB with the default
 grid, so a check or a summary over a region's rasters holds little beside what it computes."""

@@ -17,6 +17,7 @@ from s2vec_assets.defs.features import checks as feature_checks
 from s2vec_assets.defs.osm import assets as osm_assets
 from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.defs.resources import resources as default_resources
+from s2vec_assets.gx_checks import run_suite
 from s2vec_core import warehouse
 from s2vec_core.catalog import load_catalog
 
@@ -121,6 +122,14 @@ def test_duplicate_cells_are_refused_by_the_same_suite_the_check_runs():
     assert list(failed) == ["cell_features_unique_cells"]
     assert "expect_compound_columns_to_be_unique" in failed["cell_features_unique_cells"]
     assert list(feature_checks.failures_before_write(df.head(0))) == ["cell_features_not_empty"]
+    # The polars screens that spare GX on passing frames agree with the GX suites, rule by rule.
+    other_level = df.head(1).with_columns(level=pl.col("level") - 1)
+    for frame in (df, pl.concat([df, df.head(1)]), pl.concat([df, other_level]), df.head(0)):
+        for name in feature_checks.PRE_WRITE:
+            build, _ = feature_checks.SUITES[name]
+            suite = build(frame)
+            gx_passed = run_suite(suite[0], suite[1], name).success
+            assert feature_checks.SCREENS[name](frame) == gx_passed, (name, frame.height)
 
 
 # --- evaluation ------------------------------------------------------------------------------------
