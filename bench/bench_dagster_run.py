@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_extract import run_measured  # noqa: E402
-from bench_shards import tiled  # noqa: E402
+from bench_extract import run_measured
+from bench_shards import tiled
 
 REGION = "tiled"
 DEFAULT_SELECT = "cell_features,raster_tensors"

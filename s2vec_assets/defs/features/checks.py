@@ -6,7 +6,6 @@ is not a plain GX expectation, a helper frame is computed first (e.g. the S2 lev
 channel's count of negative values over the region) and GX checks that frame.
 """
 
-import sys
 from collections.abc import Callable, Iterable
 
 import dagster as dg
