@@ -4,10 +4,12 @@ Extraction memory grows with the file (node location index, area assembly, the r
 a large region is cut into shards: S2 cells over its bounding box, each split into its four children
 while it would hold more than `TARGET_SHARD_BYTES` of PBF (the file's density taken as uniform over the
 bbox, measured on a grid of samples), so shards are cells of mixed levels. osmium-tool splits the file
-once, in one run for all shards (`osmium extract --strategy smart`): each shard file holds everything
-with a node in the shard cell (its (u, v) square as a lat/lng polygon, grown a little), ways and
-multipolygon / boundary relations reference-complete. A last `rest` file holds what lies outside the
-header bbox (real extracts keep ways crossing their border complete, past the bbox).
+(`osmium extract --strategy smart`, at most `MAX_EXTRACTS` outputs a run, so many shards are split in
+groups first): each shard file holds everything with a node in the shard cell (its (u, v) square as a
+lat/lng polygon, grown a little), ways and multipolygon / boundary relations reference-complete. A
+last `rest` file holds what lies outside the header bbox (real extracts keep ways crossing their border
+complete, past the bbox). Splitting and extraction run as one pipeline: a shard is extracted as soon as
+its file is written, while other groups are still being split.
 
 Shard boundaries change nothing: every object is added by exactly one shard, the one whose cell holds
 its first point (a node's location, a line's first point, an area's first outer-ring point), which
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +244,41 @@ def _extract(path: Path, regions: list[tuple[str, dict]], directory: Path, sourc
     config.unlink()
 
 
+Group = tuple[Path, list[Shard], int]
+"""A file still to split: its path, the shards inside it, and the level its shards' ancestors start at."""
+
+
+def _split_step(
+    group: Group, directory: Path, source: Path, max_extracts: int
+) -> tuple[list[Shard], list[Group]]:
+    """One osmium-tool run over a group's file: the shards it wrote into `directory` (ready to extract)
+    and the group files it wrote instead, for the shards more than one run may write."""
+    path, shards, top = group
+    cells = np.array([s.owner.cells[0] for s in shards if not s.owner.rest], np.uint64)
+    n_rest = len(shards) - cells.size
+    if len(shards) <= max_extracts:
+        _extract(path, [(s.name, s.region) for s in shards], directory, source)
+        return shards, []
+    # The finest ancestor level, below `path`'s own cell, with few enough groups.
+    fits = [
+        lv
+        for lv in range(top, int(cell_level(cells).min()) + 1)
+        if np.unique(parent(cells, lv)).size + n_rest <= max_extracts
+    ]
+    if not fits:
+        raise ShardError(f"{source}: cannot group {cells.size} shards into {max_extracts} extracts")
+    anc = parent(cells, fits[-1])
+    by_anc: dict[int, list[Shard]] = {}
+    for s, a in zip([s for s in shards if not s.owner.rest], anc.tolist(), strict=True):
+        by_anc.setdefault(a, []).append(s)
+    ready = [g[0] for g in by_anc.values() if len(g) == 1] + [s for s in shards if s.owner.rest]
+    multi = {a: g for a, g in by_anc.items() if len(g) > 1}
+    regions = [(s.name, s.region) for s in ready]
+    regions += [(f"group-{a:016x}", _cell_region(a)) for a in multi]
+    _extract(path, regions, directory, source)
+    return ready, [(directory / f"group-{a:016x}.osm.pbf", g, fits[-1] + 1) for a, g in multi.items()]
+
+
 def split(
     pbf_path: str | Path, shards: list[Shard], directory: Path, max_extracts: int = MAX_EXTRACTS
 ) -> list[Path]:
@@ -249,41 +286,17 @@ def split(
 
     osmium-tool's memory grows with the extracts of one run (id sets over the whole file's id range
     each), so a run writes at most `max_extracts`: more shards are first grouped under ancestor cells,
-    split into one file per group, then each group file into its shards (one more pass per level)."""
-    source = Path(pbf_path)
-
-    def run(path: Path, group: list[Shard], top: int) -> None:
-        """Split `path` into the shards of `group`, all under cells of level `top` - 1 or coarser."""
-        cells = np.array([s.owner.cells[0] for s in group if not s.owner.rest], np.uint64)
-        n_rest = len(group) - cells.size
-        if len(group) <= max_extracts:
-            _extract(path, [(s.name, s.region) for s in group], directory, source)
-            return
-        # The finest ancestor level, below `path`'s own cell, with few enough groups.
-        fits = [
-            lv
-            for lv in range(top, int(cell_level(cells).min()) + 1)
-            if np.unique(parent(cells, lv)).size + n_rest <= max_extracts
-        ]
-        if not fits:
-            raise ShardError(f"{source}: cannot group {cells.size} shards into {max_extracts} extracts")
-        anc = parent(cells, fits[-1])
-        by_anc: dict[int, list[Shard]] = {}
-        for s, a in zip([s for s in group if not s.owner.rest], anc.tolist(), strict=True):
-            by_anc.setdefault(a, []).append(s)
-        singles = [g[0] for g in by_anc.values() if len(g) == 1]
-        multi = {a: g for a, g in by_anc.items() if len(g) > 1}
-        regions = [(s.name, s.region) for s in [*singles, *(s for s in group if s.owner.rest)]]
-        regions += [(f"group-{a:016x}", _cell_region(a)) for a in multi]
-        _extract(path, regions, directory, source)
-        for a, g in multi.items():
-            group_file = directory / f"group-{a:016x}.osm.pbf"
-            run(group_file, g, fits[-1] + 1)
-            group_file.unlink()  # free the disk as soon as its shards are out
-
+    split into one file per group, then each group file into its shards (one more pass per level).
+    `iter_sharded` runs the same steps as a pipeline (groups split while shards extract)."""
     if max_extracts < 5:
         raise ValueError("max_extracts must be >= 5: a cell's four children and the rest shard")
-    run(source, shards, 0)
+    source = Path(pbf_path)
+    todo: list[Group] = [(source, shards, 0)]
+    while todo:
+        group = todo.pop()
+        todo += _split_step(group, directory, source, max_extracts)[1]
+        if group[0] != source:
+            group[0].unlink()  # free the disk as soon as its shards are out
     return [directory / f"{s.name}.osm.pbf" for s in shards]
 
 
@@ -430,36 +443,76 @@ def iter_sharded(
     workers = workers or os.cpu_count() or 1
     shards = plan.shards()
     with tempfile.TemporaryDirectory(prefix="s2vec-shards-", dir=tmp_dir) as tmp:
-        files = split(path, shards, Path(tmp))
-        outs = [Path(tmp) / f"{s.name}.rows" for s in shards]
+        outs = {s.name: Path(tmp) / f"{s.name}.rows" for s in shards}
         runner = _Runner(level, Path(tmp))
-        # Largest files first, so the last ones to finish are short.
-        order = sorted(range(len(shards)), key=lambda i: -files[i].stat().st_size)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s2vec-shard") as pool:
-            futures = [pool.submit(runner.run, shards[i], files[i], outs[i]) for i in order]
-            report(0, len(shards))
-            try:
-                # The first failure raises here, as the shards finish (a failed shard stops the rest).
-                for done, f in enumerate(as_completed(futures), 1):
-                    f.result()
-                    report(done, len(shards))
-            except BaseException:
-                runner.stop()
-                raise
+        parts = _split_and_extract(path, shards, Path(tmp), outs, runner, workers, report)
         runner.close()
-        for f in files:
-            f.unlink()  # free the disk before the rows are merged
-        total = {k: sum(f.result().get(k, 0) for f in futures) for k in futures[0].result()}
+        total = {k: sum(p.get(k, 0) for p in parts) for k in parts[0]}
         if stats is not None:
             stats.update(total)
         edges = _key_ranges(plan.cells)
-        rows = [_Rows(o, edges) for o in outs]
+        rows = [_Rows(outs[s.name], edges) for s in shards]
         for r in range(edges.size - 1):
             agg = osm.Aggregate(level)
             for part in rows:
                 agg.add_folded(*part.read(r))
             if agg.rows:
                 yield agg.long()
+
+
+def _split_and_extract(
+    source: Path,
+    shards: list[Shard],
+    directory: Path,
+    outs: dict[str, Path],
+    runner: _Runner,
+    workers: int,
+    report: Callable[[int, int], None],
+) -> list[dict]:
+    """Split `source` into `shards` and extract each, as one pipeline on `workers` threads: a shard is
+    extracted as soon as the osmium-tool run that writes it ends, while other group files are still
+    being split (the split alone was ~70% of the wall, single-threaded; see BENCHMARKS.md). Each task is
+    a process (osmium-tool or a shard worker), so `workers` bounds the CPUs in use. Returns the shards'
+    stats; the first failure stops the shard processes and raises."""
+
+    def split_group(group: Group) -> tuple[list[Shard], list[Group]]:
+        ready, groups = _split_step(group, directory, source, MAX_EXTRACTS)
+        if group[0] != source:
+            group[0].unlink()  # free the disk as soon as its shards are out
+        return ready, groups
+
+    def extract(shard: Shard) -> dict:
+        path = directory / f"{shard.name}.osm.pbf"
+        result = runner.run(shard, path, outs[shard.name])
+        path.unlink()
+        return result
+
+    parts: list[dict] = []
+    report(0, len(shards))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s2vec-shard") as pool:
+        pending: dict[Future, bool] = {pool.submit(split_group, (source, shards, 0)): True}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    if not pending.pop(future):
+                        parts.append(future.result())
+                        report(len(parts), len(shards))
+                        continue
+                    ready, groups = future.result()
+                    # Splits first: they make more work ready. Then the largest files, so the last
+                    # shards to finish are short.
+                    for group in groups:
+                        pending[pool.submit(split_group, group)] = True
+                    size = {s.name: (directory / f"{s.name}.osm.pbf").stat().st_size for s in ready}
+                    for shard in sorted(ready, key=lambda s: -size[s.name]):
+                        pending[pool.submit(extract, shard)] = False
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            runner.stop()
+            raise
+    return parts
 
 
 def extract_sharded(

@@ -182,14 +182,18 @@ def test_split_failure_names_the_file_and_cleans_up(tmp_path):
 
 
 def test_a_failing_shard_stops_the_others_and_cleans_up(monkeypatch, tmp_path):
-    real_split = shards.split
+    real_step = shards._split_step
+    broken = []
 
-    def split_with_a_broken_shard(pbf_path, shard_list, directory):
-        files = real_split(pbf_path, shard_list, directory)
-        files[0].write_bytes(b"not a pbf")
-        return files
+    def step_with_a_broken_shard(group, directory, source, max_extracts):
+        ready, groups = real_step(group, directory, source, max_extracts)
+        cells = [s for s in ready if not s.owner.rest]
+        if cells and not broken:
+            broken.append(directory / f"{cells[0].name}.osm.pbf")
+            broken[0].write_bytes(b"not a pbf")
+        return ready, groups
 
-    monkeypatch.setattr(shards, "split", split_with_a_broken_shard)
+    monkeypatch.setattr(shards, "_split_step", step_with_a_broken_shard)
     with pytest.raises(osm.OSMFileError, match=r"shard-[0-9a-f]{16}\.osm\.pbf: unreadable"):
         shards.extract_sharded(PBF, LEVEL, workers=2, target_bytes=TARGET, tmp_dir=tmp_path)
     assert not list(tmp_path.iterdir())
