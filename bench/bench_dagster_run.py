@@ -1,13 +1,15 @@
 """Peak RSS and wall of a real Dagster run, checks included, on a tiled extract (issue 14's 1 GB goal).
 
 The stages' own benchmarks (bench_shards, bench_rasters) measure the core functions; a user runs them
-through Dagster, where one run process (the default in-process executor) also holds Dagster, Great
-Expectations and the asset checks. This runs `dagster asset materialize` on a cached tiled copy of the
-bundled Liechtenstein extract (bench_shards.tiled) with a fresh warehouse and Dagster home, under the
-rusage wrapper: the largest process's and the process tree's peak RSS, and the wall.
+through Dagster, where the run process also holds Dagster and the asset checks (Great Expectations),
+and, with the default in-process executor, every step one after another. This runs `dagster asset
+materialize` on a cached tiled copy of the bundled Liechtenstein extract (bench_shards.tiled) with a
+fresh warehouse and Dagster home, samples the RSS of its process tree every 0.2 s, and reports per step
+(times from the run's own event log) the largest process and the tree's sum, then the whole run's.
 
-    python bench/bench_dagster_run.py --copies 320            # ~150 MB of PBF
-    python bench/bench_dagster_run.py --copies 320 --executor multiprocess
+    python bench/bench_dagster_run.py --copies 320                          # ~150 MB of PBF
+    python bench/bench_dagster_run.py --copies 320 --executor multiprocess  # one process per step
+    python bench/bench_dagster_run.py --copies 2560 --select cell_features   # 1.2 GB, features only
 """
 
 from __future__ import annotations
@@ -15,17 +17,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_extract import run_measured
 from bench_shards import tiled
+from peers.rusage_wrap import _rss_kib, _tree
 
 REGION = "tiled"
 DEFAULT_SELECT = "cell_features,raster_tensors"
+SAMPLE_S = 0.2
+
+
+def sample(pid: int, samples: list[tuple[float, float, float]], stop: threading.Event) -> None:
+    """(time, largest process MB, sum over the tree MB) of `pid`'s tree until `stop`."""
+    while not stop.is_set():
+        rss = [_rss_kib(p) / 1024 for p in _tree(pid)]
+        samples.append((time.time(), max(rss, default=0.0), sum(rss)))
+        stop.wait(SAMPLE_S)
+
+
+def step_windows(home: Path) -> dict[str, tuple[float, float]]:
+    """Each step's (start, end) wall-clock time from the run's event log."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    (run,) = instance.get_runs()
+    windows: dict[str, list[float]] = {}
+    for event in instance.all_logs(run.run_id):
+        if not event.is_dagster_event or not event.step_key:
+            continue
+        kind = event.dagster_event.event_type_value
+        if kind == "STEP_START":
+            windows[event.step_key] = [event.timestamp, event.timestamp]
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in windows:
+            windows[event.step_key][1] = event.timestamp
+    return {k: (a, b) for k, (a, b) in windows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,18 +74,38 @@ def main(argv: list[str] | None = None) -> int:
         catalog = root / "regions.toml"
         catalog.write_text(f'[regions.{REGION}]\nsource = "{pbf}"\n')
         env = {
+            **os.environ,
             "S2VEC_CATALOG": str(catalog),
             "S2VEC_WAREHOUSE": str(root / "warehouse"),
             "S2VEC_EXECUTOR": args.executor,
             "DAGSTER_HOME": str(root / "home"),
         }
-        os.environ.update(env)
         dagster = Path(sys.executable).with_name("dagster")
         cmd = [str(dagster), "asset", "materialize", "-m", "s2vec_assets.definitions"]
         cmd += ["--select", args.select, "--partition", REGION]
+        samples: list[tuple[float, float, float]] = []
+        stop = threading.Event()
         t0 = time.perf_counter()
-        _, usage = run_measured(cmd, "dagster asset materialize")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sampler = threading.Thread(target=sample, args=(proc.pid, samples, stop))
+        sampler.start()
+        _, err = proc.communicate()
         wall = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
+        if proc.returncode:
+            print(err[-4000:], file=sys.stderr)
+            raise SystemExit(f"the run failed (exit {proc.returncode})")
+        windows = step_windows(root / "home")
+
+    steps = {}
+    for step, (start, end) in sorted(windows.items(), key=lambda kv: kv[1]):
+        inside = [s for s in samples if start <= s[0] <= end]
+        steps[step] = {
+            "wall_s": round(end - start, 1),
+            "largest_process_mb": round(max((s[1] for s in inside), default=0)),
+            "all_processes_mb": round(max((s[2] for s in inside), default=0)),
+        }
     print(
         json.dumps(
             {
@@ -61,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 "select": args.select,
                 "executor": args.executor,
                 "wall_s": round(wall, 1),
-                "largest_process_mb": round(usage["maxrss_kib"] / 1024),
-                "all_processes_mb": round(usage["tree_rss_kib"] / 1024),
+                "largest_process_mb": round(max(s[1] for s in samples)),
+                "all_processes_mb": round(max(s[2] for s in samples)),
+                "steps": steps,
                 "load_1min": round(os.getloadavg()[0], 2),
-            }
+            },
+            indent=1,
         )
     )
     return 0

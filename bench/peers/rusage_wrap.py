@@ -46,24 +46,29 @@ def _sample(pid: int, peak: list[int], done: threading.Event) -> None:
         peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree(pid)))
 
 
-out, cmd = sys.argv[1], sys.argv[2:]
-t0 = time.perf_counter()
-pid = os.posix_spawnp(cmd[0], cmd, os.environ)
-peak, done = [0], threading.Event()
-sampler = threading.Thread(target=_sample, args=(pid, peak, done), daemon=True)
-sampler.start()
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - t0
-done.set()
-sampler.join()
-with open(out, "w") as f:
-    json.dump(
-        {
-            "wall_s": wall,
-            "maxrss_kib": usage.ru_maxrss,
-            "tree_rss_kib": peak[0],
-            "cpu_s": usage.ru_utime + usage.ru_stime,
-        },
-        f,
-    )
-sys.exit(os.waitstatus_to_exitcode(status))
+def main() -> None:
+    out, cmd = sys.argv[1], sys.argv[2:]
+    t0 = time.perf_counter()
+    pid = os.posix_spawnp(cmd[0], cmd, os.environ)
+    peak, done = [0], threading.Event()
+    sampler = threading.Thread(target=_sample, args=(pid, peak, done), daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    with open(out, "w") as f:
+        json.dump(
+            {
+                "wall_s": wall,
+                "maxrss_kib": usage.ru_maxrss,
+                "tree_rss_kib": peak[0],
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+            },
+            f,
+        )
+    sys.exit(os.waitstatus_to_exitcode(status))
+
+
+if __name__ == "__main__":
+    main()

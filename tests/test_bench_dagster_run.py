@@ -1,0 +1,33 @@
+"""bench/bench_dagster_run.py end to end on one copy of Liechtenstein: a real `dagster asset
+materialize` whose steps the report must name, each with the peak RSS sampled while it ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = {"cell_features", "cell_features_checks", "raster_tensors", "raster_tensors_checks"}
+
+
+@pytest.mark.slow
+def test_a_dagster_run_reports_each_steps_peak_memory():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_dagster_run.py"), "--copies", "1"],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert set(report["steps"]) == STEPS
+    for step in report["steps"].values():
+        # A process that imported dagster and polars holds well over 50 MB; the tree includes it.
+        assert 50 < step["largest_process_mb"] <= step["all_processes_mb"] <= report["all_processes_mb"]
+        assert 0 < step["wall_s"] < report["wall_s"]
