@@ -98,6 +98,8 @@ def main() -> None:
 
         index = timed("rasters", make_rasters, rows)
         rows[-1]["items"] = index.height
+        # Dense float32 images and context windows, as written: what a region's rasters take on disk.
+        raster_bytes = sum(f.stat().st_size for f in (Path(tmp) / "r").glob("*.npy")) / index.height
         made = raster.open_shards(Path(tmp) / "r")
         head = np.arange(min(args.sample_images, len(made)))
         rasters = raster.Rasters(
@@ -145,9 +147,9 @@ def main() -> None:
     print(
         "\n| region | PBF GB | images (13/17) | "
         + " | ".join(f"CPU stages h, {n} workers" for n in args.workers.split(","))
-        + " | default model h/epoch, 1 core | paper model h/epoch, 1 / 8 H200 (estimate) |"
+        + " | rasters on disk GB | default model h/epoch, 1 core | paper model h/epoch, 1 / 8 H200 (estimate) |"
     )
-    print("|---" * (4 + len(args.workers.split(",")) + 1) + "|")
+    print("|---" * (5 + len(args.workers.split(",")) + 1) + "|")
     for name, gb in REGIONS_GB.items():
         size_mb = gb * 1e3
         cpu_s = sum(per_mb[s] for s in ("extract", "features", "rasters", "embed")) * size_mb
@@ -156,7 +158,8 @@ def main() -> None:
         train_cpu = per_mb["train"] * size_mb / 3600
         gpu = region_images / gpu_images_s / 3600
         print(
-            f"| {name} | {gb} | {region_images:,.0f} | {spread} | {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |"
+            f"| {name} | {gb} | {region_images:,.0f} | {spread} | {region_images * raster_bytes / 1e9:,.0f} "
+            f"| {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |"
         )
 
 
