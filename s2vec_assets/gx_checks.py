@@ -15,6 +15,7 @@ GX is imported on first use (it takes seconds), so loading the code location sta
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,10 +58,16 @@ class Expect:
         return cls(**self.kwargs)
 
 
-def run_suite(
-    frame: pl.DataFrame, expectations: Sequence[Expect], suite_name: str
-) -> ExpectationSuiteValidationResult:
-    """Validate `frame` against `expectations` in a fresh ephemeral GX context."""
+@functools.cache
+def _batch_definition(suite_name: str):
+    """A whole-dataframe batch definition named `suite_name` in this process's one ephemeral GX context.
+    One context for the process, not one per run: each new context kept ~0.3 MB, and a region's checks
+    run thousands of suites (range by range)."""
+    return _pandas_source().add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe(suite_name)
+
+
+@functools.cache
+def _pandas_source():
     # No usage analytics from data checks (GX reads this when it is imported).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -68,12 +75,16 @@ def run_suite(
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas(suite_name)
-        .add_dataframe_asset(suite_name)
-        .add_batch_definition_whole_dataframe(suite_name)
-        .get_batch(batch_parameters={"dataframe": frame.to_pandas()})
-    )
+    return context.data_sources.add_pandas("s2vec")
+
+
+def run_suite(
+    frame: pl.DataFrame, expectations: Sequence[Expect], suite_name: str
+) -> ExpectationSuiteValidationResult:
+    """Validate `frame` against `expectations` (GX's ephemeral context, the frame as a pandas batch)."""
+    import great_expectations as gx
+
+    batch = _batch_definition(suite_name).get_batch(batch_parameters={"dataframe": frame.to_pandas()})
     suite = gx.ExpectationSuite(name=suite_name, expectations=[e.build() for e in expectations])
     # SUMMARY gives the row positions of a sample of unexpected values (the frame has a RangeIndex).
     return batch.validate(
