@@ -1,6 +1,8 @@
 """Suite-wide settings and shared fixtures."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,4 +49,16 @@ def materialize_selection(
         instance=instance,
         run_config=run_config,
         raise_on_error=False,
+    )
+
+
+def run_bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python bench/<script> args...` from the repository root, as a user runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -4,26 +4,17 @@ materialize` whose steps the report must name, each with the peak RSS sampled wh
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
+
 STEPS = {"cell_features", "cell_features_checks", "raster_tensors", "raster_tensors_checks"}
 
 
 @pytest.mark.slow
 def test_a_dagster_run_reports_each_steps_peak_memory():
-    out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_dagster_run.py"), "--copies", "1"],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_bench("bench_dagster_run.py", "--copies", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert set(report["steps"]) == STEPS

@@ -3,25 +3,14 @@ its report whichever transfers the regions' sizes allow."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
 
 
 @pytest.mark.slow
 def test_bundled_baselines_run_to_a_report(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_evaluation.py"), "--no-s2vec", "--out", str(tmp_path)],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_bench("bench_evaluation.py", "--no-s2vec", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "bundled" / "report.md").is_file()
     # Monaco is too small to train a transfer model for Liechtenstein: a note says so instead of a score.
