@@ -98,7 +98,7 @@ def main() -> None:
 
         index = timed("rasters", make_rasters, rows)
         rows[-1]["items"] = index.height
-        # Dense float32 images and context windows, as written: what a region's rasters take on disk.
+        # Images and context windows as written (their non-zero values): what a region's rasters take on disk.
         raster_bytes = sum(f.stat().st_size for f in (Path(tmp) / "r").glob("*.npy")) / index.height
         made = raster.open_shards(Path(tmp) / "r")
         head = np.arange(min(args.sample_images, len(made)))

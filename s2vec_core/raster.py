@@ -6,8 +6,9 @@ Pixel (row, col) of an image cell is the child whose face coordinates are (i0 + 
 `2 * ring + 1` image cells centred on it at the context level (image level + 1: each cell as 2 x 2
 quadrants, pixel values summed), placed the same way by `s2.grid_window` and continued across face
 edges; it is what lets an embedding describe a place's surroundings. Tensors hold raw channel values
-(float32); `NormStats` (fitted on training images) travels with the model. Shards are plain `.npy` files
-(memory-mappable) plus a parquet index image cell -> shard/row.
+(float32); `NormStats` (fitted on training images) travels with the model. Shards store each image's
+non-zero values (`sparse_images`: rasters are >95% zeros) in memory-mappable `.npy` files, plus a parquet
+index image cell -> shard/row.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,19 +30,23 @@ import polars as pl
 from s2vec_core import leftovers, s2
 from s2vec_core.features import KEY_COLUMNS
 from s2vec_core.grid import check_image_levels
+from s2vec_core.sparse_images import SparseImages
 
 if TYPE_CHECKING:
     import torch
 
 SHARD_SIZE = 1024
-"""Images per shard, and per chunk where rasters are made in pieces: ~135 MB of float32 with the default
-grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most `raster_tensors` holds at once
-(4,096 put a Dagster run process over 1 GB; bench/bench_dagster_run.py)."""
+"""Images per shard, and per chunk where rasters are made in pieces: ~135 MB of dense float32 with the
+default grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most `raster_tensors` holds at
+once (4,096 put a Dagster run process over 1 GB; bench/bench_dagster_run.py)."""
 READ_ROWS = 512
 """Images per block of a sequential pass over the shards (`ShardSet.chunks`): ~50 MB with the default
 grid, so a check or a summary over a region's rasters holds little beside what it computes."""
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
+STORAGE = "sparse-rows-1"
+"""How the shards store images (`meta.json`'s `storage`); directories without it hold dense .npy shards
+from before, which `open_shards` refuses with the fix."""
 
 
 class RasterError(ValueError):
@@ -352,8 +356,8 @@ def write_shards(
     shard_size: int = SHARD_SIZE,
     extra_meta: dict | None = None,
 ) -> pl.DataFrame:
-    """Write `rasters` as `shard-NNNNN.npy` files (and `context-NNNNN.npy` for the context windows)
-    plus an index; replace `directory` atomically.
+    """Write `rasters` as sparse shards `shard-NNNNN.*.npy` (and `context-NNNNN.*.npy` for the context
+    windows; see `sparse_images`) plus an index; replace `directory` atomically.
 
     `rasters` is one `Rasters` (cut into shards of `shard_size` images) or the chunks of
     `rasterize_chunks` (one shard each, written as they come: memory holds one chunk). The content
@@ -372,17 +376,20 @@ def write_shards(
     tmp.mkdir(parents=True)
     digest = hashlib.sha256()
     ids, names, rows, first = [], [], [], None
+    stored = dense = 0
     try:
         # Not `enumerate`: it keeps the last chunk while the next one is made, so memory held two.
         for chunk in chunks:  # chunks may still be made here, and fail
             first = first or _shape_only(chunk)
-            name = f"shard-{len(ids):05d}.npy"
-            for array, path in ((chunk.tensors, tmp / name), (chunk.context, tmp / _context_name(name))):
+            name = f"shard-{len(ids):05d}"
+            for array, stem in ((chunk.tensors, tmp / name), (chunk.context, tmp / _context_name(name))):
                 if array is not None:
-                    block = np.ascontiguousarray(array)
-                    np.save(path, block)
-                    digest.update(block.data)
-                    del block
+                    block = np.ascontiguousarray(array, np.float32)
+                    digest.update(block.data)  # of the dense images: the hash does not depend on storage
+                    sparse = SparseImages.from_dense(block)
+                    sparse.save(stem)
+                    stored, dense = stored + sparse.nbytes, dense + block.nbytes
+                    del block, sparse
             ids.append(chunk.image_ids)
             names.append(np.full(chunk.image_ids.size, name))
             rows.append(np.arange(chunk.image_ids.size))
@@ -412,6 +419,9 @@ def write_shards(
         "context_shape": list(first.context.shape[1:]) if first.context is not None else None,
         # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
         "sha256": hashlib.sha256(digest.digest() + image_ids.tobytes()).hexdigest(),
+        "storage": STORAGE,
+        "stored_bytes": stored,
+        "dense_bytes": dense,
         **(extra_meta or {}),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -451,10 +461,10 @@ class ShardSet:
     image_ids: np.ndarray  # uint64[n], in global row order
     shard_of: np.ndarray  # int32[n], which entry of `shards`
     row_of: np.ndarray  # int64[n], row within that shard
-    shards: tuple[np.ndarray, ...]  # read-only memmaps [m, C, S, S]
+    shards: tuple[SparseImages, ...]  # images [m, C, S, S]
     channels: tuple[str, ...]
     meta: dict
-    contexts: tuple[np.ndarray, ...] | None = None  # memmaps [m, C, W, W], one per shard
+    contexts: tuple[SparseImages, ...] | None = None  # context windows [m, C, W, W], one per shard
 
     def __len__(self) -> int:
         return int(self.image_ids.size)
@@ -473,20 +483,16 @@ class ShardSet:
             raise RasterError("these rasters have no context windows (written with context_ring 0)")
         return self._take(self.contexts, rows)
 
-    def _take(self, arrays: tuple[np.ndarray, ...], rows: np.ndarray, sequential: bool = False) -> np.ndarray:
+    def _take(self, arrays: tuple[SparseImages, ...], rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((rows.size, *arrays[0].shape[1:]), dtype=np.float32)
+        out = np.empty((rows.size, *arrays[0].shape), dtype=np.float32)
         which = self.shard_of[rows]
         for s in np.unique(which):
             sel = np.flatnonzero(which == s)
-            # Sorted reads are sequential on the memmap; the scatter back restores the requested order.
+            # Sorted reads are sequential in the files; the scatter back restores the requested order.
             local = self.row_of[rows[sel]]
             order = np.argsort(local, kind="stable")
-            lo, hi = int(local[order[0]]), int(local[order[-1]]) + 1
-            if sequential and hi - lo == local.size:
-                out[sel[order]] = _read_rows(arrays[s], lo, hi)
-            else:
-                out[sel[order]] = arrays[s][local[order]]
+            out[sel[order]] = arrays[s].dense(local[order])
         return out
 
     def chunks(self, size: int = READ_ROWS, context: bool = False) -> Iterator[np.ndarray]:
@@ -495,20 +501,7 @@ class ShardSet:
         if arrays is None:
             raise RasterError("these rasters have no context windows (written with context_ring 0)")
         for start in range(0, len(self), size):
-            yield self._take(arrays, np.arange(start, min(start + size, len(self))), sequential=True)
-
-
-def _read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi of a shard. A memory-mapped .npy is read with a plain file read: a pass over every
-    shard then leaves the file in the page cache, not in this process's resident memory, as touching
-    the mapping would (its RSS would grow by the region's rasters)."""
-    if not isinstance(array, np.memmap) or array.filename is None:
-        return np.asarray(array[lo:hi])
-    count = (hi - lo) * math.prod(array.shape[1:])
-    with open(array.filename, "rb") as f:
-        f.seek(array.offset + lo * array[0].nbytes)
-        block = np.fromfile(f, dtype=array.dtype, count=count)
-    return block.reshape(hi - lo, *array.shape[1:])
+            yield self._take(arrays, np.arange(start, min(start + size, len(self))))
 
 
 def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> ShardSet:
@@ -523,7 +516,11 @@ def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> Sha
         if not (d / INDEX_FILE).exists() or not (d / META_FILE).exists():
             raise RasterError(f"{d} is not a raster shard directory (no {INDEX_FILE} / {META_FILE})")
         m = json.loads((d / META_FILE).read_text())
-        m.setdefault("context_shape", None)
+        if m.get("storage") != STORAGE:
+            raise RasterError(
+                f"{d} holds raster shards in an older format ({m.get('storage', 'dense .npy')}, not "
+                f"{STORAGE}); re-materialise raster_tensors for its region (or `write_shards` again)."
+            )
         if meta is None:
             meta = m
         elif (m["channels"], m["shape"], m["context_shape"]) != (
@@ -535,9 +532,14 @@ def open_shards(directories: list[str | os.PathLike] | str | os.PathLike) -> Sha
         index = pl.read_parquet(d / INDEX_FILE)
         names = index["shard"].unique(maintain_order=True).to_list()
         local = {name: len(shards) + n for n, name in enumerate(names)}
-        shards.extend(np.load(d / name, mmap_mode="r") for name in names)
-        if m["context_shape"] is not None:
-            contexts.extend(np.load(d / _context_name(name), mmap_mode="r") for name in names)
+        try:
+            shards.extend(SparseImages.load(d / name, m["shape"]) for name in names)
+            if m["context_shape"] is not None:
+                contexts.extend(
+                    SparseImages.load(d / _context_name(name), m["context_shape"]) for name in names
+                )
+        except (OSError, ValueError) as e:
+            raise RasterError(f"{d}: {e}; re-materialise raster_tensors for its region") from e
         ids.append(s2.as_uint64(index["cell_id"].to_numpy()))
         shard_of.append(index["shard"].replace_strict(local, return_dtype=pl.Int32).to_numpy())
         row_of.append(index["row"].to_numpy().astype(np.int64))

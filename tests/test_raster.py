@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import polars as pl
@@ -178,15 +179,16 @@ def test_context_window_centre_is_the_image_and_neighbours_are_placed_across_fac
         rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=-1)
 
 
-def test_shards_memory_map_and_index(pattern, tmp_path):
+def test_shards_store_non_zero_values_and_index(pattern, tmp_path):
     frame, _ = pattern
     r = rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL)
     index = write_shards(r, tmp_path / "rasters", shard_size=4)
     assert index["shard"].n_unique() == 3 and index.height == len(IMAGES)
     assert index["cell_id"].to_numpy().view(np.uint64).tolist() == r.image_ids.tolist()
     shards = open_shards(tmp_path / "rasters")
-    assert all(isinstance(s, np.memmap) for s in shards.shards)
-    rows = np.array([8, 0, 5, 4, 1])
+    assert all(isinstance(s.values, np.memmap) for s in shards.shards)
+    assert 0 < shards.meta["stored_bytes"] < shards.meta["dense_bytes"] == r.tensors.nbytes
+    rows = np.array([8, 0, 5, 4, 1, 0])
     np.testing.assert_array_equal(shards.take(rows), r.tensors[rows])
     np.testing.assert_array_equal(np.concatenate(list(shards.chunks(3))), r.tensors)
     digest = shards.meta["sha256"]
@@ -197,7 +199,8 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     changed[0, 0, 0, 0] += 1
     write_shards(dataclasses.replace(r, tensors=changed), tmp_path / "changed")
     assert open_shards(tmp_path / "changed").meta["sha256"] != digest
-    assert sorted(p.name for p in (tmp_path / "rasters").glob("*.npy")) == ["shard-00000.npy"]
+    parts = sorted(p.name for p in (tmp_path / "rasters").glob("*.npy"))
+    assert parts == ["shard-00000.offsets.npy", "shard-00000.positions.npy", "shard-00000.values.npy"]
     assert not list(tmp_path.glob(".rasters*"))
     with pytest.raises(RasterError, match="no context"):
         shards.take_context(rows)
@@ -213,6 +216,17 @@ def test_shards_memory_map_and_index(pattern, tmp_path):
     np.testing.assert_array_equal(two.take(np.array([len(IMAGES)])), r.tensors[:1])
     with pytest.raises(RasterError, match="not a raster shard directory"):
         open_shards(tmp_path)
+
+
+def test_shards_in_the_old_dense_format_are_refused_with_the_fix(pattern, tmp_path):
+    frame, _ = pattern
+    write_shards(rasterize(frame, IMAGE_LEVEL, PIXEL_LEVEL), tmp_path / "rasters")
+    meta_path = tmp_path / "rasters" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["storage"]  # as written before the sparse format
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RasterError, match="older format .*re-materialise raster_tensors"):
+        open_shards(tmp_path / "rasters")
 
 
 def test_chunks_are_the_whole_rasters_in_pieces_and_write_the_same_shards(pattern, tmp_path):

@@ -1,6 +1,6 @@
 """The S2Vec model assets: raster_tensors[region] -> mae_model (all regions) -> cell_embeddings[region].
 
-Rasters are memory-mapped `.npy` shards under `<warehouse root>/rasters/<region>`; the checkpoint is
+Rasters are memory-mapped sparse `.npy` shards under `<warehouse root>/rasters/<region>`; the checkpoint is
 `<warehouse root>/models/mae/<training key>/checkpoint.pt`, where the key hashes the configs and the
 content of every raster set trained on: a retried run resumes its own checkpoint, changed data or
 config starts a fresh one, and an unchanged re-run finds the finished checkpoint and returns at once.
@@ -70,7 +70,7 @@ class RasterConfig(dg.Config):
         description="Image cells on each side of the context window (0: none).",
     )
     shard_size: int = Field(
-        default=raster.SHARD_SIZE, ge=1, description="Images per .npy shard, and per chunk made at once."
+        default=raster.SHARD_SIZE, ge=1, description="Images per shard, and per chunk made at once."
     )
 
     @model_validator(mode="after")
@@ -85,11 +85,13 @@ class RasterConfig(dg.Config):
     deps=[feature_assets.cell_features],
     group_name="model",
     kinds={"python", "numpy"},
-    code_version="2",
+    # 3: shards store each image's non-zero values (raster.STORAGE).
+    code_version="3",
     description=(
         "The region's image cells as float32 tensors [C, 2^k, 2^k] (raw channel values; each pixel cell at its "
         "S2 face (i, j) offset in the image), plus a context window of the neighbouring image cells at image "
-        "level + 1, in memory-mappable .npy shards with an index (cell_id -> shard, row)."
+        "level + 1, in memory-mappable shards that store each image's non-zero values, with an index "
+        "(cell_id -> shard, row)."
     ),
 )
 def raster_tensors(
@@ -130,6 +132,8 @@ def raster_tensors(
             "context_shape": dg.MetadataValue.json(shards.meta["context_shape"] or []),
             "context_ring": grid.context_ring,
             "shards": dg.MetadataValue.int(index["shard"].n_unique()),
+            "stored_mb": round(shards.meta["stored_bytes"] / 2**20, 2),
+            "dense_mb": round(shards.meta["dense_bytes"] / 2**20, 2),
             "image_level": grid.image_level,
             "pixel_level": grid.pixel_level,
             "occupied_pixel_share": occupied,

@@ -44,7 +44,7 @@ def raster_frame(shards: raster.ShardSet) -> pl.DataFrame:
     for chunk in shards.chunks():
         finite.append(np.isfinite(chunk).all(axis=(1, 2, 3)))
         minimum.append(np.nan_to_num(chunk, nan=-1.0).min(axis=(1, 2, 3)))
-    c, h, w = shards.shards[0].shape[1:]
+    c, h, w = shards.shards[0].shape
     return pl.DataFrame(
         {
             "cell_id": shards.image_ids.view(np.int64),
@@ -71,7 +71,7 @@ def raster_frame(shards: raster.ShardSet) -> pl.DataFrame:
 def raster_tensors_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     shards = raster.open_shards(model_assets.raster_dir(warehouse, context.partition_key))
     c, h, w = shards.meta["shape"]
-    rows_in_shards = sum(s.shape[0] for s in shards.shards)
+    rows_in_shards = sum(len(s) for s in shards.shards)
     expectations = [
         Expect("expect_table_row_count_to_equal", value=rows_in_shards),
         Expect("expect_column_values_to_be_in_set", column="finite", value_set=[True]),
