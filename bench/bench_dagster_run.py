@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = {}
     for step, (start, end) in sorted(windows.items(), key=lambda kv: kv[1]):
-        inside = [s for s in samples if start <= s[0] <= end]
+        # Widened by one sampling interval: a step shorter than it still gets the samples around it.
+        inside = [s for s in samples if start - SAMPLE_S <= s[0] <= end + SAMPLE_S]
         steps[step] = {
             "wall_s": round(end - start, 1),
             "largest_process_mb": round(max((s[1] for s in inside), default=0)),
