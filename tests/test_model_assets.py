@@ -65,8 +65,10 @@ def test_rasters_model_embeddings(world):
 
     rasters = _materialize(world, ["raster_tensors"], REGION, {"ops": {"raster_tensors": {"config": LEVELS}}})
     assert rasters.success and _checks(rasters) == {"raster_tensors_finite_and_shaped": True}
-    images = rasters.asset_materializations_for_node("raster_tensors")[0].metadata["images"].value
+    raster_meta = rasters.asset_materializations_for_node("raster_tensors")[0].metadata
+    images = raster_meta["images"].value
     assert images > 10 and (root / "rasters" / REGION / "index.parquet").exists()
+    assert 0 < raster_meta["stored_mb"].value < raster_meta["dense_mb"].value / 4  # stored sparse
 
     model = _materialize(world, ["mae_model"], run_config={"ops": {"mae_model": {"config": TINY}}})
     assert model.success
