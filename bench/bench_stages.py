@@ -158,7 +158,7 @@ def main() -> None:
         train_cpu = per_mb["train"] * size_mb / 3600
         gpu = region_images / gpu_images_s / 3600
         print(
-            f"| {name} | {gb} | {region_images:,.0f} | {spread} | {region_images * raster_bytes / 1e9:,.0f} "
+            f"| {name} | {gb} | {region_images:,.0f} | {spread} | {region_images * raster_bytes / 1e9:,.1f} "
             f"| {train_cpu:.2f} | {gpu:.3f} / {gpu / 8:.4f} |"
         )
 
