@@ -7,6 +7,9 @@ for each target: the contextual baseline (log1p of a cell's channel totals and o
 sums) standardised, projected on its k leading principal directions fitted on the training folds
 (variance kept, not whitened), and RidgeCV on that (no rescaling, so low-variance directions stay
 small), 5-fold spatial blocks per world as `s2vec_core.evaluate` makes them, mean R2 over the worlds.
+The last column asks what a 64-d bottleneck keeps under an isotropic (whitened) loss instead: the counts
+whitened (every direction scaled to unit variance, over all cells), projected on a random 64-d subspace
+(mean of 3 draws), the same ridge.
 
     python bench/bench_count_compression.py --cache DIR [--seeds 0,1,2] [--cells 1500]
 """
@@ -29,6 +32,7 @@ from s2vec_core import s2
 from s2vec_core.grid import Grid
 
 DIRECTIONS = (8, 16, 32, 48, 64, 80)
+BOTTLENECK = 64
 FOLDS = 5
 ALPHAS = np.logspace(-3, 4, 15)
 
@@ -47,6 +51,15 @@ def compressed_r2(x: np.ndarray, y: np.ndarray, folds: np.ndarray, k: int | None
         model = make_pipeline(*steps).fit(x[train], y[train])
         errors[test] = model.predict(x[test]) - y[test]
     return float(1 - np.mean(errors**2) / y.var())
+
+
+def whitened_subspace(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """Standardised `x` with every principal direction scaled to unit variance, on a random `dim`-d subspace."""
+    standard = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+    u, singular, _ = np.linalg.svd(standard, full_matrices=False)
+    whitened = u[:, singular > 1e-9 * singular[0]]
+    basis, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(whitened.shape[1], dim)))
+    return whitened @ basis
 
 
 def main() -> None:
@@ -73,16 +86,22 @@ def main() -> None:
                 x, y = rows.drop("cell_id", "target").to_numpy(), rows["target"].to_numpy()
                 for k in (*DIRECTIONS, None):
                     scores.setdefault((task, k), []).append(compressed_r2(x, y, folds, k))
+                random = [
+                    compressed_r2(whitened_subspace(x, BOTTLENECK, d), y, folds, None) for d in range(3)
+                ]
+                scores.setdefault((task, -1), []).append(float(np.mean(random)))
     tasks = sorted({t for t, _ in scores})
+    columns = (*DIRECTIONS, None, -1)
     width = counts.width - 1
     print(
         f"ridge on the k leading directions of the contextual counts ({width} columns, rank {ranks} in the "
         f"worlds); seeds {args.seeds}\n"
     )
-    print("| task | " + " | ".join(f"k = {k}" for k in DIRECTIONS) + " | all |")
-    print("|---|" + "---|" * (len(DIRECTIONS) + 1))
+    header = [f"k = {k}" for k in DIRECTIONS] + ["all", f"whitened, random {BOTTLENECK}-d"]
+    print("| task | " + " | ".join(header) + " |")
+    print("|---|" + "---|" * len(header))
     for task in tasks:
-        cells = [f"{np.mean(scores[task, k]):.3f}" for k in (*DIRECTIONS, None)]
+        cells = [f"{np.mean(scores[task, k]):.3f}" for k in columns]
         print(f"| {task} | " + " | ".join(cells) + " |")
 
 
