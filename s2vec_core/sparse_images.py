@@ -1,8 +1,8 @@
 """Images stored as compressed sparse rows: how raster shards sit on disk.
 
-Rasters of OSM counts are almost all zeros (on Liechtenstein 0.8% of image pixels and 4% of context
-pixels are non-zero; BENCHMARKS.md, "Raster storage"), so dense float32 shards cost ~80 GB of disk per
-GB of PBF. A shard keeps, per image, only its non-zero values and their flat positions in the image's
+Rasters of OSM counts are almost all zeros (0.6% of image values and 2.9% of context values are
+non-zero on rural Liechtenstein, 2.3% / 8.6% in Monaco; BENCHMARKS.md, "Raster storage"), so dense float32
+shards cost ~80 GB of disk per GB of PBF. A shard keeps, per image, only its non-zero values and their flat positions in the image's
 `C x S x S` array; reading turns them back into dense float32 blocks, exactly (no rounding).
 """
 
@@ -24,7 +24,7 @@ class SparseImages:
     flat positions `positions[...]` (row-major, ascending) of its `prod(shape)` values."""
 
     offsets: np.ndarray  # int64[m + 1], in memory (8 bytes per image)
-    positions: np.ndarray  # uint16 / uint32[nnz]: the smallest type that holds prod(shape) - 1
+    positions: np.ndarray  # [nnz], the smallest unsigned type that holds prod(shape) - 1
     values: np.ndarray  # float32[nnz]
     shape: tuple[int, ...]
 
