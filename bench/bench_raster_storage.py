@@ -26,6 +26,8 @@ import numpy as np
 from s2vec_core import pipeline, raster
 
 BATCH = 256
+DENSE_SHARD = 1024
+"""Images per dense shard file, as the old format wrote them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +59,13 @@ class DenseShards:
 
 def write_dense(shards: raster.ShardSet, directory: Path) -> DenseShards:
     images, contexts = [], []
-    for n, start in enumerate(range(0, len(shards), raster.SHARD_SIZE)):
-        rows = np.arange(start, min(start + raster.SHARD_SIZE, len(shards)))
+    for n, start in enumerate(range(0, len(shards), DENSE_SHARD)):
+        rows = np.arange(start, min(start + DENSE_SHARD, len(shards)))
         for take, name, out in ((shards.take, "shard", images), (shards.take_context, "context", contexts)):
             path = directory / f"{name}-{n:05d}.npy"
             np.save(path, take(rows))
             out.append(np.load(path, mmap_mode="r"))
-    return DenseShards(tuple(images), tuple(contexts), raster.SHARD_SIZE)
+    return DenseShards(tuple(images), tuple(contexts), DENSE_SHARD)
 
 
 def best_of(repeats: int, fn) -> float:

@@ -114,7 +114,7 @@ def rasters(features: pl.DataFrame, grid: Grid = DEFAULT_GRID) -> raster.Rasters
 
 
 def raster_chunks(
-    features: pl.DataFrame, grid: Grid = DEFAULT_GRID, images_per_chunk: int = raster.SHARD_SIZE
+    features: pl.DataFrame, grid: Grid = DEFAULT_GRID, images_per_chunk: int = raster.CHUNK_SIZE
 ) -> Iterator[raster.Rasters]:
     """`rasters` one shard of images at a time (what `raster_tensors` writes): memory holds a chunk."""
     return raster.rasterize_chunks(
@@ -126,7 +126,7 @@ def raster_chunks_by_range(
     read: Callable[[int, int], pl.LazyFrame],
     pixel_ids: Iterable[np.ndarray],
     grid: Grid = DEFAULT_GRID,
-    images_per_chunk: int = raster.SHARD_SIZE,
+    images_per_chunk: int = raster.CHUNK_SIZE,
 ) -> Iterator[raster.Rasters]:
     """`raster_chunks` with the pixel rows read a chunk's cell range at a time (`raster.rasterize_by_range`:
     `read(lo, hi)` the rows, `pixel_ids` all their ids), what `raster_tensors` runs: memory holds a

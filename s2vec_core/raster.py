@@ -35,10 +35,14 @@ from s2vec_core.sparse_images import SparseImages
 if TYPE_CHECKING:
     import torch
 
-SHARD_SIZE = 1024
-"""Images per shard, and per chunk where rasters are made in pieces: ~135 MB of dense float32 with the
-default grid (92 channels, 16 x 16 images, 10 x 10 context windows), the most `raster_tensors` holds at
-once (4,096 put a Dagster run process over 1 GB; bench/bench_dagster_run.py)."""
+SHARD_SIZE = 8192
+"""Images per shard file: ~20 MB stored at rural density, ~65 MB in a dense city (BENCHMARKS.md, "Raster
+storage"), so an object store holds few, mid-sized objects."""
+CHUNK_SIZE = 512
+"""Images made at once where rasters are made in pieces: ~67 MB of dense float32 with the default grid
+(92 channels, 16 x 16 images, 10 x 10 context windows), the most `raster_tensors` holds at once (4,096
+put a Dagster run process over 1 GB, and 1,024 the in-process default at 1.2 GB of PBF;
+bench/bench_dagster_run.py)."""
 READ_ROWS = 512
 """Images per block of a sequential pass over the shards (`ShardSet.chunks`): ~50 MB with the default
 grid, so a check or a summary over a region's rasters holds little beside what it computes."""
@@ -96,11 +100,11 @@ def rasterize_chunks(
     image_level: int,
     pixel_level: int,
     context_ring: int = 0,
-    images_per_chunk: int | None = SHARD_SIZE,
+    images_per_chunk: int | None = CHUNK_SIZE,
 ) -> Iterator[Rasters]:
     """`rasterize` as consecutive runs of at most `images_per_chunk` image cells in cell-id order (None:
-    one run), so a region's images never need to fit in memory together; `write_shards` writes each
-    run as one shard. A chunk's context windows see every cell of the region, not only the chunk's.
+    one run), so a region's images never need to fit in memory together; `write_shards` takes them as
+    they come. A chunk's context windows see every cell of the region, not only the chunk's.
     The rows are all held (as float32): `rasterize_by_range` reads them a chunk at a time."""
     _check_args(image_level, pixel_level, context_ring, images_per_chunk)
     ids, channels, columns = _pixel_columns(cell_features, pixel_level)
@@ -129,7 +133,7 @@ def rasterize_by_range(
     image_level: int,
     pixel_level: int,
     context_ring: int = 0,
-    images_per_chunk: int = SHARD_SIZE,
+    images_per_chunk: int = CHUNK_SIZE,
 ) -> Iterator[Rasters]:
     """`rasterize_chunks` of a region whose pixel rows are read a chunk's cell range at a time, never
     all at once: `read(lo, hi)` gives the region's `cell_features` rows at `pixel_level` with
@@ -359,43 +363,47 @@ def write_shards(
     """Write `rasters` as sparse shards `shard-NNNNN.*.npy` (and `context-NNNNN.*.npy` for the context
     windows; see `sparse_images`) plus an index; replace `directory` atomically.
 
-    `rasters` is one `Rasters` (cut into shards of `shard_size` images) or the chunks of
-    `rasterize_chunks` (one shard each, written as they come: memory holds one chunk). The content
-    hash is the same either way when the chunks have `shard_size` images.
+    `rasters` is one `Rasters` or the chunks of `rasterize_chunks` / `rasterize_by_range`, of any sizes,
+    taken as they come: memory holds one dense chunk and one shard's non-zero values. Shards hold
+    `shard_size` images (the last fewer) however the chunks were cut, and the content hash depends on
+    the images alone.
 
     Returns the index (cell_id Int64, token, shard, row). The new directory is built beside the old
     one and swapped in, so a failed write leaves the previous shards readable.
     """
     if shard_size < 1:
         raise RasterError(f"shard_size must be >= 1, got {shard_size}")
-    chunks = _shard_slices(rasters, shard_size) if isinstance(rasters, Rasters) else iter(rasters)
+    chunks = _shard_slices(rasters, CHUNK_SIZE) if isinstance(rasters, Rasters) else iter(rasters)
     directory = Path(directory)
     leftovers.sweep(directory)
     tmp = leftovers.temporary_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    digest = hashlib.sha256()
-    ids, names, rows, first = [], [], [], None
-    stored = dense = 0
+    # One running digest per stream, of the dense images: the hash depends on neither chunks nor storage.
+    digests = {"images": hashlib.sha256(), "context": hashlib.sha256()}
+    ids, first = [], None
+    pending = _PendingShard(tmp)
     try:
         # Not `enumerate`: it keeps the last chunk while the next one is made, so memory held two.
         for chunk in chunks:  # chunks may still be made here, and fail
             first = first or _shape_only(chunk)
-            name = f"shard-{len(ids):05d}"
-            for array, stem in ((chunk.tensors, tmp / name), (chunk.context, tmp / _context_name(name))):
+            parts = {}
+            for stream, array in (("images", chunk.tensors), ("context", chunk.context)):
                 if array is not None:
                     block = np.ascontiguousarray(array, np.float32)
-                    digest.update(block.data)  # of the dense images: the hash does not depend on storage
-                    sparse = SparseImages.from_dense(block)
-                    sparse.save(stem)
-                    stored, dense = stored + sparse.nbytes, dense + block.nbytes
-                    del block, sparse
+                    digests[stream].update(block.data)
+                    parts[stream] = SparseImages.from_dense(block)
+                    pending.dense_bytes += block.nbytes
+                    del block
             ids.append(chunk.image_ids)
-            names.append(np.full(chunk.image_ids.size, name))
-            rows.append(np.arange(chunk.image_ids.size))
-            del chunk  # before the next chunk is made: memory holds one
+            pending.add(parts)
+            del chunk, parts  # before the next chunk is made: memory holds one
+            while pending.images >= shard_size:
+                pending.write(shard_size)
         if first is None or not sum(i.size for i in ids):
             raise RasterError("no images to write")
+        while pending.images:
+            pending.write(shard_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -404,8 +412,8 @@ def write_shards(
         {
             "cell_id": pl.Series(s2.as_int64(image_ids), dtype=pl.Int64),
             "token": pl.Series(s2.to_token(image_ids), dtype=pl.String),
-            "shard": pl.Series(np.concatenate(names), dtype=pl.String),
-            "row": pl.Series(np.concatenate(rows), dtype=pl.Int32),
+            "shard": pl.Series(np.concatenate(pending.names), dtype=pl.String),
+            "row": pl.Series(np.concatenate(pending.rows), dtype=pl.Int32),
         }
     )
     index.write_parquet(tmp / INDEX_FILE)
@@ -418,10 +426,12 @@ def write_shards(
         "context_ring": first.context_ring,
         "context_shape": list(first.context.shape[1:]) if first.context is not None else None,
         # Identifies the content (ids + tensors), e.g. to tell whether a model saw these rasters.
-        "sha256": hashlib.sha256(digest.digest() + image_ids.tobytes()).hexdigest(),
+        "sha256": hashlib.sha256(
+            digests["images"].digest() + digests["context"].digest() + image_ids.tobytes()
+        ).hexdigest(),
         "storage": STORAGE,
-        "stored_bytes": stored,
-        "dense_bytes": dense,
+        "stored_bytes": pending.stored_bytes,
+        "dense_bytes": pending.dense_bytes,
         **(extra_meta or {}),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -431,6 +441,38 @@ def write_shards(
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+class _PendingShard:
+    """Chunks' non-zero values gathered until a shard's worth, written `shard-NNNNN` (and its context)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.parts: list[dict[str, SparseImages]] = []
+        self.images = 0
+        self.names: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.stored_bytes = self.dense_bytes = 0
+
+    def add(self, parts: dict[str, SparseImages]) -> None:
+        self.parts.append(parts)
+        self.images += len(parts["images"])
+
+    def write(self, shard_size: int) -> None:
+        """Write the first `shard_size` pending images (or all, if fewer) as the next shard."""
+        name = f"shard-{len(self.names):05d}"
+        n = min(shard_size, self.images)
+        rest = {}
+        for stream, stem in (("images", name), ("context", _context_name(name))):
+            if stream not in self.parts[0]:
+                continue
+            shard, rest[stream] = SparseImages.concat([p[stream] for p in self.parts]).cut(n)
+            shard.save(self.directory / stem)
+            self.stored_bytes += shard.nbytes
+        self.parts = [rest] if n < self.images else []
+        self.images -= n
+        self.names.append(np.full(n, name))
+        self.rows.append(np.arange(n))
 
 
 def _shape_only(rasters: Rasters) -> Rasters:

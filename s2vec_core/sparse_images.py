@@ -50,6 +50,26 @@ class SparseImages:
             tuple(images.shape[1:]),
         )
 
+    @classmethod
+    def concat(cls, parts: list[SparseImages]) -> SparseImages:
+        """The images of `parts`, one after another (same image shape)."""
+        starts = np.cumsum([0] + [p.values.size for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts, strict=True)])
+        positions = np.concatenate([p.positions for p in parts])
+        return cls(
+            offsets.astype(np.int64), positions, np.concatenate([p.values for p in parts]), parts[0].shape
+        )
+
+    def cut(self, n: int) -> tuple[SparseImages, SparseImages]:
+        """(the first `n` images, the rest)."""
+        split = int(self.offsets[n])
+        head = SparseImages(
+            self.offsets[: n + 1].copy(), self.positions[:split], self.values[:split], self.shape
+        )
+        tail_offsets = self.offsets[n:] - split
+        tail = SparseImages(tail_offsets, self.positions[split:], self.values[split:], self.shape)
+        return head, tail
+
     def save(self, stem: Path) -> None:
         for part in PARTS:
             np.save(f"{stem}.{part}.npy", getattr(self, part))

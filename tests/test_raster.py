@@ -238,13 +238,16 @@ def test_chunks_are_the_whole_rasters_in_pieces_and_write_the_same_shards(patter
     np.testing.assert_array_equal(np.concatenate([c.image_ids for c in chunks]), whole.image_ids)
     np.testing.assert_array_equal(np.concatenate([c.tensors for c in chunks]), whole.tensors)
     np.testing.assert_array_equal(np.concatenate([c.context for c in chunks]), whole.context)
+    # Chunks of 3 written as shards of 4: shards cut across chunks, the same files as all at once.
     streamed = write_shards(
-        rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2, images_per_chunk=4),
+        rasterize_chunks(frame, IMAGE_LEVEL, PIXEL_LEVEL, context_ring=2, images_per_chunk=3),
         tmp_path / "s",
         4,
     )
     at_once = write_shards(whole, tmp_path / "w", shard_size=4)
-    assert streamed.equals(at_once)
+    assert streamed.equals(at_once) and streamed["shard"].n_unique() == 3
+    for part in ("shard-00001.values.npy", "context-00002.offsets.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / "s" / part), np.load(tmp_path / "w" / part))
     a, b = open_shards(tmp_path / "s"), open_shards(tmp_path / "w")
     assert a.meta == b.meta
     np.testing.assert_array_equal(np.concatenate(list(a.chunks(5, context=True))), whole.context)

@@ -70,7 +70,9 @@ class RasterConfig(dg.Config):
         description="Image cells on each side of the context window (0: none).",
     )
     shard_size: int = Field(
-        default=raster.SHARD_SIZE, ge=1, description="Images per shard, and per chunk made at once."
+        default=raster.SHARD_SIZE,
+        ge=1,
+        description=f"Images per shard file (made {raster.CHUNK_SIZE} at a time, whatever this is).",
     )
 
     @model_validator(mode="after")
@@ -103,8 +105,8 @@ def raster_tensors(
     )
     key = artifacts.raster_key(region)
     directory = warehouse.artifacts.local(key)
-    # One shard of images in memory at a time, its pixel rows read by cell range and written as it is
-    # made. Every read is of one table version, so a concurrent write of the features cannot mix in.
+    # One chunk of images (raster.CHUNK_SIZE) in memory at a time, its pixel rows read by cell range,
+    # and its non-zero values gathered into shards as it is made. Every read is of one table version, so a concurrent write of the features cannot mix in.
     pixels = {"region": region, "level": grid.pixel_level}
     version = warehouse.version(feature_assets.TABLE)
     if version is None:
@@ -115,7 +117,6 @@ def raster_tensors(
             lambda lo, hi: warehouse.scan(feature_assets.TABLE, pixels, None, version, (lo, hi)),
             (batch["cell_id"].to_numpy() for batch in ids),
             grid,
-            config.shard_size,
         )
         index = pipeline.write_rasters(chunks, directory, region, config.shard_size)
     except raster.RasterError as e:
