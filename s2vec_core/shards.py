@@ -113,7 +113,10 @@ class ShardPlan:
     bbox: tuple[float, float, float, float]  # (lon_min, lat_min, lon_max, lat_max)
 
     def shards(self) -> list[Shard]:
-        """One shard per cell, then the rest shard (outside the bbox, usually nearly empty)."""
+        """One shard per cell, then the rest shard (outside the bbox, usually nearly empty); a file not
+        split is the one shard `whole`, which owns everything."""
+        if not self.cells.size:
+            return [Shard(WHOLE, {}, Owner((), rest=True))]
         out = [Shard(f"shard-{c:016x}", _cell_region(c), Owner((c,))) for c in self.cells.tolist()]
         x0, y0, x1, y1 = self.bbox
         _, (dx, dy) = _samples(self.bbox)
@@ -124,6 +127,30 @@ class ShardPlan:
         world = _ring(-180.0, -90.0, 180.0, 90.0)
         rest = Shard("rest", {"polygon": [world, hole[::-1]]}, Owner(tuple(self.cells.tolist()), True))
         return [*out, rest]
+
+    def groups(self, steps: int) -> list[list[Shard]]:
+        """`shards()` cut into at most `steps` runs of consecutive cells holding about equal shares of
+        the file (by the sample grid `shard_cells` sized them with), the rest shard in the last: work
+        units for separate machines (`extract_shards` each, `merge_shards` all)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        shards = self.shards()
+        if not self.cells.size:
+            return [shards]
+        if steps >= self.cells.size:
+            return [[s] for s in shards[:-2]] + [shards[-2:]]
+        weight = np.maximum(_counts(self.cells, _samples(self.bbox)[0]), 1).astype(np.float64)
+        # Cell i goes to the group its weight's midpoint falls in: contiguous, balanced, none empty.
+        mid = np.cumsum(weight) - weight / 2
+        group = np.minimum((mid / weight.sum() * steps).astype(np.int64), steps - 1)
+        cuts = np.flatnonzero(np.diff(group)) + 1
+        out = [list(g) for g in np.split(np.array(shards[:-1], dtype=object), cuts)]
+        out[-1].append(shards[-1])
+        return out
+
+
+WHOLE = "whole"
+"""The one shard of a file not split."""
 
 
 def _ring(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
@@ -428,36 +455,67 @@ def iter_sharded(
     `tmp_dir` holds the shard files (about the input's size) and the shards' rows. `stats` sums the
     shards': tagged_* count each object once, the skipped / invalid / missing counts once per shard
     that reads the object. `on_progress(done, total)` is called as each shard's extraction ends (a
-    file extracted whole is one shard)."""
-    report = on_progress or (lambda done, total: None)
+    file extracted whole is one shard). `extract_shards` and `merge_shards` are its two halves, for
+    running groups of shards on separate machines."""
     if not 0 <= level <= osm.MAX_LEVEL:
         raise ValueError(f"extraction level must be within 0..{osm.MAX_LEVEL}, got {level}")
     path = osm.check_path(pbf_path)
     plan = plan_shards(path, target_bytes)
-    if plan.cells.size == 0:
-        report(0, 1)
-        rows = osm.extract_cells_long(path, level, stats)
-        report(1, 1)
-        yield rows
-        return
-    workers = workers or os.cpu_count() or 1
-    shards = plan.shards()
     with tempfile.TemporaryDirectory(prefix="s2vec-shards-", dir=tmp_dir) as tmp:
-        outs = {s.name: Path(tmp) / f"{s.name}.rows" for s in shards}
-        runner = _Runner(level, Path(tmp))
-        parts = _split_and_extract(path, shards, Path(tmp), outs, runner, workers, report)
-        runner.close()
-        total = {k: sum(p.get(k, 0) for p in parts) for k in parts[0]}
+        shards = plan.shards()
+        total = extract_shards(path, shards, level, Path(tmp), workers, on_progress)
         if stats is not None:
             stats.update(total)
-        edges = _key_ranges(plan.cells)
-        rows = [_Rows(outs[s.name], edges) for s in shards]
-        for r in range(edges.size - 1):
-            agg = osm.Aggregate(level)
-            for part in rows:
-                agg.add_folded(*part.read(r))
-            if agg.rows:
-                yield agg.long()
+        yield from merge_shards(plan, level, {s.name: Path(tmp) for s in shards})
+
+
+def extract_shards(
+    pbf_path: str | Path,
+    shards: list[Shard],
+    level: int,
+    directory: Path,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Split `shards` (some or all of a plan's, e.g. one of `ShardPlan.groups`) out of the file and
+    extract each by up to `workers` processes; each shard's summed rows go to `directory` as
+    `<name>.rows.{key,value}.npy`, for `merge_shards`. The `whole` shard is the file read whole.
+    Returns the shards' stats, summed (see `iter_sharded`)."""
+    report = on_progress or (lambda done, total: None)
+    path = osm.check_path(pbf_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    if [s.name for s in shards] == [WHOLE]:
+        report(0, 1)
+        stats: dict[str, int] = {}
+        rows = osm.extract_cells_long(path, level, stats)
+        channel = rows["channel"].to_numpy().astype(np.uint64)
+        np.save(directory / f"{WHOLE}.rows.key.npy", rows["cell_id"].to_numpy() | channel)
+        np.save(directory / f"{WHOLE}.rows.value.npy", rows["value"].to_numpy())
+        report(1, 1)
+        return stats
+    outs = {s.name: directory / f"{s.name}.rows" for s in shards}
+    runner = _Runner(level, directory)
+    parts = _split_and_extract(path, shards, directory, outs, runner, workers or os.cpu_count() or 1, report)
+    runner.close()
+    # What stays is the rows: a group's directory may be uploaded whole for another machine to merge.
+    for leftover in [*(Path(f"{out}.stats.json") for out in outs.values()), *directory.glob("worker-*.err")]:
+        leftover.unlink()
+    return {k: sum(p.get(k, 0) for p in parts) for k in parts[0]}
+
+
+def merge_shards(plan: ShardPlan, level: int, directories: dict[str, Path]) -> Iterator[pl.DataFrame]:
+    """The plan's long rows range by range in cell order, summed over the shards' rows that
+    `extract_shards` wrote (`directories`: where each of `plan.shards()` has its rows). Every shard's
+    rows of a range are added in the plan's order, so the values are the same however the shards were
+    grouped."""
+    edges = _key_ranges(plan.cells)
+    rows = [_Rows(directories[s.name] / f"{s.name}.rows", edges) for s in plan.shards()]
+    for r in range(edges.size - 1):
+        agg = osm.Aggregate(level)
+        for part in rows:
+            agg.add_folded(*part.read(r))
+        if agg.rows:
+            yield agg.long()
 
 
 def _split_and_extract(

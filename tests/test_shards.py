@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import osmium
+import polars as pl
 import pytest
 
 from s2vec_core import osm, s2, shards
@@ -210,3 +211,46 @@ def test_split_in_levels_writes_the_same_files(tmp_path):
     for x, y in zip(a, b, strict=True):
         assert subprocess.run(["osmium", "diff", "-q", str(x), str(y)], check=False).returncode == 0, x.name
     assert sorted(p.name for p in levels.iterdir()) == sorted(p.name for p in b)  # group files removed
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 50])
+def test_groups_cut_the_shards_in_order_into_balanced_runs(steps):
+    plan = shards.plan_shards(PBF, TARGET)
+    groups = plan.groups(steps)
+    assert [s for g in groups for s in g] == plan.shards()  # every shard once, in the plan's order
+    assert (
+        all(groups)
+        and len(groups) <= steps
+        and (len(groups) == plan.cells.size) == (steps >= plan.cells.size)
+    )
+    assert groups[-1][-1].owner.rest
+    if steps == 2:  # the sample grid's weight splits in two near halves
+        leaves, _ = shards._samples(plan.bbox)
+        share = [
+            shards._counts(
+                np.array([s.owner.cells[0] for s in g if not s.owner.rest], np.uint64), leaves
+            ).sum()
+            for g in groups
+        ]
+        assert min(share) / max(share) > 0.5, share
+    whole = shards.plan_shards(PBF).groups(steps)
+    assert [[s.name for s in g] for g in whole] == [[shards.WHOLE]]
+
+
+def test_groups_extracted_apart_merge_into_the_same_rows(tmp_path):
+    """What the Dagster fan-out runs: each group extracted into its own directory (another machine's),
+    then all merged in one place, equals the region extracted in one go, bit for bit."""
+    plan = shards.plan_shards(PBF, TARGET)
+    stats: dict = {}
+    directories: dict = {}
+    for i, group in enumerate(plan.groups(3)):
+        part = shards.extract_shards(PBF, group, LEVEL, tmp_path / f"group-{i}", workers=1)
+        stats = {k: stats.get(k, 0) + v for k, v in part.items()}
+        directories.update({s.name: tmp_path / f"group-{i}" for s in group})
+        # Only the rows stay: the directory is what a step uploads.
+        assert {p.name.split(".")[-2] for p in (tmp_path / f"group-{i}").iterdir()} == {"key", "value"}
+    merged = pl.concat(shards.merge_shards(plan, LEVEL, directories))
+    at_once_stats: dict = {}
+    at_once = shards.extract_sharded(PBF, LEVEL, workers=2, stats=at_once_stats, target_bytes=TARGET)
+    assert merged.equals(at_once)
+    assert stats == at_once_stats
