@@ -146,6 +146,8 @@ class ArtifactStore:
         """`local(key)` holding the current version of `key` (downloaded only when it changed)."""
         target = self.local(key)
         if not self.remote:
+            if not target.is_dir():
+                raise ArtifactError(f"{target} does not exist")
             return target
         import obstore
 
@@ -292,3 +294,10 @@ def checkpoint_key(training_key: str) -> str:
 def report_key(scope: str) -> str:
     """An evaluation report's directory (report.md and its PNGs)."""
     return f"reports/evaluation/{scope}"
+
+
+def staging_key(table: str, region: str, run_id: str | None = None) -> str:
+    """Where a run's steps hand a region's intermediate files to the step that writes `table` (all
+    runs' when `run_id` is None)."""
+    key = f"staging/{table}/{region}"
+    return f"{key}/{run_id}" if run_id else key

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,10 +64,17 @@ def extract_by_range(
 ) -> Iterator[pl.DataFrame]:
     """`extract` as runs over ascending, disjoint cell ranges (`shards.iter_sharded`): memory holds one
     shard's range, or the whole file when it is not split."""
+    runs = shards.iter_sharded(pbf, level, workers, stats, target_bytes=target_bytes, on_progress=on_progress)
+    return clip_by_range(runs, bbox, stats)
+
+
+def clip_by_range(
+    runs: Iterable[pl.DataFrame], bbox: bboxes.BBox | None, stats: dict | None = None
+) -> Iterator[pl.DataFrame]:
+    """Each run's rows of the cells whose centre lies in `bbox`; `stats["cells_outside_bbox"]` counts
+    the cells dropped, once all runs are read."""
     outside = 0
-    for pixels in shards.iter_sharded(
-        pbf, level, workers, stats, target_bytes=target_bytes, on_progress=on_progress
-    ):
+    for pixels in runs:
         clipped = bboxes.clip(pixels, bbox)
         outside += pixels["cell_id"].n_unique() - clipped["cell_id"].n_unique()
         yield clipped
@@ -106,6 +114,22 @@ def features_by_range(
     levels = sorted(set(levels))
     runs = extract_by_range(pbf, levels[-1], bbox, workers, target_bytes, stats, on_progress)
     return cell_features_by_range(runs, levels, region)
+
+
+def merged_features_by_range(
+    plan: shards.ShardPlan,
+    directories: dict[str, os.PathLike],
+    region: str,
+    levels: Sequence[int] = DEFAULT_GRID.feature_levels,
+    bbox: bboxes.BBox | None = None,
+    stats: dict | None = None,
+) -> Iterator[pl.DataFrame]:
+    """`features_by_range` from shards extracted apart (`shards.extract_shards` on each of
+    `plan.groups`, their rows in `directories` by shard name), what `cell_features` writes when its
+    shards ran as separate steps: the same pieces, bit for bit."""
+    levels = sorted(set(levels))
+    runs = shards.merge_shards(plan, levels[-1], {k: Path(v) for k, v in directories.items()})
+    return cell_features_by_range(clip_by_range(runs, bbox, stats), levels, region)
 
 
 def rasters(features: pl.DataFrame, grid: Grid = DEFAULT_GRID) -> raster.Rasters:

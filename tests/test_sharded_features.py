@@ -1,6 +1,12 @@
 """cell_features of a region extracted in S2 shards (forced by a tiny `shard_mb`) equal the whole-file
-extraction's, through the real asset and Delta table."""
+extraction's, through the real asset and Delta table: in one process, and with the shards cut into
+extraction steps that Dagster's multiprocess executor runs in parallel processes."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -14,26 +20,13 @@ from s2vec_core import bbox, features, osm, shards, warehouse
 from s2vec_core.catalog import default_catalog_path, get_region, load_catalog
 
 REGION = "liechtenstein"
-PBF = Path(__file__).resolve().parents[1] / "data/osm/liechtenstein-2013-08-03.osm.pbf"
+REPO = Path(__file__).resolve().parents[1]
+PBF = REPO / "data/osm/liechtenstein-2013-08-03.osm.pbf"
 SHARD_MB = 0.1
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_sharded_cell_features_equal_the_whole_extraction(tmp_path, dagster_instance):
-    assert shards.plan_shards(PBF, int(SHARD_MB * 2**20)).cells.size > 1
-    defs = load_defs()
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=["osm_extract", "cell_features"],
-        partition_key=REGION,
-        resources={**defs.resources, "warehouse": WarehouseResource(root=str(tmp_path))},
-        instance=dagster_instance,
-        run_config={"ops": {"cell_features": {"config": {"shard_mb": SHARD_MB}}}},
-        raise_on_error=False,
-    )
-    assert result.success
-    sharded = warehouse.read_table(warehouse.table_uri(tmp_path, "cell_features")).sort("level", "cell_id")
+def assert_equals_the_whole_extraction(root: Path) -> None:
+    sharded = warehouse.read_table(warehouse.table_uri(root, "cell_features")).sort("level", "cell_id")
     levels = sorted(sharded["level"].unique())
     box = get_region(REGION, load_catalog(default_catalog_path())).bbox  # the asset keeps the catalog's bbox
     whole = features.cell_features(bbox.clip(osm.extract_cells_long(PBF, levels[-1]), box), levels, REGION)
@@ -43,3 +36,88 @@ def test_sharded_cell_features_equal_the_whole_extraction(tmp_path, dagster_inst
     np.testing.assert_allclose(
         sharded.select(channels).to_numpy(), whole.select(channels).to_numpy(), rtol=1e-9
     )
+    assert not (root / "staging").exists() or not any((root / "staging").rglob("*.npy"))  # cleared
+
+
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [1, 3])
+def test_sharded_cell_features_equal_the_whole_extraction(tmp_path, dagster_instance, steps):
+    assert shards.plan_shards(PBF, int(SHARD_MB * 2**20)).cells.size > 1
+    defs = load_defs()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=["osm_extract", "cell_features"],
+        partition_key=REGION,
+        resources={**defs.resources, "warehouse": WarehouseResource(root=str(tmp_path))},
+        instance=dagster_instance,
+        run_config={"ops": {"cell_features": {"config": {"shard_mb": SHARD_MB, "shard_steps": steps}}}},
+        raise_on_error=False,
+    )
+    assert result.success
+    extracts = [
+        e.step_key for e in result.all_events if e.is_step_success and "cell_features_extract" in e.step_key
+    ]
+    assert len(extracts) == steps, extracts
+    assert_equals_the_whole_extraction(tmp_path)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_extraction_steps_run_in_parallel_processes(tmp_path):
+    """`shard_steps: 3` under S2VEC_EXECUTOR=multiprocess: three extraction steps, each in its own
+    process, running at the same time; the rows pass between them through the warehouse."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    root = tmp_path / "warehouse"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "S2VEC_WAREHOUSE": str(root),
+        "S2VEC_EXECUTOR": "multiprocess",
+    }
+    config = {
+        "ops": {"cell_features": {"config": {"shard_mb": SHARD_MB, "shard_steps": 3, "shard_workers": 1}}},
+        "execution": {"config": {"max_concurrent": 3}},
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "s2vec_assets.definitions",
+    ]
+    cmd += [
+        "--select",
+        "osm_extract,cell_features",
+        "--partition",
+        REGION,
+        "--config-json",
+        json.dumps(config),
+    ]
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(home))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (run,) = instance.get_runs()
+            events = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.step_key]
+    steps = {e.step_key for e in events if "cell_features_extract" in e.step_key}
+    assert len(steps) == 3, sorted(steps)
+    span, pids = {}, set()
+    for step in steps:
+        (start,) = [
+            e for e in events if e.step_key == step and e.dagster_event.event_type_value == "STEP_START"
+        ]
+        (end,) = [
+            e for e in events if e.step_key == step and e.dagster_event.event_type_value == "STEP_SUCCESS"
+        ]
+        span[step] = (start.timestamp, end.timestamp)
+        pids.add(start.dagster_event.pid)
+    assert len(pids) == 3  # a process each
+    assert any(
+        a0 < b1 and b0 < a1 for a, (a0, a1) in span.items() for b, (b0, b1) in span.items() if a < b
+    ), span
+    assert_equals_the_whole_extraction(root)

@@ -6,6 +6,7 @@ would re-read the PBF per level or pass the pixel table between assets; one tabl
 checks compare channel totals across levels, and readers filter by `level`.
 """
 
+import shutil
 import tempfile
 
 import dagster as dg
@@ -22,8 +23,9 @@ from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.progress import ProgressLog
 from s2vec_assets.provenance import commit_info
-from s2vec_core import features, pipeline, s2, shards
+from s2vec_core import artifacts, features, pipeline, s2, shards
 from s2vec_core.grid import MAX_LEVEL, Grid
+from s2vec_core.osm import OSMFileError
 from s2vec_core.tables import CELL_FEATURES
 from s2vec_core.taxonomy import CHANNEL_NAMES, CHANNELS, TAXONOMY_VERSION
 
@@ -50,7 +52,19 @@ class CellFeaturesConfig(dg.Config):
             "osmium-tool). Shard edges change no cell's features."
         ),
     )
-    shard_workers: int = Field(default=2, ge=1, description="Shard processes at once.")
+    shard_workers: int = Field(
+        default=2, ge=1, description="Shard processes at once, in each extraction step."
+    )
+    shard_steps: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Extraction steps the shards are cut into (runs of neighbouring shards of about equal size), "
+            "each a Dagster step of its own that the executor spreads: processes with `multiprocess` "
+            "(`max_concurrent`), pods with `k8s`. One step suits one machine; give a large region as many "
+            "steps as machines. The features are the same for any number."
+        ),
+    )
 
     @field_validator("levels")
     @classmethod
@@ -62,52 +76,90 @@ class CellFeaturesConfig(dg.Config):
         return sorted(set(levels))
 
 
-@dg.asset(
-    partitions_def=region_partitions,
-    backfill_policy=one_run_per_region,
-    deps=[osm_assets.osm_extract],
-    group_name="features",
-    kinds={"python", "delta", "polars"},
-    # The taxonomy decides every column: changing it makes the features stale. 2: lines cut and areas
-    # spread on the S2 face grid.
-    code_version=f"2+taxonomy.{TAXONOMY_VERSION}",
-    description=(
-        "Built-environment feature vectors per S2 cell (one Float64 column per taxonomy channel) at "
-        "every configured level, in the Delta table `cell_features` partitioned by region. Cells whose "
-        "centre lies outside the catalog's `bbox` (when given) are dropped. A run replaces only its "
-        "region's rows."
-    ),
-)
-def cell_features(
-    context: dg.AssetExecutionContext,
+# The steps pass small records (which shards, where their rows are staged); the rows themselves go
+# through the warehouse's artifact store, so steps on other machines find them.
+ShardGroup = dict
+
+
+@dg.op(ins={"osm_extract": dg.In(dg.Nothing)}, out=dg.DynamicOut(ShardGroup))
+def cell_features_plan(
+    context: dg.OpExecutionContext, config: CellFeaturesConfig, osm_source: OsmSourceResource
+):
+    """Plan the region's shards (none for a small extract) and cut them into `shard_steps` groups."""
+    region = context.partition_key
+    plan = shards.plan_shards(osm_source.resolve(region), int(config.shard_mb * 2**20))
+    groups = plan.groups(config.shard_steps)
+    staging = artifacts.staging_key(TABLE, region, context.run_id)
+    context.log.info(f"{region}: {len(plan.shards())} shards in {len(groups)} extraction steps")
+    for i, group in enumerate(groups):
+        yield dg.DynamicOutput(
+            {
+                "plan": [str(c) for c in plan.cells.tolist()],
+                "bbox": list(plan.bbox),
+                "shards": [s.name for s in group],
+                "staging": f"{staging}/group-{i}",
+            },
+            mapping_key=f"group_{i}",
+        )
+
+
+@dg.op(out=dg.Out(ShardGroup))
+def cell_features_extract(
+    context: dg.OpExecutionContext,
     config: CellFeaturesConfig,
+    group: ShardGroup,
     osm_source: OsmSourceResource,
     warehouse: WarehouseResource,
-) -> dg.MaterializeResult:
+) -> ShardGroup:
+    """Extract one group of shards at the finest level; stage their rows in the artifact store."""
+    region = context.partition_key
+    path = osm_source.resolve(region)
+    plan = _plan(group)
+    mine = [s for s in plan.shards() if s.name in set(group["shards"])]
+    directory = warehouse.artifacts.local(group["staging"])
+    shutil.rmtree(directory, ignore_errors=True)  # a retried step starts clean
+    progress = ProgressLog(context.log, f"{region}: extraction", 0, "shards")
+    try:
+        stats = shards.extract_shards(
+            path, mine, max(config.levels), directory, config.shard_workers, progress
+        )
+    except (shards.ShardError, OSMFileError) as e:
+        raise dg.Failure(f"{region}: {e}") from e
+    warehouse.artifacts.publish_dir(group["staging"])
+    return {**group, "stats": stats}
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def cell_features_write(
+    context: dg.OpExecutionContext,
+    config: CellFeaturesConfig,
+    groups: list[ShardGroup],
+    osm_source: OsmSourceResource,
+    warehouse: WarehouseResource,
+) -> None:
+    """Merge the groups' rows range by range, featurise, refuse what fails the checks, commit once."""
     region = context.partition_key
     path = osm_source.resolve(region)
     box = osm_source.region(region).bbox
-    stats: dict[str, int] = {}
-    progress = ProgressLog(context.log, f"{region}: extraction", 0, "shards")
-    pieces = pipeline.features_by_range(
-        path,
-        region,
-        config.levels,
-        box,
-        config.shard_workers,
-        int(config.shard_mb * 2**20),
-        stats,
-        progress,
+    stats = {k: sum(g["stats"].get(k, 0) for g in groups) for k in groups[0]["stats"]}
+    try:
+        directories = {
+            name: warehouse.artifacts.fetch_dir(g["staging"]) for g in groups for name in g["shards"]
+        }
+    except artifacts.ArtifactError as e:
+        raise dg.Failure(
+            f"{region}: the extraction steps' rows are gone ({e}); another run of {region} finished "
+            "and cleared them. Re-run cell_features for the region."
+        ) from e
+    pieces = pipeline.merged_features_by_range(
+        _plan(groups[0]), directories, region, config.levels, box, stats
     )
     # The region is made a piece at a time and staged on local disk, then streamed into one commit:
-    # memory holds a shard and a piece, and readers see the old rows or all the new ones.
+    # memory holds a piece, and readers see the old rows or all the new ones.
     with tempfile.TemporaryDirectory(prefix=f"s2vec-features-{region}-") as staging:
-        try:
-            df = features.stage_by_level(
-                _checked(pieces, region, path, box, config.levels, stats, warehouse), staging
-            )
-        except shards.ShardError as e:
-            raise dg.Failure(f"{region}: {e}") from e
+        df = features.stage_by_level(
+            _checked(pieces, region, path, box, config.levels, stats, warehouse), staging
+        )
         rows = df.select(pl.len()).collect().item()
         if not rows:
             _refuse_before_write(
@@ -125,9 +177,45 @@ def cell_features(
             spec=CELL_FEATURES,
         )
         context.log.info(f"{region}: wrote {rows} rows at levels {config.levels} (version {version})")
-        return dg.MaterializeResult(
-            metadata=_metadata(df, region, box, config.levels, stats, version, warehouse)
-        )
+        context.add_output_metadata(_metadata(df, region, box, config.levels, stats, version, warehouse))
+    # Kept until now so a write that failed can be re-executed without extracting again; this also
+    # clears what earlier failed runs of the region left.
+    warehouse.artifacts.delete(artifacts.staging_key(TABLE, region))
+
+
+def _plan(group: ShardGroup) -> shards.ShardPlan:
+    return shards.ShardPlan(np.array([int(c) for c in group["plan"]], np.uint64), tuple(group["bbox"]))
+
+
+@dg.config_mapping
+def _every_step(config: CellFeaturesConfig) -> dict:
+    """One config for the asset, as the Launchpad shows it; each step reads its part."""
+    return {
+        op.name: {"config": config.model_dump()}
+        for op in (cell_features_plan, cell_features_extract, cell_features_write)
+    }
+
+
+@dg.graph_asset(
+    partitions_def=region_partitions,
+    backfill_policy=one_run_per_region,
+    ins={"osm_extract": dg.AssetIn(key=osm_assets.osm_extract.key, dagster_type=dg.Nothing)},
+    config=_every_step,
+    group_name="features",
+    kinds={"python", "delta", "polars"},
+    # The taxonomy decides every column: changing it makes the features stale. 2: lines cut and areas
+    # spread on the S2 face grid.
+    code_version=f"2+taxonomy.{TAXONOMY_VERSION}",
+    description=(
+        "Built-environment feature vectors per S2 cell (one Float64 column per taxonomy channel) at "
+        "every configured level, in the Delta table `cell_features` partitioned by region. Cells whose "
+        "centre lies outside the catalog's `bbox` (when given) are dropped. A run replaces only its "
+        "region's rows. Three kinds of step: `plan` cuts a large extract into S2 shards and those into "
+        "`shard_steps` groups, one `extract` step per group (the fan-out), and `write` merges them."
+    ),
+)
+def cell_features(osm_extract):
+    return cell_features_write(cell_features_plan(osm_extract).map(cell_features_extract).collect())
 
 
 def _checked(pieces, region: str, path, box, levels: list[int], stats: dict, warehouse):
