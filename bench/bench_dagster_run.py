@@ -10,6 +10,8 @@ fresh warehouse and Dagster home, samples the RSS of its process tree every 0.2 
     python bench/bench_dagster_run.py --copies 320                          # ~150 MB of PBF
     python bench/bench_dagster_run.py --copies 320 --executor multiprocess  # one process per step
     python bench/bench_dagster_run.py --copies 2560 --select cell_features   # 1.2 GB, features only
+    python bench/bench_dagster_run.py --copies 320 --select cell_features --executor multiprocess \
+        --config-json '{"ops": {"cell_features": {"config": {"shard_steps": 2, "shard_workers": 1}}}}'
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=320, help="copies of Liechtenstein (320: ~150 MB)")
     ap.add_argument("--select", default=DEFAULT_SELECT, help="assets to materialize (their checks run too)")
     ap.add_argument("--executor", default="in_process", choices=["in_process", "multiprocess"])
+    ap.add_argument("--config-json", help="run config, as `dagster asset materialize --config-json` takes it")
     args = ap.parse_args(argv)
 
     pbf = tiled(args.copies)
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         dagster = Path(sys.executable).with_name("dagster")
         cmd = [str(dagster), "asset", "materialize", "-m", "s2vec_assets.definitions"]
         cmd += ["--select", args.select, "--partition", REGION]
+        cmd += ["--config-json", args.config_json] if args.config_json else []
         samples: list[tuple[float, float, float]] = []
         stop = threading.Event()
         t0 = time.perf_counter()
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         # Widened by one sampling interval: a step shorter than it still gets the samples around it.
         inside = [s for s in samples if start - SAMPLE_S <= s[0] <= end + SAMPLE_S]
         steps[step] = {
-            "wall_s": round(end - start, 1),
+            "wall_s": round(end - start, 2),
             "largest_process_mb": round(max((s[1] for s in inside), default=0)),
             "all_processes_mb": round(max((s[2] for s in inside), default=0)),
         }
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 "input_mb": round(pbf.stat().st_size / 1e6, 1),
                 "select": args.select,
                 "executor": args.executor,
+                "run_config": json.loads(args.config_json or "{}"),
                 "wall_s": round(wall, 1),
                 "largest_process_mb": round(max(s[1] for s in samples)),
                 "all_processes_mb": round(max(s[2] for s in samples)),

@@ -9,7 +9,14 @@ import pytest
 
 from tests.conftest import run_bench
 
-STEPS = {"cell_features", "cell_features_checks", "raster_tensors", "raster_tensors_checks"}
+STEPS = {
+    "cell_features.cell_features_plan",
+    "cell_features.cell_features_extract[group_0]",
+    "cell_features.cell_features_write",
+    "cell_features_checks",
+    "raster_tensors",
+    "raster_tensors_checks",
+}
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ resource config in the Launchpad.
 - `S2VEC_DEVICE`: `auto` (CUDA if available, else CPU), `cpu`, `cuda` or `cuda:N`.
 """
 
+import json
 import os
 import re
 from pathlib import Path
@@ -191,6 +192,35 @@ class DeviceResource(dg.ConfigurableResource):
         return str(select_device(self.device))
 
 
+class StepRecordsIOManager(dg.IOManager):
+    """Small JSON records one step hands the next within an asset (which shards, where their rows are
+    staged), kept in the warehouse's artifact store: Dagster's default IO manager writes to the local
+    disk of the step's process, which a step in another pod (the k8s executor) cannot read."""
+
+    def __init__(self, warehouse: WarehouseResource) -> None:
+        self.warehouse = warehouse
+
+    @staticmethod
+    def key(context: dg.OutputContext) -> str:
+        return "/".join(["staging", "steps", *context.get_identifier()]) + ".json"
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        key = self.key(context)
+        path = self.warehouse.artifacts.local(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+        self.warehouse.artifacts.publish_file(key)
+
+    def load_input(self, context: dg.InputContext) -> object:
+        return json.loads(self.warehouse.artifacts.fetch_file(self.key(context.upstream_output)).read_text())
+
+
+@dg.io_manager(required_resource_keys={"warehouse"})
+def step_records_io_manager(init_context: dg.InitResourceContext) -> StepRecordsIOManager:
+    # By resource key, not a nested resource: a run that swaps `warehouse` moves the records with it.
+    return StepRecordsIOManager(init_context.resources.warehouse)
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     return dg.Definitions(
@@ -202,5 +232,6 @@ def resources() -> dg.Definitions:
             "device": DeviceResource(device=settings.device()),
             # Launches torchrun for mae_model's distributed training (nproc_per_node > 1).
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "step_records": step_records_io_manager,
         }
     )

@@ -81,7 +81,7 @@ class CellFeaturesConfig(dg.Config):
 ShardGroup = dict
 
 
-@dg.op(ins={"osm_extract": dg.In(dg.Nothing)}, out=dg.DynamicOut(ShardGroup))
+@dg.op(ins={"osm_extract": dg.In(dg.Nothing)}, out=dg.DynamicOut(ShardGroup, io_manager_key="step_records"))
 def cell_features_plan(
     context: dg.OpExecutionContext, config: CellFeaturesConfig, osm_source: OsmSourceResource
 ):
@@ -103,7 +103,7 @@ def cell_features_plan(
         )
 
 
-@dg.op(out=dg.Out(ShardGroup))
+@dg.op(out=dg.Out(ShardGroup, io_manager_key="step_records"))
 def cell_features_extract(
     context: dg.OpExecutionContext,
     config: CellFeaturesConfig,
