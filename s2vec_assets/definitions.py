@@ -11,6 +11,9 @@ Executor (how a run executes its steps), chosen by `S2VEC_EXECUTOR` where the co
 - `multiprocess`: one subprocess per step, steps in parallel (run config
   `execution: {config: {max_concurrent: N}}`); for production code locations, where steps are
   long and a crashed step should not take the run worker with it.
+- `k8s`: one Kubernetes pod per step (dagster-k8s's `k8s_job_executor`, under its `K8sRunLauncher`):
+  a large region's extraction steps (`cell_features`' `shard_steps`) then run on as many machines
+  (deploy/k8s/large_region_run_config.yaml).
 """
 
 from pathlib import Path
@@ -23,11 +26,20 @@ EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiproce
 DEFAULT_EXECUTOR = "in_process"
 
 
+K8S = "k8s"
+
+
 def executor() -> dg.ExecutorDefinition:
     """The executor `S2VEC_EXECUTOR` names (default in_process)."""
     name = settings.executor() or DEFAULT_EXECUTOR
+    if name == K8S:
+        # Imported only here: dagster-k8s is in the deployment image (deploy/k8s/Dockerfile), not a
+        # dependency of every install.
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
     if name not in EXECUTORS:
-        raise ValueError(f"S2VEC_EXECUTOR must be one of {sorted(EXECUTORS)}, got {name!r}")
+        raise ValueError(f"S2VEC_EXECUTOR must be one of {sorted([*EXECUTORS, K8S])}, got {name!r}")
     return EXECUTORS[name]
 
 

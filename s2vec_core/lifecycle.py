@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from deltalake import DeltaTable
 
 from s2vec_core import warehouse
-from s2vec_core.artifacts import ArtifactStore, raster_key
+from s2vec_core.artifacts import ArtifactStore, raster_key, staging_key
 from s2vec_core.catalog import Region, validate_region_name
-from s2vec_core.tables import ALL
+from s2vec_core.tables import ALL, CELL_FEATURES
 
 ASSET = "remove-region"
 
@@ -44,7 +44,9 @@ def remove_region(
         ):
             continue
         versions[spec.name] = warehouse.delete_partition(uri, {"region": region}, storage_options, commit)
-    ArtifactStore(root, storage_options).delete(raster_key(region))
+    store = ArtifactStore(root, storage_options)
+    store.delete(raster_key(region))
+    store.delete(staging_key(CELL_FEATURES.name, region))  # what a failed run left
     return versions
 
 

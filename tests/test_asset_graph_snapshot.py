@@ -1,4 +1,4 @@
-"""A snapshot of the asset graph: keys, deps, partitioning, code versions, groups, kinds, check specs,
+"""A snapshot of the asset graph: keys, deps, partitioning, code versions, groups, kinds, ops, check specs,
 jobs, sensors and schedules. A change to any of them shows up in review as a diff of
 `tests/snapshots/asset_graph.json`; accept it with `S2VEC_UPDATE_SNAPSHOTS=1 make test-fast`."""
 
@@ -34,6 +34,8 @@ def graph_snapshot() -> dict:
             "group": node.group_name,
             "kinds": sorted(node.kinds),
             "pools": sorted(node.pools or ()),
+            # The steps a run makes of the asset: one op, or a graph's (cell_features fans out).
+            "ops": sorted(op.name for op in node.assets_def.node_def.iterate_op_defs()),
         }
     checks = {}
     for check in defs.asset_checks:

@@ -23,7 +23,9 @@ def test_paper_scale_config_validates_and_is_paper_sized(job):
     processed = dg.validate_run_config(job, run_config)["ops"]
     raster = processed["raster_tensors"]["config"]
     grid = Grid(
-        raster["image_level"], raster["pixel_level"], tuple(processed["cell_features"]["config"]["levels"])
+        raster["image_level"],
+        raster["pixel_level"],
+        tuple(processed["cell_features.cell_features_write"]["config"]["levels"]),
     )
     assert (grid.image_level, grid.pixel_level, grid.image_size) == (8, 12, 16)
     model = processed["mae_model"]["config"]

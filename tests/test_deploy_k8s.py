@@ -84,6 +84,7 @@ def test_every_yaml_under_deploy_k8s_parses():
         "values.yaml",
         "gpu_training_tags.yaml",
         "run_config.yaml",
+        "large_region_run_config.yaml",
     }
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -226,6 +227,22 @@ def test_region_pipeline_takes_its_warehouse_and_execution(production_defs):
     region_config = {"resources": {"warehouse": run_config["resources"]["warehouse"]}}
     region_config["execution"] = run_config["execution"]
     dg.validate_run_config(production_defs.resolve_job_def(REGION_JOB), region_config)
+
+
+def test_large_region_config_spreads_extraction_steps_over_pods(monkeypatch):
+    """With S2VEC_EXECUTOR=k8s every step is a pod; the config resolves against the real region job and
+    sizes the extraction pods by op name, which is how k8s_job_executor looks them up."""
+    monkeypatch.setenv("S2VEC_EXECUTOR", "k8s")
+    from s2vec_assets.definitions import defs
+    from s2vec_assets.defs.features.assets import cell_features_extract, cell_features_write
+
+    job = defs().resolve_job_def(REGION_JOB)
+    assert job.executor_def.name == "k8s"
+    processed = dg.validate_run_config(job, load("large_region_run_config.yaml"))
+    per_step = processed["execution"]["k8s"]["per_step_k8s_config"]
+    assert set(per_step) == {cell_features_extract.name, cell_features_write.name}
+    assert per_step[cell_features_extract.name]["container_config"]["resources"]["requests"]["cpu"] == "4"
+    assert processed["ops"]["cell_features.cell_features_plan"]["config"]["shard_steps"] == 16
 
 
 def test_run_config_needs_the_multiprocess_executor(monkeypatch):

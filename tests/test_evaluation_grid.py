@@ -10,9 +10,8 @@ import polars as pl
 import pytest
 
 from s2vec_assets.defs.evaluation.assets import EvaluationConfig, Levels, _features, _levels
-from s2vec_assets.defs.model.assets import raster_dir
 from s2vec_assets.defs.resources import WarehouseResource
-from s2vec_core import registry, s2
+from s2vec_core import artifacts, registry, s2
 from s2vec_core.grid import Grid
 from s2vec_core.raster import rasterize, write_shards
 
@@ -20,7 +19,7 @@ from s2vec_core.raster import rasterize, write_shards
 def _rasters(warehouse: WarehouseResource, region: str, image: int, pixel: int) -> None:
     cell = s2.latlng_to_cell_id([47.14], [9.52], pixel)
     frame = pl.DataFrame({"level": [pixel], "cell_id": s2.as_int64(cell), "x": [1.0]})
-    write_shards(rasterize(frame, image, pixel), raster_dir(warehouse, region))
+    write_shards(rasterize(frame, image, pixel), warehouse.artifacts.local(artifacts.raster_key(region)))
 
 
 def _register(warehouse: WarehouseResource, version: str, image: int, pixel: int) -> None:

@@ -187,13 +187,12 @@ def _plan(group: ShardGroup) -> shards.ShardPlan:
     return shards.ShardPlan(np.array([int(c) for c in group["plan"]], np.uint64), tuple(group["bbox"]))
 
 
-@dg.config_mapping
-def _every_step(config: CellFeaturesConfig) -> dict:
-    """One config for the asset, as the Launchpad shows it; each step reads its part."""
-    return {
-        op.name: {"config": config.model_dump()}
-        for op in (cell_features_plan, cell_features_extract, cell_features_write)
-    }
+@dg.config_mapping(config_schema=CellFeaturesConfig.to_config_schema())
+def _every_step(config: dict) -> dict:
+    """One config for the asset, as the Launchpad shows it; each step reads it (and validates it, so a
+    bad value fails the first step with the validator's message)."""
+    steps = (cell_features_plan, cell_features_extract, cell_features_write)
+    return {op.name: {"config": config} for op in steps}
 
 
 @dg.graph_asset(
