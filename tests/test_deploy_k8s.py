@@ -315,6 +315,7 @@ def test_kubectl_client_dry_run_of_the_manifests():
 
 def test_the_deployment_gives_the_model_job_the_gpu_tags(monkeypatch, gpu_tags):
     from s2vec_assets.defs import jobs
+    from s2vec_assets.defs.model import assets as model_assets
 
     env = load("manifests/s2vec-env.yaml")["data"]
     dockerfile = (K8S / "Dockerfile").read_text()
@@ -328,6 +329,10 @@ def test_the_deployment_gives_the_model_job_the_gpu_tags(monkeypatch, gpu_tags):
         tagged = importlib.reload(jobs).model
         assert tagged.tags["s2vec/gpu"] == "true"
         assert json.loads(tagged.tags["dagster-k8s/config"]) == gpu_tags["dagster-k8s/config"]
+        # And the training step itself, for S2VEC_EXECUTOR=k8s where it is a pod of its own.
+        step = importlib.reload(model_assets).mae_model.op.tags
+        assert json.loads(step["dagster-k8s/config"]) == gpu_tags["dagster-k8s/config"]
     finally:
         monkeypatch.delenv("S2VEC_TRAINING_TAGS")
         importlib.reload(jobs)
+        importlib.reload(model_assets)

@@ -4,6 +4,15 @@ One asset writes all levels with a `level` column rather than one asset per leve
 from the same single extraction at the finest level (coarser ones are parent sums), so splitting
 would re-read the PBF per level or pass the pixel table between assets; one table also lets the
 checks compare channel totals across levels, and readers filter by `level`.
+
+The asset is a graph of three steps, so the executor can spread a large region's extraction:
+`cell_features_plan` cuts the extract into S2 shards and those into `shard_steps` groups of
+neighbouring shards; one `cell_features_extract` step per group (a dynamic fan-out) extracts its shards
+and stages their summed rows in the warehouse's artifact store; `cell_features_write` merges every
+group's rows range by range, featurises and commits the region once. Shards and groups change no value
+(`shards.merge_shards` adds every range's rows in the plan's order). Rows staged by a run stay until a
+write of the region succeeds, so a run whose write failed re-executes from the failure without
+extracting again.
 """
 
 import shutil

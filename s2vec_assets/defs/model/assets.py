@@ -31,6 +31,7 @@ import pydantic
 from pydantic import Field, model_validator
 
 from s2vec_assets import inline_charts
+from s2vec_assets.defs import jobs
 from s2vec_assets.defs.features import assets as feature_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
 from s2vec_assets.defs.resources import DeviceResource, WarehouseResource
@@ -234,6 +235,8 @@ def trained_regions(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     group_name="model",
     kinds={"pytorch"},
     pool="gpu",
+    # Read where a step is its own pod (S2VEC_EXECUTOR=k8s); elsewhere the `model` job's run tags are.
+    op_tags=jobs.training_tags(),
     code_version="5",
     description=(
         "The S2Vec masked autoencoder trained on every materialised region's rasters (AdamW, warmup + cosine, "
