@@ -121,3 +121,56 @@ def test_extraction_steps_run_in_parallel_processes(tmp_path):
         a0 < b1 and b0 < a1 for a, (a0, a1) in span.items() for b, (b0, b1) in span.items() if a < b
     ), span
     assert_equals_the_whole_extraction(root)
+
+
+def region_job():
+    """The region job as the code location builds it (reconstructable, for re-execution)."""
+    from s2vec_assets.defs.jobs import REGION_JOB
+
+    return load_defs().resolve_job_def(REGION_JOB)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_failed_write_re_executes_without_extracting_again(tmp_path, monkeypatch):
+    """The write refuses a bbox that drops every cell; once the catalog is fixed, re-executing the run
+    from its failure runs the write on the rows the first run staged, not the extraction."""
+    catalog = tmp_path / "regions.toml"
+    far_away = f'[regions.{REGION}]\nsource = "{PBF}"\nbbox = [0.0, 0.0, 0.1, 0.1]\n'
+    catalog.write_text(far_away)
+    root = tmp_path / "warehouse"
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("S2VEC_CATALOG", str(catalog))
+    monkeypatch.setenv("S2VEC_WAREHOUSE", str(root))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    config = {"ops": {"cell_features": {"config": {"shard_mb": SHARD_MB, "shard_steps": 2}}}}
+    job = dg.reconstructable(region_job)
+    with dg.DagsterInstance.get() as instance:
+        options = {
+            "instance": instance,
+            "run_config": config,
+            "tags": {"dagster/partition": REGION},
+            "raise_on_error": False,
+        }
+        first = dg.execute_job(
+            job, asset_selection=[dg.AssetKey("osm_extract"), dg.AssetKey("cell_features")], **options
+        )
+        assert not first.success
+        failed = [e for e in first.all_events if e.is_step_failure]
+        assert [e.step_key for e in failed] == ["cell_features.cell_features_write"]
+        assert (
+            "refusing to replace the region's features with zero rows"
+            in failed[0].step_failure_data.error.message
+        )
+        assert list((root / "staging").rglob("*.key.npy"))  # the extraction's rows wait for the retry
+
+        catalog.write_text(catalog.read_text().replace("[0.0, 0.0, 0.1, 0.1]", "[9.47, 47.04, 9.64, 47.28]"))
+        again = dg.execute_job(
+            job, reexecution_options=dg.ReexecutionOptions.from_failure(first.run_id, instance), **options
+        )
+        assert again.success
+        started = {e.step_key for e in again.all_events if e.is_step_start}
+        assert "cell_features.cell_features_write" in started
+        assert not any("extract" in s or "plan" in s for s in started), started
+    assert_equals_the_whole_extraction(root)
