@@ -176,7 +176,15 @@ def test_whole_graph_on_s3(s3, dagster_instance, tmp_path):
     resources = {**defs.resources, "warehouse": WarehouseResource(root=root, storage_options=s3)}
     run = functools.partial(_materialize, defs, resources, dagster_instance)
     levels = [LEVELS["image_level"], LEVELS["pixel_level"]]
-    run(["osm_extract", "cell_features"], REGION, {"ops": {"cell_features": {"config": {"levels": levels}}}})
+    # In S2 shards, over two extraction steps: their records and rows pass through the bucket.
+    sharded = {"levels": levels, "shard_mb": 0.1, "shard_steps": 2}
+    features_run = run(
+        ["osm_extract", "cell_features"], REGION, {"ops": {"cell_features": {"config": sharded}}}
+    )
+    assert (
+        sum("cell_features_extract" in e.step_key for e in features_run.all_events if e.is_step_success) == 2
+    )
+    assert not _objects(s3, "wh/staging/")  # cleared once the region was written
     run(["raster_tensors"], REGION, {"ops": {"raster_tensors": {"config": LEVELS}}})
     model = run(["mae_model"], run_config={"ops": {"mae_model": {"config": TINY}}})
     run(["cell_embeddings"], REGION)

@@ -36,7 +36,9 @@ def assert_equals_the_whole_extraction(root: Path) -> None:
     np.testing.assert_allclose(
         sharded.select(channels).to_numpy(), whole.select(channels).to_numpy(), rtol=1e-9
     )
-    assert not (root / "staging").exists() or not any((root / "staging").rglob("*.npy"))  # cleared
+    assert not (root / "staging").exists() or not any(
+        p.is_file() for p in (root / "staging").rglob("*")
+    )  # cleared
 
 
 @pytest.mark.system

@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from s2vec_core import registry, settings, warehouse
-from s2vec_core.artifacts import ArtifactStore
+from s2vec_core.artifacts import ArtifactStore, staging_key
 from s2vec_core.catalog import Region, default_catalog_path, get_region, load_catalog, resolve_source
 from s2vec_core.tables import TableSpec
 
@@ -192,6 +192,10 @@ class DeviceResource(dg.ConfigurableResource):
         return str(select_device(self.device))
 
 
+STEP_RECORDS = "steps"
+"""The staging name (`artifacts.staging_key`) of the step records."""
+
+
 class StepRecordsIOManager(dg.IOManager):
     """Small JSON records one step hands the next within an asset (which shards, where their rows are
     staged), kept in the warehouse's artifact store: Dagster's default IO manager writes to the local
@@ -201,18 +205,21 @@ class StepRecordsIOManager(dg.IOManager):
         self.warehouse = warehouse
 
     @staticmethod
-    def key(context: dg.OutputContext) -> str:
-        return "/".join(["staging", "steps", *context.get_identifier()]) + ".json"
+    def key(context: dg.OutputContext | dg.InputContext, identifier: list[str]) -> str:
+        # Under the run's partition, so a successful write of a region can clear its records.
+        partition = context.partition_key if context.has_partition_key else "unpartitioned"
+        return "/".join([staging_key(STEP_RECORDS, partition), *identifier]) + ".json"
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
-        key = self.key(context)
+        key = self.key(context, context.get_identifier())
         path = self.warehouse.artifacts.local(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj))
         self.warehouse.artifacts.publish_file(key)
 
     def load_input(self, context: dg.InputContext) -> object:
-        return json.loads(self.warehouse.artifacts.fetch_file(self.key(context.upstream_output)).read_text())
+        key = self.key(context, context.upstream_output.get_identifier())
+        return json.loads(self.warehouse.artifacts.fetch_file(key).read_text())
 
 
 @dg.io_manager(required_resource_keys={"warehouse"})

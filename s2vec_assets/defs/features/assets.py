@@ -28,7 +28,7 @@ from s2vec_assets import inline_charts
 # Other domains' assets are imported as modules, so the defs loader finds each definition once.
 from s2vec_assets.defs.osm import assets as osm_assets
 from s2vec_assets.defs.partitions import one_run_per_region, region_partitions
-from s2vec_assets.defs.resources import OsmSourceResource, WarehouseResource
+from s2vec_assets.defs.resources import STEP_RECORDS, OsmSourceResource, WarehouseResource
 from s2vec_assets.metadata import markdown_table, png_markdown, table_metadata
 from s2vec_assets.progress import ProgressLog
 from s2vec_assets.provenance import commit_info
@@ -189,7 +189,8 @@ def cell_features_write(
         context.add_output_metadata(_metadata(df, region, box, config.levels, stats, version, warehouse))
     # Kept until now so a write that failed can be re-executed without extracting again; this also
     # clears what earlier failed runs of the region left.
-    warehouse.artifacts.delete(artifacts.staging_key(TABLE, region))
+    for name in (TABLE, STEP_RECORDS):
+        warehouse.artifacts.delete(artifacts.staging_key(name, region))
 
 
 def _plan(group: ShardGroup) -> shards.ShardPlan:
