@@ -85,9 +85,11 @@ class CellFeaturesConfig(dg.Config):
         return sorted(set(levels))
 
 
-# The steps pass small records (which shards, where their rows are staged); the rows themselves go
-# through the warehouse's artifact store, so steps on other machines find them.
 ShardGroup = dict
+"""What the steps hand each other (JSON, through the `step_records` IO manager): `plan` (the region's
+shard cells, decimal strings) and `bbox`, `shards` (this group's shard names), `staging` (the artifact
+key of its extracted rows) and, once extracted, `stats`. The rows themselves go through the artifact
+store, so steps on other machines find them."""
 
 
 @dg.op(ins={"osm_extract": dg.In(dg.Nothing)}, out=dg.DynamicOut(ShardGroup, io_manager_key="step_records"))
