@@ -208,7 +208,7 @@ def test_checks_fail_on_a_duplicate_cell(defs, instance, materialized, tmp_path,
     from s2vec_assets.defs.features import checks as feature_checks
 
     if check_rows:
-        monkeypatch.setattr(feature_checks, "SUITE_ROWS", check_rows)
+        monkeypatch.setattr(feature_checks, "CHECK_ROWS", check_rows)
     region = REGIONS[0]
     dup = {}
 

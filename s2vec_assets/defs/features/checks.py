@@ -197,14 +197,9 @@ SPECS = check_specs(feature_assets.cell_features, {name: desc for name, (_, desc
 
 
 CHECK_ROWS = 1 << 16
-"""Rows the summarised suites read at once, every channel column: the region is read range by range of
-cell ids, never whole (polars' streaming scans of a Delta region held gigabytes). Ranges of 2**18 rows
-held ~300 MB more."""
-SUITE_ROWS = 1 << 19
-"""Rows the row-wise GX suites (`not_empty`, `unique_cells`, `valid_cell_ids`) read at once, the key
-columns only. Each GX run costs ~0.1 s whatever its size (context, batch, hashing the frame), so these
-read 8x the rows of `CHECK_ROWS` in a few MB: at 150 MB of PBF, 3 x 142 GX runs took 51 of the checks'
-70 s before."""
+"""Rows the suites read at once: the region is read range by range of cell ids, never whole (a GX
+suite works on a pandas copy, and polars' streaming scans of a Delta region held gigabytes). Ranges of
+2**18 rows held ~300 MB more; they took 33 s where these take 51-59 s at 150 MB of PBF."""
 RANGE_SHIFT = 40
 """Ranges are cut between blocks of 2**40 ids (cells of level 11 and finer never straddle two), so a
 duplicated (level, cell_id) always falls in one range and uniqueness per range is uniqueness."""
@@ -216,18 +211,14 @@ SUMMARISED: dict[str, tuple[Callable[[pl.DataFrame], pl.DataFrame], Callable[[li
 and the suite checks the merged summary."""
 
 
-def block_counts(ids: Iterable[np.ndarray]) -> dict[int, int]:
-    """Ids per block of 2**RANGE_SHIFT (Int64 or uint64 ids, in any batches)."""
+def cell_ranges(ids: Iterable[np.ndarray], rows: int = CHECK_ROWS) -> list[tuple[int, int]]:
+    """Consecutive unsigned cell-id ranges holding about `rows` of the ids each (Int64 or uint64, in any
+    batches), cut only between blocks of 2**RANGE_SHIFT ids."""
     counts: dict[int, int] = {}
     for batch in ids:
         blocks, n = np.unique(s2.as_uint64(batch) >> np.uint64(RANGE_SHIFT), return_counts=True)
         for block, count in zip(blocks.tolist(), n.tolist(), strict=True):
             counts[block] = counts.get(block, 0) + count
-    return counts
-
-
-def ranges_of(counts: dict[int, int], rows: int) -> list[tuple[int, int]]:
-    """Consecutive unsigned cell-id ranges holding about `rows` ids each, cut only between blocks."""
     ranges, start, held = [], None, 0
     for block in sorted(counts):
         start = block if start is None else start
@@ -238,12 +229,6 @@ def ranges_of(counts: dict[int, int], rows: int) -> list[tuple[int, int]]:
     if start is not None:
         ranges.append((start << RANGE_SHIFT, ((max(counts) + 1) << RANGE_SHIFT) - 1))
     return ranges
-
-
-def cell_ranges(ids: Iterable[np.ndarray], rows: int = CHECK_ROWS) -> list[tuple[int, int]]:
-    """Consecutive unsigned cell-id ranges holding about `rows` of the ids each (Int64 or uint64, in any
-    batches), cut only between blocks of 2**RANGE_SHIFT ids."""
-    return ranges_of(block_counts(ids), rows)
 
 
 def _merged(results: list[dg.AssetCheckResult]) -> dg.AssetCheckResult:
@@ -261,27 +246,24 @@ def _merged(results: list[dg.AssetCheckResult]) -> dg.AssetCheckResult:
 @dg.multi_asset_check(specs=SPECS, can_subset=True, name="cell_features_checks")
 def cell_features_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     """Great Expectations suites on the region's rows of the cell_features Delta table, read range by
-    range of cell ids at one table version, so memory holds a range: the key columns `SUITE_ROWS` rows
-    at a time for the row-wise suites, every column `CHECK_ROWS` at a time for the summarised ones."""
+    range of cell ids at one table version (`CHECK_ROWS` rows at a time), so memory holds a range."""
     region = {"region": context.partition_key}
     version = warehouse.version(feature_assets.TABLE)
     selected = {key.name for key in context.selected_asset_check_keys}
     ids = warehouse.scan(feature_assets.TABLE, region, ["cell_id"], version).collect_batches()
-    counts = block_counts(batch["cell_id"].to_numpy() for batch in ids)
+    ranges = cell_ranges((batch["cell_id"].to_numpy() for batch in ids), CHECK_ROWS)
     by_range = [n for n in SUITES if n in selected and n not in SUMMARISED]
     summarised = [n for n in SUITES if n in selected and n in SUMMARISED]
+    columns = None if summarised else KEYS
     results: dict[str, list[dg.AssetCheckResult]] = {n: [] for n in by_range}
     summaries: dict[str, list[pl.DataFrame]] = {n: [] for n in summarised}
-    passes = [(by_range, KEYS, SUITE_ROWS), (summarised, None, CHECK_ROWS)]
-    for names, columns, rows in (p for p in passes if p[0]):
-        for cells in ranges_of(counts, rows) or [None]:
-            df = warehouse.scan(feature_assets.TABLE, region, columns, version, cells).collect()
-            for name in names:
-                if name in results:
-                    results[name].append(_run(name, df))
-                else:
-                    summaries[name].append(SUMMARISED[name][0](df))
-            del df
+    for cells in ranges or [None]:
+        df = warehouse.scan(feature_assets.TABLE, region, columns, version, cells).collect()
+        for name in by_range:
+            results[name].append(_run(name, df))
+        for name in summarised:
+            summaries[name].append(SUMMARISED[name][0](df))
+        del df
     for name in SUITES:
         if name in results:
             yield _merged(results[name])
