@@ -110,14 +110,17 @@ def test_extraction_steps_run_in_parallel_processes(tmp_path):
     assert len(steps) == 3, sorted(steps)
     span, pids = {}, set()
     for step in steps:
+        # From the executor launching the step's process (its import included) to the step's end.
         (start,) = [
-            e for e in events if e.step_key == step and e.dagster_event.event_type_value == "STEP_START"
+            e
+            for e in events
+            if e.step_key == step and e.dagster_event.event_type_value == "STEP_WORKER_STARTING"
         ]
         (end,) = [
             e for e in events if e.step_key == step and e.dagster_event.event_type_value == "STEP_SUCCESS"
         ]
         span[step] = (start.timestamp, end.timestamp)
-        pids.add(start.dagster_event.pid)
+        pids.add(end.dagster_event.pid)
     assert len(pids) == 3  # a process each
     assert any(
         a0 < b1 and b0 < a1 for a, (a0, a1) in span.items() for b, (b0, b1) in span.items() if a < b
